@@ -1,0 +1,393 @@
+"""Load and validate an imgpipe TOML config (nenucal-compatible).
+
+The first step of the data flow: a file on disk becomes a checked ``Config``.
+Nothing here touches a Measurement Set or a node.
+
+- ``default_settings = 'other.toml'`` chains (relative to the file that names it);
+  the user's file overrides the defaults, table by table, key by key.
+- ``[worker]`` and ``[data_handler]`` keys are checked against the known keys,
+  ``[wsclean]`` keys against WSClean's own options; an unknown key is an error
+  that names the file and suggests the closest valid key.
+- ``[wsclean]`` always starts from nenucal's defaults (``pol``, ``weight``,
+  ``data-column``, ``out-dir``); ``false`` or ``''`` drops a default.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import re
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .errors import ImgpipeError
+from .hosts import parse_nodes
+from . import wsclean_options
+from .wsclean_command import check_value
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - exercised on Python < 3.11 only
+    import tomli as tomllib
+
+WORKER_DEFAULTS: dict[str, Any] = {
+    "nodes": "localhost",
+    "max_concurrent": 4,
+    "env_file": "",
+    "dry_run": False,
+    "debug": False,
+    "run_on_file_host": False,
+    "run_on_file_host_pattern": "",
+    "max_time": 0,
+    "slurm_nodes": 0,
+    "slurm_options": "",
+}
+
+DATA_HANDLER_DEFAULTS: dict[str, Any] = {
+    "config_file": "",
+    "data_level": "L2",
+}
+
+WSCLEAN_DEFAULTS: dict[str, Any] = {
+    "pol": "I",
+    "weight": "briggs 0",
+    "data-column": "CORRECTED_DATA",
+    "out-dir": "$ms_in$/images",
+}
+
+# keys of [wsclean] that imgpipe itself interprets (not passed through verbatim)
+IMGPIPE_WSCLEAN_KEYS = ("name", "out-dir")
+
+TOP_LEVEL_KEYS = ("worker", "data_handler", "wsclean", "default_settings")
+
+_EVERY_RE = re.compile(r"^every\s*(\d+)$")
+
+
+@dataclass(frozen=True)
+class WorkerConfig:
+    nodes: tuple[str, ...]
+    max_concurrent: int
+    env_file: str
+    dry_run: bool
+    debug: bool
+    run_on_file_host: bool
+    run_on_file_host_pattern: re.Pattern | None
+    max_time: float
+    slurm_nodes: int
+    slurm_options: str
+
+    def as_dict(self) -> dict[str, Any]:
+        """The settings a run needs, in a stable JSON-able form."""
+        return {
+            "nodes": list(self.nodes),
+            "max_concurrent": self.max_concurrent,
+            "env_file": self.env_file,
+            "max_time": self.max_time,
+            "slurm_nodes": self.slurm_nodes,
+            "slurm_options": self.slurm_options,
+        }
+
+
+@dataclass(frozen=True)
+class DataHandlerConfig:
+    config_file: Path
+    data_level: str
+
+
+@dataclass(frozen=True)
+class Config:
+    path: Path
+    worker: WorkerConfig
+    data_handler: DataHandlerConfig | None
+    wsclean: dict[str, Any]  # remaining [wsclean] keys, defaults applied, dropped ones removed
+    origins: dict[tuple[str, str], Path] = field(default_factory=dict, compare=False)
+
+    def where(self, section: str, key: str) -> str:
+        """'file [section] key' for error messages: the file the value came from."""
+        src = self.origins.get((section, key), self.path)
+        return f"{src}: [{section}] {key}"
+
+
+def suggest(name: str, valid) -> str | None:
+    matches = difflib.get_close_matches(name, list(valid), n=1, cutoff=0.6)
+    return matches[0] if matches else None
+
+
+def _unknown_key(path: Path, section: str | None, key: str, valid, what: str) -> ImgpipeError:
+    close = suggest(key, valid)
+    where = f"{path}: [{section}]" if section else str(path)
+    hint = f"did you mean '{close}'?" if close else f"valid {what}: {', '.join(sorted(valid))}"
+    if section == "wsclean" and not close:
+        hint = "see `wsclean --help` for the options of your WSClean version"
+    return ImgpipeError(f"unknown key '{key}' ({what})", where=where, hint=hint)
+
+
+def read_toml(path: Path) -> dict[str, Any]:
+    """Parse one TOML file, turning every failure into a message naming the file."""
+    try:
+        with open(path, "rb") as f:
+            return tomllib.load(f)
+    except FileNotFoundError:
+        raise ImgpipeError("config file not found", where=str(path)) from None
+    except IsADirectoryError:
+        raise ImgpipeError("is a directory, not a config file", where=str(path)) from None
+    except PermissionError:
+        raise ImgpipeError("config file is not readable (permission denied)", where=str(path)) from None
+    except tomllib.TOMLDecodeError as e:
+        raise ImgpipeError(f"invalid TOML: {e}", where=str(path)) from None
+    except UnicodeDecodeError as e:
+        raise ImgpipeError(f"not a UTF-8 text file: {e}", where=str(path)) from None
+
+
+def _check_keys(path: Path, data: dict[str, Any]) -> None:
+    """Reject unknown tables and keys in one file, before anything is merged."""
+    for top, value in data.items():
+        if top not in TOP_LEVEL_KEYS:
+            raise _unknown_key(path, None, top, TOP_LEVEL_KEYS, "top-level tables")
+        if top == "default_settings":
+            if not isinstance(value, str):
+                raise ImgpipeError(
+                    f"default_settings must be a file name (string), got {value!r}", where=str(path)
+                )
+            continue
+        if not isinstance(value, dict):
+            raise ImgpipeError(f"'{top}' must be a table ([{top}]), got {value!r}", where=str(path))
+        if top == "worker":
+            for key in value:
+                if key not in WORKER_DEFAULTS:
+                    raise _unknown_key(path, top, key, WORKER_DEFAULTS, "[worker] keys")
+        elif top == "data_handler":
+            for key in value:
+                if key not in DATA_HANDLER_DEFAULTS:
+                    raise _unknown_key(path, top, key, DATA_HANDLER_DEFAULTS, "[data_handler] keys")
+        elif top == "wsclean":
+            for key in value:
+                if key not in IMGPIPE_WSCLEAN_KEYS and wsclean_options.lookup(key) is None:
+                    close = wsclean_options.suggest(key)
+                    if close is None:
+                        close = suggest(key, IMGPIPE_WSCLEAN_KEYS)
+                    hint = (
+                        f"did you mean '{close}'?"
+                        if close
+                        else "see `wsclean --help` for the options of WSClean"
+                    )
+                    raise ImgpipeError(
+                        f"'{key}' is not a WSClean option",
+                        where=f"{path}: [wsclean]",
+                        hint=hint,
+                    )
+
+
+def _load_chain(path: Path, seen: tuple[Path, ...] = ()) -> tuple[dict, dict[tuple[str, str], Path]]:
+    """Load ``path`` and, first, the ``default_settings`` file it names (recursively)."""
+    if path in seen:
+        chain = " -> ".join(str(p) for p in (*seen, path))
+        raise ImgpipeError(f"default_settings form a loop: {chain}", where=str(path))
+    data = read_toml(path)
+    _check_keys(path, data)
+    merged: dict[str, dict] = {}
+    origins: dict[tuple[str, str], Path] = {}
+    base_name = data.get("default_settings")
+    if base_name:
+        base_path = (path.parent / os.path.expanduser(base_name)).resolve()
+        if not base_path.exists():
+            raise ImgpipeError(
+                f"default_settings file '{base_name}' not found (looked for {base_path})",
+                where=str(path),
+                hint="default_settings is relative to the file that names it",
+            )
+        merged, origins = _load_chain(base_path, (*seen, path))
+    for section, table in data.items():
+        if section == "default_settings":
+            continue
+        target = merged.setdefault(section, {})
+        for key, value in table.items():
+            target[key] = value
+            origins[(section, key)] = path
+    return merged, origins
+
+
+def _type_error(where: str, expected: str, value: Any, hint: str | None = None) -> ImgpipeError:
+    return ImgpipeError(f"expected {expected}, got {value!r}", where=where, hint=hint)
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _build_worker(table: dict[str, Any], where) -> WorkerConfig:
+    w = {**WORKER_DEFAULTS, **table}
+    for key in ("dry_run", "debug", "run_on_file_host"):
+        if not isinstance(w[key], bool):
+            raise _type_error(where(key), "true or false", w[key])
+    for key in ("env_file", "run_on_file_host_pattern", "slurm_options"):
+        if not isinstance(w[key], str):
+            raise _type_error(where(key), "a string", w[key])
+    nodes_value = w["nodes"]
+    if isinstance(nodes_value, list) and all(isinstance(n, str) for n in nodes_value):
+        nodes_value = ",".join(nodes_value)
+    if not isinstance(nodes_value, str):
+        raise _type_error(where("nodes"), "a string such as 'node[001-004],node010'", w["nodes"])
+    try:
+        nodes = parse_nodes(nodes_value)
+    except ValueError as e:
+        raise ImgpipeError(str(e), where=where("nodes"),
+                           hint="write hosts as 'a,b', ranges as 'node[1-3]' or 'node[08-11]', lists as 'node[1,5]'") from None
+    if not _is_int(w["max_concurrent"]) or w["max_concurrent"] < 1:
+        raise _type_error(where("max_concurrent"), "a whole number of jobs per node, at least 1", w["max_concurrent"])
+    if not _is_number(w["max_time"]) or w["max_time"] < 0:
+        raise _type_error(where("max_time"), "a number of seconds (0 = no limit)", w["max_time"])
+    if not _is_int(w["slurm_nodes"]) or w["slurm_nodes"] < 0:
+        raise _type_error(where("slurm_nodes"), "a whole number, at least 0", w["slurm_nodes"])
+    pattern = None
+    if w["run_on_file_host_pattern"]:
+        try:
+            pattern = re.compile(w["run_on_file_host_pattern"])
+        except re.error as e:
+            raise ImgpipeError(
+                f"regular expression does not compile: {e}",
+                where=where("run_on_file_host_pattern"),
+                hint="it is a Python regex searched in the MS path, e.g. '/net/(node\\d{3})/'",
+            ) from None
+        if pattern.groups < 1:
+            raise ImgpipeError(
+                f"pattern {w['run_on_file_host_pattern']!r} has no group: nothing says which part is the host",
+                where=where("run_on_file_host_pattern"),
+                hint="put the host name part in parentheses, e.g. '/net/(node\\d{3})/'",
+            )
+    if w["run_on_file_host"] and pattern is None:
+        raise ImgpipeError(
+            "run_on_file_host = true needs run_on_file_host_pattern",
+            where=where("run_on_file_host"),
+            hint="set run_on_file_host_pattern to a regex whose first group is the host, e.g. '/net/(node\\d{3})/'",
+        )
+    return WorkerConfig(
+        nodes=nodes,
+        max_concurrent=w["max_concurrent"],
+        env_file=w["env_file"],
+        dry_run=w["dry_run"],
+        debug=w["debug"],
+        run_on_file_host=w["run_on_file_host"],
+        run_on_file_host_pattern=pattern,
+        max_time=w["max_time"],
+        slurm_nodes=w["slurm_nodes"],
+        slurm_options=w["slurm_options"],
+    )
+
+
+def _build_data_handler(config_path: Path, table: dict[str, Any] | None, where) -> DataHandlerConfig | None:
+    if not table:
+        return None
+    d = {**DATA_HANDLER_DEFAULTS, **table}
+    for key in ("config_file", "data_level"):
+        if not isinstance(d[key], str):
+            raise _type_error(where(key), "a string", d[key])
+    if not d["config_file"]:
+        return None
+    if not d["data_level"]:
+        raise _type_error(where("data_level"), "a data level name such as 'L2'", d["data_level"])
+    name = os.path.expanduser(d["config_file"])
+    beside = (config_path.parent / name).resolve()
+    chosen = beside
+    if not beside.exists():
+        in_cwd = Path(name).resolve()
+        if in_cwd.exists():
+            print(
+                f"imgpipe: warning: {where('config_file')}: '{d['config_file']}' is not next to the config "
+                f"({beside}); using {in_cwd} from the current directory",
+                file=sys.stderr,
+            )
+            chosen = in_cwd
+    return DataHandlerConfig(config_file=chosen, data_level=d["data_level"])
+
+
+def parse_channels_out(value: Any, where: str) -> Any:
+    """Validate ``channels-out``: 'all', 'every N' / 'everyN', or a whole number >= 1."""
+    if _is_int(value):
+        if value < 1:
+            raise _type_error(where, "at least 1 output channel", value)
+        return value
+    if isinstance(value, str):
+        text = value.strip().lower()
+        if text == "all":
+            return "all"
+        m = _EVERY_RE.match(text)
+        if m:
+            n = int(m.group(1))
+            if n == 0:
+                raise ImgpipeError(
+                    f"'{value}': every 0 channels is not a channel count",
+                    where=where,
+                    hint="use 'every N' with N >= 1 (1 output channel per N input channels), or 'all'",
+                )
+            return f"every {n}"
+        if text.isdigit() and int(text) >= 1:
+            return int(text)
+    raise _type_error(where, "'all', 'every N' or a whole number >= 1", value)
+
+
+def _check_wsclean(table: dict[str, Any], where) -> dict[str, Any]:
+    """Apply nenucal's defaults, drop false/'' values and check every value's shape."""
+    merged = {**WSCLEAN_DEFAULTS, **table}
+    out: dict[str, Any] = {}
+    for key, value in merged.items():
+        if value is False or value == "":
+            continue  # dropped (also removes a default)
+        if key in ("name", "out-dir"):
+            if not isinstance(value, str):
+                raise _type_error(where(key), "a string", value)
+            out[key] = value
+            continue
+        if key == "channels-out":
+            out[key] = parse_channels_out(value, where(key))
+            continue
+        if key in wsclean_options.REJECTED:
+            raise ImgpipeError(
+                f"-{key} cannot be used: {wsclean_options.REJECTED[key]}",
+                where=where(key),
+                hint=f"remove {key} from [wsclean]",
+            )
+        opt = wsclean_options.lookup(key)
+        check_value(opt, value, where(key))
+        out[key] = value
+    if "name" not in out:
+        raise ImgpipeError(
+            "[wsclean] name is required (the output image name prefix)",
+            where=where("name"),
+            hint="add e.g. name = 'img' to [wsclean]",
+        )
+    return out
+
+
+COMMAND_LINE = Path("command line")
+
+
+def load_config(path: str | os.PathLike, overrides: dict[str, dict[str, Any]] | None = None) -> Config:
+    """Read, merge and check a config file. Raises ImgpipeError on any user mistake.
+
+    ``overrides`` (from command-line options, e.g. ``{"worker": {"dry_run": True}}``)
+    win over every file.
+    """
+    config_path = Path(path).expanduser().resolve()
+    merged, origins = _load_chain(config_path)
+    for section, table in (overrides or {}).items():
+        for key, value in table.items():
+            merged.setdefault(section, {})[key] = value
+            origins[(section, key)] = COMMAND_LINE
+
+    def where_in(section):
+        def where(key):
+            src = origins.get((section, key), config_path)
+            return f"{src}: [{section}] {key}"
+        return where
+
+    worker = _build_worker(merged.get("worker", {}), where_in("worker"))
+    data_handler = _build_data_handler(config_path, merged.get("data_handler"), where_in("data_handler"))
+    wsclean = _check_wsclean(merged.get("wsclean", {}), where_in("wsclean"))
+    return Config(path=config_path, worker=worker, data_handler=data_handler, wsclean=wsclean, origins=origins)

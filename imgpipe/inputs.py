@@ -1,0 +1,64 @@
+"""Inputs: what the user named on the command line, as a list of MS inputs.
+
+Two sources: plain MS paths, or obs_id patterns resolved by the data handler
+(``[data_handler]`` in the config). Either way the result is a list of
+``MSInput`` with absolute paths, each MS once, in the order given.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+from .config import Config
+from .errors import ImgpipeError
+
+
+@dataclass(frozen=True)
+class MSInput:
+    path: str  # absolute, normalised
+    obs_id: str | None = None
+    sw: str | None = None
+    node: str | None = None  # the node that holds it, from the data handler's node map
+
+
+def check_path_text(path: str) -> None:
+    """A path that would break a one-job-per-line jobs file is refused up front."""
+    bad = [c for c in path if ord(c) < 32 and c != "\t"]
+    if bad:
+        raise ImgpipeError(
+            f"MS path {path!r} contains a control character (newline?)",
+            hint="rename the MS: imgpipe writes one job per line",
+        )
+
+
+def dedupe(inputs: list[MSInput]) -> list[MSInput]:
+    """Keep the first of each MS (by real path): the same MS is imaged once."""
+    seen: set[str] = set()
+    out = []
+    for item in inputs:
+        key = os.path.realpath(item.path)
+        if key not in seen:
+            seen.add(key)
+            out.append(item)
+    return out
+
+
+def from_paths(paths: list[str]) -> list[MSInput]:
+    items = []
+    for p in paths:
+        check_path_text(p)
+        items.append(MSInput(path=os.path.abspath(os.path.expanduser(p))))
+    return dedupe(items)
+
+
+def resolve_inputs(config: Config, args: list[str]) -> list[MSInput]:
+    """MS inputs for the command-line arguments (paths, or patterns with a data handler)."""
+    if not args:
+        what = "obs_id patterns" if config.data_handler else "MS paths"
+        raise ImgpipeError(f"no input given: name one or more {what} after the config file")
+    if config.data_handler is not None:
+        from .data_handler import resolve_patterns
+
+        return dedupe(resolve_patterns(config.data_handler, args))
+    return from_paths(args)

@@ -1,0 +1,129 @@
+"""The jobs file: the plan as plain text, one job per line, byte-identical for the same plan.
+
+Format (format 1)::
+
+    # imgpipe jobs file, format 1
+    # config: /abs/path/img.toml
+    # plan-digest: <sha256 hex>
+    # worker: {"env_file": "", "max_concurrent": 4, ...}
+    # one job per line: ID <TAB> HOST <TAB> COMMAND   (HOST '*' = any node)
+    0001<TAB>node001<TAB>wsclean -name /data/img ... /data/SW03_T001.MS
+
+COMMAND is the complete WSClean command line, every word shell-quoted: it can
+be pasted into a shell as it is. Nothing in the file depends on the time or the
+machine, so GNU parallel's ``--resume`` can trust it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import tempfile
+from pathlib import Path
+
+from .errors import ImgpipeError
+from .plan import Job, Plan, plan_digest
+
+FORMAT_LINE = "# imgpipe jobs file, format 1"
+ANY_HOST = "*"
+RUNS_DIR = "imgpipe-runs"
+JOBS_FILE_NAME = "jobs.txt"
+
+
+def render(plan: Plan) -> str:
+    lines = [
+        FORMAT_LINE,
+        f"# config: {plan.config_path}",
+        f"# plan-digest: {plan.digest}",
+        "# worker: " + json.dumps(plan.worker, sort_keys=True, ensure_ascii=False),
+        "# one job per line: ID <TAB> HOST <TAB> COMMAND   (HOST '*' = any node)",
+    ]
+    for job in plan.jobs:
+        lines.append(f"{job.id}\t{job.host or ANY_HOST}\t{job.command}")
+    return "\n".join(lines) + "\n"
+
+
+def default_path(plan: Plan, base: str | os.PathLike = ".") -> Path:
+    """``imgpipe-runs/<config name>-<digest[:12]>/jobs.txt``: one run directory per plan."""
+    stem = Path(plan.config_path).stem
+    return Path(base) / RUNS_DIR / f"{stem}-{plan.digest[:12]}" / JOBS_FILE_NAME
+
+
+def write(plan: Plan, path: str | os.PathLike) -> Path:
+    """Write atomically (a reader never sees half a file); unchanged content is left alone."""
+    path = Path(path)
+    text = render(plan)
+    if path.is_file() and path.read_text(encoding="utf-8") == text:
+        return path
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=".jobs-", dir=path.parent)
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except OSError as e:
+        raise ImgpipeError(f"cannot write the jobs file: {e}", where=str(path)) from None
+    return path
+
+
+def read(path: str | os.PathLike) -> Plan:
+    """Parse a jobs file back into a Plan (job ids, hosts and argv; the MS list is the argv's tail)."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ImgpipeError("jobs file not found", where=str(path)) from None
+    except OSError as e:
+        raise ImgpipeError(f"cannot read the jobs file: {e}", where=str(path)) from None
+    lines = text.split("\n")
+    if not lines or lines[0] != FORMAT_LINE:
+        raise ImgpipeError("not an imgpipe jobs file (first line differs)", where=str(path),
+                           hint="make one with `imgpipe plan CONFIG INPUTS...`")
+    header: dict[str, str] = {}
+    jobs: list[Job] = []
+    for n, line in enumerate(lines[1:], start=2):
+        if not line:
+            continue
+        if line.startswith("#"):
+            key, sep, value = line[1:].strip().partition(": ")
+            if sep:
+                header[key] = value
+            continue
+        try:
+            job_id, host, command = line.split("\t", 2)
+            argv = shlex.split(command)
+        except ValueError as e:
+            raise ImgpipeError(f"line {n} is not ID<TAB>HOST<TAB>COMMAND ({e})", where=str(path)) from None
+        jobs.append(_job_from_argv(job_id, None if host == ANY_HOST else host, argv))
+    try:
+        worker = json.loads(header["worker"])
+        digest = header["plan-digest"]
+        config = header["config"]
+    except (KeyError, ValueError) as e:
+        raise ImgpipeError(f"jobs file header is damaged ({e})", where=str(path)) from None
+    plan = Plan(config_path=config, worker=worker, jobs=tuple(jobs), digest=digest)
+    if plan_digest(worker, plan.jobs) != digest:
+        raise ImgpipeError(
+            "the jobs file was edited after planning (its plan digest no longer matches)",
+            where=str(path),
+            hint="plan again with `imgpipe plan`, rather than editing the jobs file",
+        )
+    return plan
+
+
+def _job_from_argv(job_id: str, host: str | None, argv: list[str]) -> Job:
+    """Recover a job's fields from its argv.
+
+    The planner always writes ``wsclean -name PREFIX ... -temp-dir DIR MS...``:
+    the MSs are the words after the temp dir.
+    """
+    try:
+        name = argv[argv.index("-name") + 1]
+        t = len(argv) - 1 - argv[::-1].index("-temp-dir")
+        temp_dir = argv[t + 1]
+    except (ValueError, IndexError):
+        raise ImgpipeError(f"job {job_id}: command lacks -name or -temp-dir; was it planned by imgpipe?") from None
+    channels_out = int(argv[argv.index("-channels-out") + 1]) if "-channels-out" in argv else None
+    return Job(id=job_id, host=host, argv=tuple(argv), ms=tuple(argv[t + 2 :]), name=name,
+               out_dir=os.path.dirname(name), temp_dir=temp_dir, channels_out=channels_out)

@@ -1,0 +1,418 @@
+"""The plan: from (config, MS inputs, MS facts) to fully-resolved WSClean jobs.
+
+Everything here is a pure function of its arguments except ``make_plan``,
+which gathers the inputs and the MS facts and then calls ``build_plan``.
+All user mistakes are found here, before anything runs, and raised as
+``ImgpipeError`` (several at once as ``PlanErrors``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shlex
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import Any
+
+from .config import Config, suggest
+from .errors import ImgpipeError, PlanErrors
+from .hosts import host_from_path, is_slurm, majority_host
+from .inputs import MSInput
+from .ms_facts import MSFacts
+from .wsclean_command import option_words
+from . import wsclean_options
+
+TOKENS = ("ms_in", "ms_basename", "name", "obs_id", "sw")
+_TOKEN_RE = re.compile(r"\$([A-Za-z_][A-Za-z0-9_]*)\$")
+_ENV_RE = re.compile(r"\$(?:\{([A-Za-z_][A-Za-z0-9_]*)\}|([A-Za-z_][A-Za-z0-9_]*))")
+
+
+@dataclass(frozen=True)
+class Job:
+    id: str
+    host: str | None  # None: any node
+    argv: tuple[str, ...]
+    ms: tuple[str, ...]
+    name: str  # the -name prefix (absolute)
+    out_dir: str
+    temp_dir: str
+    channels_out: int | None = None
+    obs_id: str | None = None
+    sw: str | None = None
+
+    @property
+    def command(self) -> str:
+        return shlex.join(self.argv)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "host": self.host,
+            "argv": list(self.argv),
+            "command": self.command,
+            "ms": list(self.ms),
+            "name": self.name,
+            "out_dir": self.out_dir,
+            "temp_dir": self.temp_dir,
+            "channels_out": self.channels_out,
+            "obs_id": self.obs_id,
+            "sw": self.sw,
+        }
+
+
+@dataclass(frozen=True)
+class Plan:
+    config_path: str
+    worker: dict[str, Any]
+    jobs: tuple[Job, ...]
+    digest: str = field(default="")
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "config": self.config_path,
+            "digest": self.digest,
+            "worker": self.worker,
+            "jobs": [j.as_dict() for j in self.jobs],
+        }
+
+
+def plan_digest(worker: dict[str, Any], jobs: tuple[Job, ...]) -> str:
+    """sha256 over what a run does: the worker settings and every job's id, host and argv."""
+    payload = json.dumps(
+        {"worker": worker, "jobs": [[j.id, j.host, list(j.argv)] for j in jobs]},
+        sort_keys=True,
+        ensure_ascii=False,
+        separators=(",", ":"),
+    )
+    return hashlib.sha256(payload.encode("utf-8")).hexdigest()
+
+
+# ---------------------------------------------------------------- templates
+
+
+def expand_env(text: str, where: str, *, tilde: bool = True) -> str:
+    """``~`` at the start and ``$VAR``/``${VAR}`` anywhere, from the planning environment."""
+    if tilde and text.startswith("~"):
+        text = os.path.expanduser(text)
+
+    def sub(m: re.Match) -> str:
+        var = m.group(1) or m.group(2)
+        if var not in os.environ:
+            raise ImgpipeError(
+                f"environment variable ${var} is not set (it is expanded when planning)",
+                where=where,
+                hint=f"export {var}=... before running imgpipe, or write the path out",
+            )
+        return os.environ[var]
+
+    return _ENV_RE.sub(sub, text)
+
+
+def expand_template(template: str, tokens: dict[str, str | None], where: str) -> str:
+    """Expand ``~``/env vars in the literal parts, then the ``$token$``s.
+
+    A value a token brings in (an MS name holding ``$``, say) is never expanded again.
+    """
+    pieces = []
+    pos = 0
+    for m in _TOKEN_RE.finditer(template):
+        pieces.append(expand_env(template[pos : m.start()], where, tilde=pos == 0))
+        token = m.group(1)
+        if token not in TOKENS:
+            close = suggest(token, TOKENS)
+            raise ImgpipeError(
+                f"unknown token ${token}$ in {template!r}",
+                where=where,
+                hint=(f"did you mean ${close}$? " if close else "")
+                + "known tokens: " + ", ".join(f"${t}$" for t in TOKENS),
+            )
+        value = tokens.get(token)
+        if value is None:
+            raise ImgpipeError(
+                f"${token}$ in {template!r} cannot be resolved here"
+                + (": it is only known with a [data_handler]" if token in ("obs_id", "sw") else ""),
+                where=where,
+                hint="configure [data_handler] and give obs_id patterns, or remove the token"
+                if token in ("obs_id", "sw")
+                else "remove the token",
+            )
+        pieces.append(value)
+        pos = m.end()
+    pieces.append(expand_env(template[pos:], where, tilde=pos == 0))
+    return "".join(pieces)
+
+
+# ---------------------------------------------------------------- channels-out
+
+
+def channels_out_for(spec: Any, nchan: int, where: str, group_label: str) -> int:
+    """The ``-channels-out`` number for a group with ``nchan`` distinct channels."""
+    if spec == "all":
+        return nchan
+    if isinstance(spec, str) and spec.startswith("every "):
+        n = int(spec.split()[1])
+        if n > nchan:
+            raise ImgpipeError(
+                f"channels-out = '{spec}' asks for one output channel per {n} channels, "
+                f"but {group_label} has only {nchan} channel(s)",
+                where=where,
+                hint=f"use 'every N' with N <= {nchan}, or 'all'",
+            )
+        return nchan // n
+    if spec > nchan:
+        raise ImgpipeError(
+            f"channels-out = {spec} is more than the {nchan} channel(s) of {group_label}",
+            where=where,
+            hint=f"use at most {nchan}, or 'all'",
+        )
+    return spec
+
+
+# ---------------------------------------------------------------- grouping
+
+
+@dataclass(frozen=True)
+class Group:
+    key: tuple
+    ms: tuple[MSInput, ...]
+
+    @property
+    def last(self) -> MSInput:
+        return self.ms[-1]
+
+    def label(self) -> str:
+        if len(self.ms) == 1:
+            return self.ms[0].path
+        parts = [f"{len(self.ms)} MSs"]
+        if self.key and self.key[0] is not None:
+            parts.append(f"SW {self.key[0]}")
+        if len(self.key) > 1 and self.key[1] is not None:
+            parts.append(f"obs_id {self.key[1]}")
+        return "the group of " + ", ".join(parts)
+
+
+def group_inputs(inputs: list[MSInput], combine: bool, combine_obs_ids: bool) -> list[Group]:
+    """One group per MS; with combine, per (SW, obs_id); with both, per SW. Order of first appearance."""
+    if not combine:
+        return [Group(key=(i.sw, i.obs_id, i.path), ms=(i,)) for i in inputs]
+    groups: dict[tuple, list[MSInput]] = defaultdict(list)
+    for i in inputs:
+        key = (i.sw,) if combine_obs_ids else (i.sw, i.obs_id)
+        groups[key].append(i)
+    return [Group(key=k, ms=tuple(v)) for k, v in groups.items()]
+
+
+# ---------------------------------------------------------------- hosts
+
+
+def job_host(config: Config, group: Group, problems: list[str]) -> str | None:
+    """The node a job must run on, or None when any node will do."""
+    worker = config.worker
+    if not worker.run_on_file_host:
+        return None
+    hosts = []
+    for item in group.ms:
+        if worker.run_on_file_host_pattern is not None and (
+            item.node is None or worker.run_on_file_host_pattern.search(item.path)
+        ):
+            host = host_from_path(worker.run_on_file_host_pattern, item.path)
+            if host is None and item.node is None:
+                problems.append(
+                    f"{item.path}: run_on_file_host_pattern "
+                    f"{worker.run_on_file_host_pattern.pattern!r} does not match this path"
+                )
+                return None
+            hosts.append(host or item.node)
+        else:
+            hosts.append(item.node)
+    host = majority_host(hosts)
+    if not is_slurm(worker.nodes) and host not in worker.nodes:
+        problems.append(
+            f"{group.label()}: host {host!r} (from run_on_file_host) is not in [worker] nodes "
+            f"({','.join(worker.nodes)})"
+        )
+        return None
+    return host
+
+
+# ---------------------------------------------------------------- one job
+
+
+def _safe_word(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._+-]", "_", name) or "job"
+
+
+def temp_dir_for(base: str, prefix: str) -> str:
+    """A temp dir of its own for each job, derived from its (unique) -name prefix."""
+    tag = hashlib.sha1(prefix.encode("utf-8")).hexdigest()[:8]
+    return os.path.join(base, f"{_safe_word(os.path.basename(prefix))}-{tag}.imgpipe-tmp")
+
+
+def build_job(
+    job_id: str,
+    config: Config,
+    group: Group,
+    facts: dict[str, MSFacts],
+    host: str | None,
+) -> Job:
+    """The complete WSClean argv for one group of MSs (pure; raises ImgpipeError)."""
+    ws = config.wsclean
+    last = group.last
+    tokens: dict[str, str | None] = {
+        "ms_in": last.path,
+        "ms_basename": os.path.basename(last.path),
+        "obs_id": last.obs_id if group.key and last.obs_id is not None else None,
+        "sw": last.sw,
+        "name": None,
+    }
+    if len(group.key) == 1 and group.key[0] is not None:  # combined over obs_ids: no single obs_id
+        tokens["obs_id"] = None
+
+    def where(key: str) -> str:
+        return config.where("wsclean", key)
+
+    name = expand_template(ws["name"], tokens, where("name"))
+    tokens["name"] = name
+    out_dir = expand_template(ws["out-dir"], tokens, where("out-dir")) if "out-dir" in ws else ""
+    out_dir = os.path.abspath(out_dir) if out_dir else os.getcwd()
+    prefix = os.path.normpath(os.path.join(out_dir, name))
+    out_dir = os.path.dirname(prefix)
+
+    argv: list[str] = ["wsclean", "-name", prefix]
+    user_temp = None
+    channels_out = None
+    for key, value in ws.items():
+        if key in ("name", "out-dir"):
+            continue
+        opt = wsclean_options.lookup(key)
+        if key == "temp-dir":
+            user_temp = os.path.abspath(expand_template(str(value), tokens, where(key)))
+            continue
+        if key == "channels-out":
+            nchan = len(frozenset().union(*(facts[m.path].chan_freqs for m in group.ms)))
+            channels_out = channels_out_for(value, nchan, where(key), group.label())
+            argv += ["-channels-out", str(channels_out)]
+            continue
+        if opt.kind == "path" and isinstance(value, str):
+            value = os.path.abspath(expand_template(value, tokens, where(key)))
+        argv.append(f"-{key}")
+        argv += option_words(opt, value)
+    multi_spw = [m.path for m in group.ms if facts[m.path].nspw > 1]
+    if multi_spw and "reorder" not in ws:
+        if ws.get("no-reorder"):
+            raise ImgpipeError(
+                f"{multi_spw[0]} has several spectral windows, which WSClean 3.1 only images with -reorder",
+                where=where("no-reorder"),
+                hint="remove no-reorder = true",
+            )
+        argv.append("-reorder")  # WSClean 3.1 refuses several SPWs without it
+    temp_dir = temp_dir_for(user_temp or out_dir, prefix)
+    argv += ["-temp-dir", temp_dir]
+    argv += [m.path for m in group.ms]
+    return Job(
+        id=job_id,
+        host=host,
+        argv=tuple(argv),
+        ms=tuple(m.path for m in group.ms),
+        name=prefix,
+        out_dir=out_dir,
+        temp_dir=temp_dir,
+        channels_out=channels_out,
+        obs_id=tokens["obs_id"],
+        sw=last.sw,
+    )
+
+
+# ---------------------------------------------------------------- the whole plan
+
+
+def data_column(config: Config) -> str | None:
+    column = config.wsclean.get("data-column")
+    return column if isinstance(column, str) else None
+
+
+def check_data_column(config: Config, inputs: list[MSInput], facts: dict[str, MSFacts]) -> list[str]:
+    """One problem per MS whose main table lacks the ``data-column`` column."""
+    column = data_column(config)
+    if column is None:
+        return []
+    problems = []
+    for i in inputs:
+        f = facts[i.path]
+        if f.has_column is False:
+            others = ", ".join(sorted(c for c in f.columns if c.endswith("DATA"))) or "none"
+            problems.append(f"{i.path}: has no column {column} (its data columns: {others})")
+    if problems:
+        problems.append(
+            f"data-column = {column!r} comes from {config.where('wsclean', 'data-column')}; "
+            "set it to a column these MSs have (e.g. 'DATA'), or to false to let WSClean choose"
+        )
+    return problems
+
+
+def check_collisions(jobs: list[Job]) -> list[str]:
+    by_name: dict[str, list[Job]] = defaultdict(list)
+    for j in jobs:
+        by_name[j.name].append(j)
+    problems = []
+    for name, same in by_name.items():
+        if len(same) > 1:
+            who = "; ".join(f"job {j.id} ({', '.join(os.path.basename(m) for m in j.ms)})" for j in same)
+            problems.append(f"{len(same)} jobs would write the same images {name}-*: {who}")
+    return problems
+
+
+def job_ids(n: int) -> list[str]:
+    width = max(4, len(str(n)))
+    return [f"{i:0{width}d}" for i in range(1, n + 1)]
+
+
+def build_plan(
+    config: Config,
+    inputs: list[MSInput],
+    facts: dict[str, MSFacts],
+    *,
+    combine: bool = False,
+    combine_obs_ids: bool = False,
+) -> Plan:
+    """Pure: the checked plan, or PlanErrors listing every problem found."""
+    problems = check_data_column(config, inputs, facts)
+    groups = group_inputs(inputs, combine, combine_obs_ids)
+    jobs: list[Job] = []
+    for job_id, group in zip(job_ids(len(groups)), groups):
+        host = job_host(config, group, problems)
+        try:
+            jobs.append(build_job(job_id, config, group, facts, host))
+        except ImgpipeError as e:
+            if not jobs and not problems:
+                raise  # a config-level mistake: the same for every job, say it once
+            problems.append(str(e))
+    if problems:
+        raise PlanErrors(problems)
+    collisions = check_collisions(jobs)
+    if collisions:
+        hint = "make out-dir or name differ per job, e.g. out-dir = '$ms_basename$/images'"
+        if combine and not combine_obs_ids or not combine:
+            if config.data_handler is not None:
+                hint += " or add $obs_id$ and $sw$ to out-dir"
+        if combine_obs_ids and not combine:
+            hint = "--combine_obs_ids only takes effect with --combine; " + hint
+        raise PlanErrors(collisions, hint=hint)
+    worker = config.worker.as_dict()
+    frozen = tuple(jobs)
+    return Plan(config_path=str(config.path), worker=worker, jobs=frozen, digest=plan_digest(worker, frozen))
+
+
+def make_plan(config: Config, args: list[str], *, combine: bool = False, combine_obs_ids: bool = False) -> Plan:
+    """Resolve the inputs, read each MS once, and build the plan."""
+    from .inputs import resolve_inputs
+    from .ms_facts import read_facts
+
+    inputs = resolve_inputs(config, args)
+    facts, problems = read_facts([i.path for i in inputs], data_column(config))
+    if problems:
+        raise PlanErrors(problems, hint="check the paths (every missing or unreadable MS is listed)")
+    return build_plan(config, inputs, facts, combine=combine, combine_obs_ids=combine_obs_ids)

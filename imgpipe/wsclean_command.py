@@ -1,0 +1,100 @@
+"""Turn ``[wsclean]`` values into WSClean argv words: small pure functions, no I/O.
+
+Rules (driven by the option table in ``wsclean_options``):
+
+- ``true`` on a flag -> ``-key``; ``false`` or ``''`` -> omitted (done in config).
+- a number -> one word.
+- a string on a path option -> one word, whatever it holds (spaces included).
+- a string on a multi-value option (``size = '1024 1024'``, ``weight = 'briggs 0'``)
+  -> split on white space into separate words.
+- a TOML list on a comma-list option (``pol = ['xx', 'yy']``) -> one word ``xx,yy``;
+  on a multi-value option (``size = [1024, 1024]``) -> separate words.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .errors import ImgpipeError
+from .wsclean_options import WscleanOption
+
+
+def _word(value: Any) -> str:
+    return str(value)
+
+
+def _is_number_word(word: str) -> bool:
+    try:
+        float(word)
+    except ValueError:
+        return False
+    return True
+
+
+def _nargs_text(opt: WscleanOption) -> str:
+    lo, hi = opt.nargs
+    if lo == hi:
+        return f"{lo} value{'s' if lo != 1 else ''}"
+    return f"{lo} to {hi} values"
+
+
+def option_words(opt: WscleanOption, value: Any) -> list[str]:
+    """The argv words that follow ``-name`` for this option and TOML value (value already checked)."""
+    lo, hi = opt.nargs
+    if opt.kind == "flag":
+        return []
+    if isinstance(value, list):
+        items = [_word(v) for v in value]
+        if opt.kind == "list" or hi == 1:
+            return [",".join(items)]
+        return items
+    if isinstance(value, str):
+        if opt.kind in ("path", "list") or hi == 1:
+            return [value]
+        return value.split()
+    return [_word(value)]
+
+
+def check_value(opt: WscleanOption, value: Any, where: str) -> None:
+    """Raise ImgpipeError when ``value`` cannot be given to option ``opt``."""
+    lo, hi = opt.nargs
+    if opt.kind == "flag":
+        if value is not True:
+            raise ImgpipeError(
+                f"-{opt.name} is a flag without a value, got {value!r}",
+                where=where,
+                hint=f"write {opt.name} = true to pass -{opt.name}, or false to leave it out",
+            )
+        return
+    if value is True:
+        raise ImgpipeError(
+            f"-{opt.name} needs {_nargs_text(opt)}, got true",
+            where=where,
+            hint=f"give its value, e.g. {opt.name} = ... (see `wsclean --help`)",
+        )
+    if isinstance(value, dict):
+        raise ImgpipeError(f"-{opt.name} takes {_nargs_text(opt)}, not a table", where=where)
+    if isinstance(value, list):
+        if not value or any(isinstance(v, (list, dict, bool)) for v in value):
+            raise ImgpipeError(
+                f"-{opt.name}: a list must hold plain numbers or strings, got {value!r}", where=where
+            )
+        if opt.kind != "list" and hi == 1:
+            raise ImgpipeError(
+                f"-{opt.name} takes a single value, got the list {value!r}", where=where
+            )
+    for word in option_words(opt, value):
+        if any(ord(c) < 32 and c != "\t" for c in word):
+            raise ImgpipeError(f"-{opt.name}: value {value!r} contains a control character (newline?)", where=where)
+    words = option_words(opt, value)
+    if opt.kind not in ("path", "list") and not (lo <= len(words) <= hi):
+        example = " ".join(["N"] * max(lo, 1))
+        raise ImgpipeError(
+            f"-{opt.name} takes {_nargs_text(opt)}, got {len(words)}: {value!r}",
+            where=where,
+            hint=f"write e.g. {opt.name} = '{example}'",
+        )
+    if opt.kind == "number":
+        bad = [w for w in words if not _is_number_word(w)]
+        if bad:
+            raise ImgpipeError(f"-{opt.name} takes a number, got {value!r}", where=where)
