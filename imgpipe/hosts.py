@@ -39,12 +39,14 @@ def _expand_one(item: str) -> list[str]:
     m = re.fullmatch(r"([^\[\]]*)\[([^\[\]]*)\]([^\[\]]*)", item)
     if not m:
         if "[" in item or "]" in item:
-            raise ValueError(f"cannot read host range {item!r}")
+            raise ValueError(f"cannot read host range {item!r} (one [...] per host name, e.g. 'node[1-3]')")
         return [item]
     prefix, inner, suffix = m.groups()
     names = []
     for piece in inner.split(","):
         piece = piece.strip()
+        if not piece:
+            raise ValueError(f"empty entry in the brackets of {item!r}")
         r = _RANGE_RE.match(piece)
         if r:
             lo, hi = r.groups()
@@ -52,7 +54,9 @@ def _expand_one(item: str) -> list[str]:
                 raise ValueError(f"range [{piece}] in {item!r} goes backwards")
             width = len(lo) if lo.startswith("0") and len(lo) > 1 else 0
             names.extend(f"{prefix}{n:0{width}d}{suffix}" for n in range(int(lo), int(hi) + 1))
-        elif piece.isdigit() or re.fullmatch(r"[\w.-]+", piece):
+        elif "-" in piece:  # 'a-c', '1--3', '1-': only numeric ranges exist
+            raise ValueError(f"cannot read range [{piece}] in {item!r}: a range is two whole numbers, e.g. [1-3]")
+        elif re.fullmatch(r"[\w.]+", piece):
             names.append(f"{prefix}{piece}{suffix}")
         else:
             raise ValueError(f"cannot read {piece!r} in host range {item!r}")
@@ -69,7 +73,7 @@ def parse_nodes(text: str) -> tuple[str, ...]:
         item = raw.strip()
         if not item:
             continue
-        if re.search(r"\s", item):
+        if re.search(r"\s", re.sub(r"\[[^\]]*\]", "[]", item)):  # spaces inside [...] are fine
             raise ValueError(f"host name {item!r} contains a space (separate hosts with commas)")
         for name in _expand_one(item):
             if not re.fullmatch(r"[A-Za-z0-9_.@-]+", name):

@@ -4,9 +4,11 @@ Rules (driven by the option table in ``wsclean_options``):
 
 - ``true`` on a flag -> ``-key``; ``false`` or ``''`` -> omitted (done in config).
 - a number -> one word.
-- a string on a path option -> one word, whatever it holds (spaces included).
-- a string on a multi-value option (``size = '1024 1024'``, ``weight = 'briggs 0'``)
-  -> split on white space into separate words.
+- a string on a single-value option (path, list, ...) -> one word, whatever it
+  holds (spaces included).
+- a string on a multi-value option (``size = '1024 1024'``, ``weight = 'briggs 0'``,
+  also the multi-path ``restore = 'res.fits model.fits out.fits'``) -> split on
+  white space into separate words; a TOML list keeps a path with spaces whole.
 - a TOML list on a comma-list option (``pol = ['xx', 'yy']``) -> one word ``xx,yy``;
   on a multi-value option (``size = [1024, 1024]``) -> separate words.
 """
@@ -49,7 +51,7 @@ def option_words(opt: WscleanOption, value: Any) -> list[str]:
             return [",".join(items)]
         return items
     if isinstance(value, str):
-        if opt.kind in ("path", "list") or hi == 1:
+        if hi == 1:
             return [value]
         return value.split()
     return [_word(value)]
@@ -70,7 +72,7 @@ def check_value(opt: WscleanOption, value: Any, where: str) -> None:
         raise ImgpipeError(
             f"-{opt.name} needs {_nargs_text(opt)}, got true",
             where=where,
-            hint=f"give its value, e.g. {opt.name} = ... (see `wsclean --help`)",
+            hint=f"give its value; wsclean --help says: -{opt.name}: {opt.help}",
         )
     if isinstance(value, dict):
         raise ImgpipeError(f"-{opt.name} takes {_nargs_text(opt)}, not a table", where=where)
@@ -81,20 +83,27 @@ def check_value(opt: WscleanOption, value: Any, where: str) -> None:
             )
         if opt.kind != "list" and hi == 1:
             raise ImgpipeError(
-                f"-{opt.name} takes a single value, got the list {value!r}", where=where
+                f"-{opt.name} takes a single value, got the list {value!r}",
+                where=where,
+                hint="give one value; only comma-list options (pol, spws, multiscale-scales, ...) "
+                "and options taking several values (size, shift, ...) accept a TOML list",
             )
     for word in option_words(opt, value):
         if any(ord(c) < 32 and c != "\t" for c in word):
             raise ImgpipeError(f"-{opt.name}: value {value!r} contains a control character (newline?)", where=where)
     words = option_words(opt, value)
-    if opt.kind not in ("path", "list") and not (lo <= len(words) <= hi):
-        example = " ".join(["N"] * max(lo, 1))
+    if not (lo <= len(words) <= hi):
         raise ImgpipeError(
             f"-{opt.name} takes {_nargs_text(opt)}, got {len(words)}: {value!r}",
             where=where,
-            hint=f"write e.g. {opt.name} = '{example}'",
+            hint=f"write the values in one string, separated by spaces, or as a TOML list; "
+            f"wsclean --help says: -{opt.name}: {opt.help}",
         )
     if opt.kind == "number":
         bad = [w for w in words if not _is_number_word(w)]
         if bad:
-            raise ImgpipeError(f"-{opt.name} takes a number, got {value!r}", where=where)
+            raise ImgpipeError(
+                f"-{opt.name} takes {'plain numbers (no units)' if hi > 1 else 'a plain number (no unit)'}, got {value!r}",
+                where=where,
+                hint=f"wsclean --help says: -{opt.name}: {opt.help}",
+            )
