@@ -1,7 +1,9 @@
 """The ``imgpipe`` command line.
 
-    imgpipe CONFIG INPUT...           plan and run (the nenucal form)
+    imgpipe CONFIG INPUT...           plan and run (the nenucal form; also `imgpipe image`)
     imgpipe plan CONFIG INPUT...      plan only: write the jobs file
+    imgpipe run JOBS_FILE             run a jobs file
+    imgpipe inputs CONFIG PATTERN...  what obs_id patterns select (data handler)
     imgpipe --version | --help
 
 Exit codes: 0 success, 1 some jobs failed, 2 a user error (nothing started,
@@ -14,11 +16,11 @@ import argparse
 import json
 import os
 import sys
+from pathlib import Path
 
 from . import __version__
 from .errors import ImgpipeError
 
-SUBCOMMANDS = ("plan",)
 SUMMARY_ROWS = 20
 
 
@@ -47,6 +49,15 @@ def _add_plan_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--debug", action="store_true", default=None, help="print every planned command")
 
 
+def _add_run_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--engine", choices=("parallel", "make"), default="parallel",
+                   help="what runs the jobs: GNU parallel (default) or the generated Makefile")
+    p.add_argument("--dry-run", action="store_true", default=None,
+                   help="print each job with its host; start nothing, write nothing")
+    p.add_argument("--force", action="store_true",
+                   help="recompute every job, even those already done")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="imgpipe",
@@ -66,6 +77,33 @@ def build_parser() -> argparse.ArgumentParser:
     plan.add_argument("--json", action="store_true", help="print the plan as JSON on stdout")
     plan.add_argument("--check", action="store_true",
                       help="also validate every distinct command with `wsclean -dry-run`")
+
+    image = sub.add_parser(
+        "image",
+        help="plan and run: the same as `imgpipe CONFIG INPUT...`",
+        description="Plan the jobs and run them on the nodes. `imgpipe CONFIG INPUT...` is the same. "
+        "Running the same command again runs only what is not done.",
+    )
+    _add_plan_arguments(image)
+    _add_run_arguments(image)
+
+    run = sub.add_parser(
+        "run",
+        help="run a jobs file made by `imgpipe plan`",
+        description="Run the jobs of a jobs file on the nodes. Running it again runs only what is not done.",
+    )
+    run.add_argument("jobs_file", metavar="JOBS_FILE", help="a jobs file written by `imgpipe plan`")
+    _add_run_arguments(run)
+
+    inputs = sub.add_parser(
+        "inputs",
+        help="list the MSs that obs_id patterns select through the data handler",
+        description="List, for each MS an obs_id pattern selects through [data_handler], its obs_id, "
+        "spectral window, node, path, and whether it exists and is readable. Runs and writes nothing.",
+    )
+    inputs.add_argument("config", help="the TOML config file, with [data_handler]")
+    inputs.add_argument("patterns", nargs="+", metavar="PATTERN", help="OBSPAT[,OBSPAT...][:SWPAT]")
+    inputs.add_argument("--json", action="store_true", help="print the list as JSON on stdout")
     return parser
 
 
@@ -128,11 +166,85 @@ def cmd_plan(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"plan": cmd_plan}
+def _print_dry_run(plan) -> None:
+    for job in plan.jobs:
+        print(f"[{job.id} on {job.host or 'any node'}] {job.command}")
+    print(f"imgpipe: dry run: {len(plan.jobs)} job(s) would run; nothing was started or written", file=sys.stderr)
+
+
+def _run_engine(plan, path, args, rerun) -> int:
+    if args.engine == "make":
+        from .engine_make import run
+    else:
+        from .engine_parallel import run
+    return run(plan, Path(path), force=args.force, rerun=rerun)
+
+
+def cmd_image(args: argparse.Namespace) -> int:
+    from .config import load_config
+    from .plan import make_plan
+    from . import jobs_file
+
+    overrides = _overrides(args)
+    if args.dry_run:
+        overrides.setdefault("worker", {})["dry_run"] = True
+    config = load_config(args.config, overrides)
+    plan = make_plan(config, args.inputs, combine=args.combine, combine_obs_ids=args.combine_obs_ids)
+    if config.worker.debug:
+        for job in plan.jobs:
+            print(f"[{job.id} @ {job.host or '*'}] {job.command}", file=sys.stderr)
+    if config.worker.dry_run:
+        _print_dry_run(plan)
+        return 0
+    path = jobs_file.write(plan, args.jobs_file or jobs_file.default_path(plan))
+    n_ms = sum(len(j.ms) for j in plan.jobs)
+    print(f"imgpipe: {len(plan.jobs)} job(s) for {n_ms} MS(s); jobs file {path}", file=sys.stderr)
+    return _run_engine(plan, path, args, ["imgpipe", *sys.argv[1:]] if sys.argv[1:] else None)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from . import jobs_file
+
+    plan = jobs_file.read(args.jobs_file)
+    if args.dry_run or plan.worker.get("dry_run"):
+        _print_dry_run(plan)
+        return 0
+    return _run_engine(plan, args.jobs_file, args, ["imgpipe", "run", args.jobs_file])
+
+
+def cmd_inputs(args: argparse.Namespace) -> int:
+    from .config import load_config
+    from .errors import ImgpipeError
+    from .data_handler import describe_inputs
+
+    config = load_config(args.config)
+    if config.data_handler is None:
+        raise ImgpipeError(
+            "`imgpipe inputs` needs a data handler: [data_handler] config_file is not set",
+            where=str(config.path),
+            hint="add [data_handler] with config_file = 'data_handler.toml' and data_level = 'L2'",
+        )
+    rows = describe_inputs(config.data_handler, args.patterns)
+    if args.json:
+        json.dump({"inputs": rows}, sys.stdout, indent=1, ensure_ascii=False)
+        sys.stdout.write("\n")
+        return 0
+    print(f"{'obs_id':<22} {'SW':<8} {'node':<12} {'state':<10} path")
+    for r in rows:
+        state = "ok" if r["readable"] else ("unreadable" if r["exists"] else "MISSING")
+        print(f"{r['obs_id']:<22} {r['sw']:<8} {r['node'] or '-':<12} {state:<10} {r['path']}")
+    missing = sum(1 for r in rows if not r["readable"])
+    print(f"{len(rows)} MS(s) selected" + (f", {missing} missing or unreadable" if missing else ""))
+    return 0
+
+
+COMMANDS = {"plan": cmd_plan, "image": cmd_image, "run": cmd_run, "inputs": cmd_inputs}
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and not argv[0].startswith("-") and argv[0] not in COMMANDS:
+        argv.insert(0, "image")  # the nenucal form: imgpipe CONFIG INPUT...
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command is None:

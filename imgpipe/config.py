@@ -43,6 +43,9 @@ WORKER_DEFAULTS: dict[str, Any] = {
     "max_time": 0,
     "slurm_nodes": 0,
     "slurm_options": "",
+    "ssh": "ssh",
+    "retries": 0,
+    "connection_retries": 3,
 }
 
 DATA_HANDLER_DEFAULTS: dict[str, Any] = {
@@ -62,6 +65,9 @@ IMGPIPE_WSCLEAN_KEYS = ("name", "out-dir")
 
 TOP_LEVEL_KEYS = ("worker", "data_handler", "wsclean", "default_settings")
 
+# the origin of a value given by a command-line option (see load_config's overrides)
+COMMAND_LINE = Path("command line")
+
 _EVERY_RE = re.compile(r"^every\s*(\d+)$")
 
 
@@ -77,6 +83,9 @@ class WorkerConfig:
     max_time: float
     slurm_nodes: int
     slurm_options: str
+    ssh: str = "ssh"
+    retries: int = 0
+    connection_retries: int = 3
 
     def as_dict(self) -> dict[str, Any]:
         """The settings a run needs, in a stable JSON-able form."""
@@ -87,6 +96,9 @@ class WorkerConfig:
             "max_time": self.max_time,
             "slurm_nodes": self.slurm_nodes,
             "slurm_options": self.slurm_options,
+            "ssh": self.ssh,
+            "retries": self.retries,
+            "connection_retries": self.connection_retries,
         }
 
 
@@ -105,9 +117,15 @@ class Config:
     origins: dict[tuple[str, str], Path] = field(default_factory=dict, compare=False)
 
     def where(self, section: str, key: str) -> str:
-        """'file [section] key' for error messages: the file the value came from."""
-        src = self.origins.get((section, key), self.path)
-        return f"{src}: [{section}] {key}"
+        """'file: [section] key' for error messages: the file the value came from."""
+        return _where(self.origins, self.path, section, key)
+
+
+def _where(origins: dict[tuple[str, str], Path], default: Path, section: str, key: str) -> str:
+    src = origins.get((section, key), default)
+    if src == COMMAND_LINE:  # 'command line: --max-concurrent (overrides [worker] max_concurrent)'
+        return f"{src}: --{key.replace('_', '-')} (overrides [{section}] {key})"
+    return f"{src}: [{section}] {key}"
 
 
 def suggest(name: str, valid) -> str | None:
@@ -119,9 +137,13 @@ def _unknown_key(path: Path, section: str | None, key: str, valid, what: str) ->
     close = suggest(key, valid)
     where = f"{path}: [{section}]" if section else str(path)
     hint = f"did you mean '{close}'?" if close else f"valid {what}: {', '.join(sorted(valid))}"
-    if section == "wsclean" and not close:
-        hint = "see `wsclean --help` for the options of your WSClean version"
-    return ImgpipeError(f"unknown key '{key}' ({what})", where=where, hint=hint)
+    text = f"unknown key '{key}'" if section else f"unknown table or key '{key}'"
+    return ImgpipeError(text, where=where, hint=hint)
+
+
+def _suggest_wsclean(key: str) -> str | None:
+    """The closest [wsclean] key, comparing in lower case with '-' for '_' (nenucal users write both)."""
+    return suggest(key.strip().lower().replace("_", "-"), (*IMGPIPE_WSCLEAN_KEYS, *wsclean_options.OPTIONS))
 
 
 def read_toml(path: Path) -> dict[str, Any]:
@@ -164,14 +186,20 @@ def _check_keys(path: Path, data: dict[str, Any]) -> None:
                     raise _unknown_key(path, top, key, DATA_HANDLER_DEFAULTS, "[data_handler] keys")
         elif top == "wsclean":
             for key in value:
+                if key.startswith("-"):
+                    # lookup() would accept '-niter', which then renders as '--niter' and
+                    # escapes the checks made on 'name', 'channels-out', 'temp-dir', ...
+                    raise ImgpipeError(
+                        f"'{key}': write WSClean options without the leading '-'",
+                        where=f"{path}: [wsclean]",
+                        hint=f"write {key.lstrip('-')} = ... (the key without '-'; imgpipe adds it)",
+                    )
                 if key not in IMGPIPE_WSCLEAN_KEYS and wsclean_options.lookup(key) is None:
-                    close = wsclean_options.suggest(key)
-                    if close is None:
-                        close = suggest(key, IMGPIPE_WSCLEAN_KEYS)
+                    close = _suggest_wsclean(key)
                     hint = (
                         f"did you mean '{close}'?"
                         if close
-                        else "see `wsclean --help` for the options of WSClean"
+                        else f"see `wsclean --help` for the options of WSClean {wsclean_options.WSCLEAN_VERSION}"
                     )
                     raise ImgpipeError(
                         f"'{key}' is not a WSClean option",
@@ -184,7 +212,11 @@ def _load_chain(path: Path, seen: tuple[Path, ...] = ()) -> tuple[dict, dict[tup
     """Load ``path`` and, first, the ``default_settings`` file it names (recursively)."""
     if path in seen:
         chain = " -> ".join(str(p) for p in (*seen, path))
-        raise ImgpipeError(f"default_settings form a loop: {chain}", where=str(path))
+        raise ImgpipeError(
+            f"default_settings form a loop: {chain}",
+            where=str(path),
+            hint="a default_settings file must not lead back to a file of the chain; remove one of these links",
+        )
     data = read_toml(path)
     _check_keys(path, data)
     merged: dict[str, dict] = {}
@@ -209,8 +241,15 @@ def _load_chain(path: Path, seen: tuple[Path, ...] = ()) -> tuple[dict, dict[tup
     return merged, origins
 
 
+def _toml_repr(value: Any) -> str:
+    """A value as the user wrote it in TOML (true, not Python's True)."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return repr(value)
+
+
 def _type_error(where: str, expected: str, value: Any, hint: str | None = None) -> ImgpipeError:
-    return ImgpipeError(f"expected {expected}, got {value!r}", where=where, hint=hint)
+    return ImgpipeError(f"expected {expected}, got {_toml_repr(value)}", where=where, hint=hint)
 
 
 def _is_int(v: Any) -> bool:
@@ -226,6 +265,11 @@ def _build_worker(table: dict[str, Any], where) -> WorkerConfig:
     for key in ("dry_run", "debug", "run_on_file_host"):
         if not isinstance(w[key], bool):
             raise _type_error(where(key), "true or false", w[key])
+    for key in ("retries", "connection_retries"):
+        if not _is_int(w[key]) or w[key] < 0:
+            raise _type_error(where(key), "a whole number of retries, at least 0", w[key])
+    if not isinstance(w["ssh"], str) or not w["ssh"].strip():
+        raise _type_error(where("ssh"), "the ssh command, e.g. 'ssh' or 'ssh -F ~/.ssh/cluster_config'", w["ssh"])
     for key in ("env_file", "run_on_file_host_pattern", "slurm_options"):
         if not isinstance(w[key], str):
             raise _type_error(where(key), "a string", w[key])
@@ -257,7 +301,7 @@ def _build_worker(table: dict[str, Any], where) -> WorkerConfig:
             ) from None
         if pattern.groups < 1:
             raise ImgpipeError(
-                f"pattern {w['run_on_file_host_pattern']!r} has no group: nothing says which part is the host",
+                f"pattern '{w['run_on_file_host_pattern']}' has no group: nothing says which part is the host",
                 where=where("run_on_file_host_pattern"),
                 hint="put the host name part in parentheses, e.g. '/net/(node\\d{3})/'",
             )
@@ -278,12 +322,22 @@ def _build_worker(table: dict[str, Any], where) -> WorkerConfig:
         max_time=w["max_time"],
         slurm_nodes=w["slurm_nodes"],
         slurm_options=w["slurm_options"],
+        ssh=w["ssh"],
+        retries=w["retries"],
+        connection_retries=w["connection_retries"],
     )
 
 
-def _build_data_handler(config_path: Path, table: dict[str, Any] | None, where) -> DataHandlerConfig | None:
+def _build_data_handler(naming_file: Path, table: dict[str, Any] | None, where) -> DataHandlerConfig | None:
+    """``naming_file``: the config file that sets ``config_file`` (the user's, or a default_settings file)."""
     if not table:
         return None
+    if "config_file" not in table:
+        raise ImgpipeError(
+            "missing: [data_handler] needs the data handler file to resolve obs_ids into MSs",
+            where=where("config_file"),
+            hint="add config_file = 'data_handler.toml' (relative to this config file), or remove [data_handler]",
+        )
     d = {**DATA_HANDLER_DEFAULTS, **table}
     for key in ("config_file", "data_level"):
         if not isinstance(d[key], str):
@@ -293,14 +347,15 @@ def _build_data_handler(config_path: Path, table: dict[str, Any] | None, where) 
     if not d["data_level"]:
         raise _type_error(where("data_level"), "a data level name such as 'L2'", d["data_level"])
     name = os.path.expanduser(d["config_file"])
-    beside = (config_path.parent / name).resolve()
+    base_dir = Path.cwd() if naming_file == COMMAND_LINE else naming_file.parent
+    beside = (base_dir / name).resolve()
     chosen = beside
     if not beside.exists():
         in_cwd = Path(name).resolve()
         if in_cwd.exists():
             print(
-                f"imgpipe: warning: {where('config_file')}: '{d['config_file']}' is not next to the config "
-                f"({beside}); using {in_cwd} from the current directory",
+                f"imgpipe: warning: {where('config_file')}: '{d['config_file']}' is not next to "
+                f"{naming_file.name} (no {beside}); using {in_cwd} from the current directory",
                 file=sys.stderr,
             )
             chosen = in_cwd
@@ -322,7 +377,7 @@ def parse_channels_out(value: Any, where: str) -> Any:
             n = int(m.group(1))
             if n == 0:
                 raise ImgpipeError(
-                    f"'{value}': every 0 channels is not a channel count",
+                    f"'{value}': N in 'every N' must be at least 1 (channels-out = number of channels // N)",
                     where=where,
                     hint="use 'every N' with N >= 1 (1 output channel per N input channels), or 'all'",
                 )
@@ -358,14 +413,12 @@ def _check_wsclean(table: dict[str, Any], where) -> dict[str, Any]:
         out[key] = value
     if "name" not in out:
         raise ImgpipeError(
-            "[wsclean] name is required (the output image name prefix)",
+            "missing: every config needs the prefix of the output image names (WSClean's -name)",
             where=where("name"),
-            hint="add e.g. name = 'img' to [wsclean]",
+            hint="add e.g. name = 'img' to [wsclean] (false or '' do not remove it: it is required)",
         )
     return out
 
-
-COMMAND_LINE = Path("command line")
 
 
 def load_config(path: str | os.PathLike, overrides: dict[str, dict[str, Any]] | None = None) -> Config:
@@ -383,11 +436,14 @@ def load_config(path: str | os.PathLike, overrides: dict[str, dict[str, Any]] | 
 
     def where_in(section):
         def where(key):
-            src = origins.get((section, key), config_path)
-            return f"{src}: [{section}] {key}"
+            return _where(origins, config_path, section, key)
         return where
 
     worker = _build_worker(merged.get("worker", {}), where_in("worker"))
-    data_handler = _build_data_handler(config_path, merged.get("data_handler"), where_in("data_handler"))
+    data_handler = _build_data_handler(
+        origins.get(("data_handler", "config_file"), config_path),
+        merged.get("data_handler"),
+        where_in("data_handler"),
+    )
     wsclean = _check_wsclean(merged.get("wsclean", {}), where_in("wsclean"))
     return Config(path=config_path, worker=worker, data_handler=data_handler, wsclean=wsclean, origins=origins)

@@ -1,0 +1,281 @@
+"""What every engine shares: the run directory, its lock, the nodes, stopping, progress, the summary.
+
+The run directory is the jobs file's directory; it holds::
+
+    jobs.txt            the plan (imgpipe plan)
+    joblog.tsv          GNU parallel's job log for jobs.txt (last row per job wins)
+    logs/<id>           each job's output (WSClean's log and the wrapper's lines)
+    imgpipe-job         the node-side wrapper used by this run (a copy of bin/imgpipe-job)
+    parallel-input.tsv  the jobs as GNU parallel input;  parallel.sh  the resume command
+    Makefile            the generated Makefile (engine make)
+    run.lock            held while a run is going
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from .errors import ImgpipeError
+from .hosts import is_local
+from .plan import Job, Plan
+from . import status as st
+
+WRAPPER_SOURCE = Path(__file__).resolve().parent.parent / "bin" / "imgpipe-job"
+WRAPPER = "imgpipe-job"
+STOP_GRACE = 20.0  # seconds the node-side wrappers get to stop WSClean and clean up
+
+
+def wrapper_source() -> Path:
+    """bin/imgpipe-job from the source tree, or the copy installed as package data."""
+    for candidate in (WRAPPER_SOURCE, Path(__file__).resolve().parent / "bin" / "imgpipe-job"):
+        if candidate.is_file():
+            return candidate
+    raise ImgpipeError("bin/imgpipe-job is missing from the installation (reinstall imgpipe)")
+
+
+def tag_of(plan: Plan) -> str:
+    """The mark each job's wrapper carries in its argv, to find and stop it on any node."""
+    return f"imgpipe-{plan.digest[:12]}"
+
+
+def share_resources(job: Job) -> bool:
+    """Split cores and memory between co-located jobs unless the user set -j/-mem/-abs-mem."""
+    return not any(flag in job.argv for flag in ("-j", "-mem", "-abs-mem"))
+
+
+def ssh_command(plan: Plan) -> list[str]:
+    """The ssh command: $IMGPIPE_SSH, else [worker] ssh (default 'ssh')."""
+    text = os.environ.get("IMGPIPE_SSH") or plan.worker.get("ssh") or "ssh"
+    return shlex.split(text)
+
+
+class RunLock:
+    """An exclusive lock on the run directory; says who holds it when it is taken."""
+
+    def __init__(self, run_dir: Path):
+        self.path = run_dir / st.LOCK
+        self.fd: int | None = None
+
+    def __enter__(self):
+        import fcntl
+
+        self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            holder = os.read(self.fd, 4096).decode(errors="replace").strip() or "another process"
+            os.close(self.fd)
+            self.fd = None
+            raise ImgpipeError(
+                f"this plan is already being run by {holder}",
+                where=str(self.path.parent),
+                hint="wait for it to finish, or stop it (Ctrl-C, or kill that process) first",
+            ) from None
+        os.ftruncate(self.fd, 0)
+        os.write(self.fd, f"imgpipe pid {os.getpid()} on {socket.gethostname()} since {time.ctime()}\n".encode())
+        return self
+
+    def __exit__(self, *exc):
+        if self.fd is not None:
+            os.ftruncate(self.fd, 0)
+            os.close(self.fd)
+            self.fd = None
+
+
+def nodes_of(plan: Plan) -> list[str]:
+    return list(plan.worker["nodes"])
+
+
+def probe_hosts(hosts: list[str], ssh: list[str], timeout: float = 15.0) -> dict[str, str]:
+    """host -> why it cannot be reached, for every remote host that fails ``ssh host true``."""
+    remote = [h for h in hosts if not is_local(h)]
+
+    def probe(host: str) -> tuple[str, str | None]:
+        try:
+            proc = subprocess.run(
+                [*ssh, "-o", "BatchMode=yes", "-o", "ConnectTimeout=10", host, "true"],
+                stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=timeout,
+            )
+        except subprocess.TimeoutExpired:
+            return host, f"no answer within {timeout:.0f} s"
+        except OSError as e:
+            return host, f"cannot run {ssh[0]}: {e}"
+        if proc.returncode == 0:
+            return host, None
+        reason = (proc.stderr.strip().splitlines() or [f"ssh exit status {proc.returncode}"])[-1]
+        return host, reason
+
+    if not remote:
+        return {}
+    with ThreadPoolExecutor(max_workers=min(16, len(remote))) as pool:
+        return {h: why for h, why in pool.map(probe, remote) if why}
+
+
+def stop_jobs(tag: str, hosts: list[str], ssh: list[str], sig: str = "TERM") -> None:
+    """Signal every wrapper carrying ``tag`` on every host (the wrapper stops WSClean and cleans up)."""
+    pattern = f"[i]mgpipe-job {tag} "  # the brackets keep pkill from matching the remote shell itself
+    local_done = False
+
+    def one(host: str) -> None:
+        nonlocal local_done
+        if is_local(host):
+            if not local_done:
+                local_done = True
+                subprocess.run(["pkill", f"-{sig}", "-f", pattern], capture_output=True)
+            return
+        try:
+            subprocess.run([*ssh, "-o", "BatchMode=yes", "-o", "ConnectTimeout=10", host,
+                            f"pkill -{sig} -f {shlex.quote(pattern)}"],
+                           stdin=subprocess.DEVNULL, capture_output=True, timeout=30)
+        except (subprocess.TimeoutExpired, OSError):
+            pass
+
+    with ThreadPoolExecutor(max_workers=min(16, max(1, len(hosts)))) as pool:
+        list(pool.map(one, hosts))
+
+
+def jobs_running(tag: str, hosts: list[str], ssh: list[str]) -> list[str]:
+    """Hosts where a wrapper carrying ``tag`` still runs."""
+    pattern = f"[i]mgpipe-job {tag} "
+    busy = []
+    for host in hosts:
+        cmd = ["pgrep", "-f", pattern] if is_local(host) else [
+            *ssh, "-o", "BatchMode=yes", "-o", "ConnectTimeout=10", host, f"pgrep -f {shlex.quote(pattern)}"]
+        try:
+            if subprocess.run(cmd, stdin=subprocess.DEVNULL, capture_output=True, timeout=30).returncode == 0:
+                busy.append(host)
+        except (subprocess.TimeoutExpired, OSError):
+            pass
+    return busy
+
+
+class Stopper:
+    """Turns SIGINT/SIGTERM into a flag the engine's wait loop checks."""
+
+    def __init__(self):
+        self.signal: int | None = None
+        self._old: dict[int, object] = {}
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+                self._old[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        if self.signal is not None and signum == signal.SIGINT:
+            print("imgpipe: still stopping the jobs, please wait", file=sys.stderr)
+        self.signal = signum
+
+    def __exit__(self, *exc):
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
+
+
+class Progress:
+    """A live status line on a terminal; plain periodic lines otherwise."""
+
+    def __init__(self, plan: Plan, run_dir: Path, stream=None):
+        self.plan, self.run_dir = plan, run_dir
+        self.stream = stream or sys.stderr
+        self.tty = self.stream.isatty()
+        self.interval = float(os.environ.get("IMGPIPE_PROGRESS_INTERVAL", "1" if self.tty else "30"))
+        self.started = time.time()
+        self.last_print = 0.0
+        self.last_text = ""
+
+    def line(self) -> str:
+        c = st.counts(st.job_states(self.plan, self.run_dir))
+        finished = c["done"] + c["failed"]
+        left = c["total"] - finished
+        eta = ""
+        elapsed = time.time() - self.started
+        if finished and left:
+            eta = f", ETA {_duration(elapsed / finished * left)}"
+        return (f"imgpipe: {c['done']}/{c['total']} done, {c['failed']} failed, {c['running']} running, "
+                f"{c['not started']} waiting, {_duration(elapsed)} elapsed{eta}")
+
+    def tick(self, force: bool = False) -> None:
+        now = time.time()
+        if not force and now - self.last_print < self.interval:
+            return
+        self.last_print = now
+        text = self.line()
+        if self.tty:
+            self.stream.write("\r\033[K" + text)
+        elif text != self.last_text or force:
+            self.stream.write(text + "\n")
+        self.last_text = text
+        self.stream.flush()
+
+    def close(self) -> None:
+        if self.tty:
+            self.stream.write("\n")
+            self.stream.flush()
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(seconds)
+    if seconds < 60:
+        return f"{seconds}s"
+    if seconds < 3600:
+        return f"{seconds // 60}m{seconds % 60:02d}s"
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+
+
+def summary(plan: Plan, run_dir: Path, unreachable: dict[str, str], resume_hint: list[str],
+            out=None) -> int:
+    """Print the end-of-run report; return the exit code (0 all done, 1 otherwise)."""
+    out = out or sys.stderr
+    states = st.job_states(plan, run_dir)
+    c = st.counts(states)
+    for host, why in unreachable.items():
+        print(f"imgpipe: node {host} cannot be reached: {why}", file=out)
+    if c["done"] == c["total"]:
+        print(f"imgpipe: all {c['total']} job(s) done. Run directory: {run_dir}", file=out)
+        return 0
+    bad = [s for s in states if s.state != "done"]
+    print(f"imgpipe: {c['done']} of {c['total']} job(s) done, {c['failed']} failed, "
+          f"{c['total'] - c['done'] - c['failed']} not run. Run directory: {run_dir}", file=out)
+    print(f"  {'job':<6} {'host':<12} {'why':<50} log", file=out)
+    for s in sorted(bad, key=lambda s: (s.state != "failed", s.job.id)):
+        host = s.host or s.job.host or "-"
+        if s.state == "failed":
+            why = s.why or "failed"
+        elif s.job.host in unreachable:
+            why = f"not run: node {s.job.host} unreachable"
+        else:
+            why = "not run"
+        print(f"  {s.job.id:<6} {host:<12} {why:<50} {s.log or '-'}", file=out)
+        for line in st.tail(s.log, 3) if s.state == "failed" else []:
+            print(f"         | {line}", file=out)
+    print("To resume (runs only what is not done):", file=out)
+    for hint in resume_hint:
+        print(f"  {hint}", file=out)
+    return 1
+
+
+def write_json(path: Path, data) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(data, indent=1))
+    os.replace(tmp, path)
+
+
+def install_wrapper(run_dir: Path) -> Path:
+    dest = run_dir / WRAPPER
+    src = wrapper_source()
+    if not dest.exists() or dest.read_bytes() != src.read_bytes():
+        shutil.copyfile(src, dest)
+        dest.chmod(0o755)
+    return dest
