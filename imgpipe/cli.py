@@ -95,6 +95,17 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("jobs_file", metavar="JOBS_FILE", help="a jobs file written by `imgpipe plan`")
     _add_run_arguments(run)
 
+    status = sub.add_parser(
+        "status",
+        help="what finished, what failed and why, what runs (reads the run directory only)",
+        description="Show each job's state (done, failed, running, not started), host, start, runtime, "
+        "why it failed and its log, from the job log and the provenance records; contacts no node. "
+        "With no argument, the most recent run under ./imgpipe-runs.",
+    )
+    status.add_argument("run", nargs="?", metavar="RUN_DIR_OR_JOBS_FILE",
+                        help="a run directory or its jobs file (default: the most recent run here)")
+    status.add_argument("--json", action="store_true", help="print the status as JSON on stdout")
+
     inputs = sub.add_parser(
         "inputs",
         help="list the MSs that obs_id patterns select through the data handler",
@@ -238,7 +249,77 @@ def cmd_inputs(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"plan": cmd_plan, "image": cmd_image, "run": cmd_run, "inputs": cmd_inputs}
+def find_run(arg: str | None) -> Path:
+    """The jobs file of a run: the one given (directory or file), or the newest under ./imgpipe-runs."""
+    from .errors import ImgpipeError
+    from .jobs_file import JOBS_FILE_NAME, RUNS_DIR
+
+    if arg:
+        path = Path(arg)
+        if path.is_dir():
+            path = path / JOBS_FILE_NAME
+        if not path.is_file():
+            raise ImgpipeError(f"no jobs file at {path}", hint="give a run directory (imgpipe-runs/...) or its jobs.txt")
+        return path
+    runs = list(Path(RUNS_DIR).glob(f"*/{JOBS_FILE_NAME}"))
+    if not runs:
+        raise ImgpipeError(f"no run found under ./{RUNS_DIR}",
+                           hint="give the run directory printed by `imgpipe run`, or cd to where you ran imgpipe")
+    return max(runs, key=_last_activity)  # the run with the latest activity
+
+
+def _last_activity(jobs: Path) -> float:
+    from .status import JOBLOG, ROUND_JOBLOG
+
+    times = [jobs.stat().st_mtime]
+    for name in (JOBLOG, ROUND_JOBLOG, "logs"):
+        p = jobs.parent / name
+        if p.exists():
+            times.append(p.stat().st_mtime)
+    return max(times)
+
+
+def _fmt_time(t: float | None) -> str:
+    import time as _time
+
+    return _time.strftime("%m-%d %H:%M:%S", _time.localtime(t)) if t else "-"
+
+
+def _fmt_runtime(r: float | None) -> str:
+    if r is None:
+        return "-"
+    r = int(r)
+    return f"{r // 3600}:{r % 3600 // 60:02d}:{r % 60:02d}"
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from . import jobs_file
+    from .status import counts, host_summary, job_states
+
+    path = find_run(args.run)
+    plan = jobs_file.read(path)
+    states = job_states(plan, path.parent)
+    c = counts(states)
+    if args.json:
+        doc = {"run_dir": str(path.parent.resolve()), "jobs_file": str(path.resolve()), "digest": plan.digest,
+               "counts": c, "hosts": host_summary(states), "jobs": [s.as_dict() for s in states]}
+        json.dump(doc, sys.stdout, indent=1, ensure_ascii=False)
+        sys.stdout.write("\n")
+        return 0
+    print(f"run {path.parent.resolve()}")
+    print(f"{'job':<6} {'host':<12} {'state':<12} {'start':<15} {'runtime':>8}  {'why':<34} log")
+    order = {"failed": 0, "running": 1, "not started": 2, "done": 3}
+    for s in sorted(states, key=lambda s: (order[s.state], s.job.id)):
+        print(f"{s.job.id:<6} {s.host or s.job.host or '-':<12} {s.state:<12} {_fmt_time(s.start):<15} "
+              f"{_fmt_runtime(s.runtime):>8}  {(s.why or ''):<34} {s.log or '-'}")
+    for host, h in sorted(host_summary(states).items()):
+        print(f"host {host:<12} {h['done']} done, {h['failed']} failed, busy {_fmt_runtime(h['busy'])}")
+    print(f"total: {c['done']}/{c['total']} done, {c['failed']} failed, {c['running']} running, "
+          f"{c['not started']} not started")
+    return 0
+
+
+COMMANDS = {"plan": cmd_plan, "status": cmd_status, "image": cmd_image, "run": cmd_run, "inputs": cmd_inputs}
 
 
 def main(argv: list[str] | None = None) -> int:

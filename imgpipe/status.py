@@ -147,6 +147,18 @@ def counts(states: list[JobState]) -> dict[str, int]:
     return out
 
 
+def host_summary(states: list[JobState]) -> dict[str, dict]:
+    """host -> jobs done, failed, and busy seconds (sum of runtimes)."""
+    out: dict[str, dict] = {}
+    for s in states:
+        if s.host is None or s.state not in ("done", "failed"):
+            continue
+        h = out.setdefault(s.host, {"done": 0, "failed": 0, "busy": 0.0})
+        h[s.state] += 1
+        h["busy"] += s.runtime or 0.0
+    return out
+
+
 def tail(path: str | None, n: int = 5) -> list[str]:
     if not path:
         return []
