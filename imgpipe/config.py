@@ -305,12 +305,6 @@ def _build_worker(table: dict[str, Any], where) -> WorkerConfig:
                 where=where("run_on_file_host_pattern"),
                 hint="put the host name part in parentheses, e.g. '/net/(node\\d{3})/'",
             )
-    if w["run_on_file_host"] and pattern is None:
-        raise ImgpipeError(
-            "run_on_file_host = true needs run_on_file_host_pattern",
-            where=where("run_on_file_host"),
-            hint="set run_on_file_host_pattern to a regex whose first group is the host, e.g. '/net/(node\\d{3})/'",
-        )
     return WorkerConfig(
         nodes=nodes,
         max_concurrent=w["max_concurrent"],
@@ -445,5 +439,13 @@ def load_config(path: str | os.PathLike, overrides: dict[str, dict[str, Any]] | 
         merged.get("data_handler"),
         where_in("data_handler"),
     )
+    if worker.run_on_file_host and worker.run_on_file_host_pattern is None and data_handler is None:
+        # with a data handler, its node map says which node holds each MS
+        raise ImgpipeError(
+            "run_on_file_host = true needs run_on_file_host_pattern (or a [data_handler], whose node map "
+            "says which node holds each MS)",
+            where=where_in("worker")("run_on_file_host"),
+            hint="set run_on_file_host_pattern to a regex whose first group is the host, e.g. '/net/(node\\d{3})/'",
+        )
     wsclean = _check_wsclean(merged.get("wsclean", {}), where_in("wsclean"))
     return Config(path=config_path, worker=worker, data_handler=data_handler, wsclean=wsclean, origins=origins)
