@@ -106,6 +106,16 @@ def build_parser() -> argparse.ArgumentParser:
                         help="a run directory or its jobs file (default: the most recent run here)")
     status.add_argument("--json", action="store_true", help="print the status as JSON on stdout")
 
+    report = sub.add_parser(
+        "report",
+        help="write report.html: summary, per-node timeline, failures, image previews",
+        description="Write a self-contained report.html in the run directory (summary, timeline of every "
+        "job on every node, failures with their log lines, image previews with peak and RMS, the config "
+        "and plan) and print its path. Previews need `pip install imgpipe[report]` (astropy, matplotlib).",
+    )
+    report.add_argument("run", nargs="?", metavar="RUN_DIR_OR_JOBS_FILE",
+                        help="a run directory or its jobs file (default: the most recent run here)")
+
     inputs = sub.add_parser(
         "inputs",
         help="list the MSs that obs_id patterns select through the data handler",
@@ -184,6 +194,15 @@ def _print_dry_run(plan) -> None:
 
 
 def _run_engine(plan, path, args, rerun) -> int:
+    from .errors import ImgpipeError
+
+    if plan.worker["nodes"] == ["slurm"]:
+        raise ImgpipeError(
+            "nodes = 'slurm': running through Slurm is not implemented yet",
+            where=plan.config_path,
+            hint=f"list the nodes to use over ssh in [worker] nodes; the jobs file {path} is written and can be "
+            "run by your own Slurm script (one line per job: ID, host, command)",
+        )
     if args.engine == "make":
         from .engine_make import run
     else:
@@ -319,7 +338,14 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"plan": cmd_plan, "status": cmd_status, "image": cmd_image, "run": cmd_run, "inputs": cmd_inputs}
+def cmd_report(args: argparse.Namespace) -> int:
+    from .report import write_report
+
+    print(write_report(find_run(args.run)))
+    return 0
+
+
+COMMANDS = {"plan": cmd_plan, "status": cmd_status, "report": cmd_report, "image": cmd_image, "run": cmd_run, "inputs": cmd_inputs}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -31,17 +31,26 @@ from .hosts import is_local
 from .plan import Job, Plan
 from . import status as st
 
-WRAPPER_SOURCE = Path(__file__).resolve().parent.parent / "bin" / "imgpipe-job"
 WRAPPER = "imgpipe-job"
 STOP_GRACE = 20.0  # seconds the node-side wrappers get to stop WSClean and clean up
 
 
-def wrapper_source() -> Path:
-    """bin/imgpipe-job from the source tree, or the copy installed as package data."""
-    for candidate in (WRAPPER_SOURCE, Path(__file__).resolve().parent / "bin" / "imgpipe-job"):
-        if candidate.is_file():
-            return candidate
-    raise ImgpipeError("bin/imgpipe-job is missing from the installation (reinstall imgpipe)")
+def installed_file(*parts: str) -> Path | None:
+    """A file of the source tree (``bin/...``, ``Makefile.in``), or its installed copy (scripts, share/imgpipe)."""
+    here = Path(__file__).resolve().parent.parent
+    candidates = [here.joinpath(*parts), Path(sys.prefix, "bin", parts[-1]), Path(sys.prefix, "share", "imgpipe", parts[-1])]
+    found = shutil.which(parts[-1])
+    if found:
+        candidates.append(Path(found))
+    return next((c for c in candidates if c.is_file()), None)
+
+
+def wrapper_source(name: str = WRAPPER) -> Path:
+    """bin/imgpipe-job (or another piece of bin/) from the source tree or the installation."""
+    path = installed_file("bin", name)
+    if path is None:
+        raise ImgpipeError(f"bin/{name} is missing from the installation (reinstall imgpipe)")
+    return path
 
 
 def tag_of(plan: Plan) -> str:

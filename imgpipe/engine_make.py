@@ -25,7 +25,7 @@ from collections import Counter
 from pathlib import Path
 
 from .engine import (
-    STOP_GRACE, Progress, RunLock, Stopper, install_wrapper, jobs_running, nodes_of, probe_hosts,
+    STOP_GRACE, Progress, RunLock, Stopper, install_wrapper, installed_file, jobs_running, nodes_of, probe_hosts,
     share_resources, ssh_command, stop_jobs, summary, tag_of, wrapper_source,
 )
 from .errors import ImgpipeError
@@ -39,11 +39,10 @@ RECIPE = "imgpipe-make-job"
 
 
 def template_path() -> Path:
-    for candidate in (Path(__file__).resolve().parent.parent / "Makefile.in",
-                      Path(__file__).resolve().parent / "Makefile.in"):
-        if candidate.is_file():
-            return candidate
-    raise ImgpipeError("Makefile.in is missing from the installation (reinstall imgpipe)")
+    path = installed_file("Makefile.in")
+    if path is None:
+        raise ImgpipeError("Makefile.in is missing from the installation (reinstall imgpipe)")
+    return path
 
 
 def assign_hosts(jobs: list[Job], live: list[str]) -> dict[str, str]:
@@ -120,7 +119,7 @@ def run(plan: Plan, jobs_path: Path, *, force: bool = False, rerun: list[str] | 
     with RunLock(run_dir), Stopper() as stopper:
         install_wrapper(run_dir)
         recipe = run_dir / RECIPE
-        shutil.copyfile(wrapper_source().parent / RECIPE, recipe)
+        shutil.copyfile(wrapper_source(RECIPE), recipe)
         recipe.chmod(0o755)
         (run_dir / st.LOGS).mkdir(exist_ok=True)
         done_dir = run_dir / "done"
