@@ -136,26 +136,27 @@ def run(plan: Plan, jobs_path: Path, *, force: bool = False, rerun: list[str] | 
             print(f"imgpipe: warning: node {host} cannot be reached ({why}); its pinned jobs will not run, "
                   "the others go to the remaining nodes", file=sys.stderr)
         live = [n for n in nodes if n not in unreachable]
-        if not live:
-            return summary(plan, run_dir, unreachable, _hints(run_dir, rerun))
         _merge_round(run_dir)  # rows left by a by-hand `make` run
         for jid, row in last_rows(read_rows(run_dir / st.JOBLOG)).items():
             if row.ok:  # done by any engine
                 (done_dir / jid).touch()
-        todo = [j for j in plan.jobs if not (done_dir / j.id).exists() and (j.host is None or j.host in live)]
+        # the Makefile lists every job (by hand, `make` skips the done ones); imgpipe asks for the rest
+        hosts = assign_hosts(plan.jobs, live or nodes)
+        (run_dir / MAKEFILE).write_text(
+            render_makefile(plan, jobs_path.resolve(), run_dir, list(plan.jobs), hosts, ssh, force),
+            encoding="utf-8")
+        todo = [j for j in plan.jobs if live and not (done_dir / j.id).exists() and (j.host is None or j.host in live)]
         if not todo:
             return summary(plan, run_dir, unreachable, _hints(run_dir, rerun))
-        hosts = assign_hosts(todo, live)
-        (run_dir / MAKEFILE).write_text(
-            render_makefile(plan, jobs_path.resolve(), run_dir, todo, hosts, ssh, force), encoding="utf-8")
         (run_dir / st.ROUND_IDS).write_text("\n".join(j.id for j in todo) + "\n")
         # status reads this round's rows from joblog.tsv; jobs done before stay as they were
-        slots = plan.worker["max_concurrent"] * len(set(hosts.values()))
+        slots = plan.worker["max_concurrent"] * len(live)
         env = {**os.environ}
         env.setdefault("PARALLEL_HOME", str(run_dir / ".parallel"))
         progress = Progress(plan, run_dir)
         with open(run_dir / "make.stderr", "a") as err:
-            proc = subprocess.Popen(["make", "-C", str(run_dir), "-k", "-j", str(slots)], env=env,
+            proc = subprocess.Popen(["make", "-C", str(run_dir), "-k", "-j", str(slots),
+                                     *(f"done/{j.id}" for j in todo)], env=env,
                                     stdin=subprocess.DEVNULL, stdout=err, stderr=err, start_new_session=True)
             while proc.poll() is None:
                 if stopper.signal is not None:

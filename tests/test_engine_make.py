@@ -1,0 +1,141 @@
+"""The make engine, for real: a generated Makefile runs WSClean jobs on sshd 'nodes' on loopback."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from collections import defaultdict
+from pathlib import Path
+
+import pytest
+
+from imgpipe.joblog import read_rows
+from sshcluster import SshCluster, missing_tools
+
+pytestmark = pytest.mark.skipif(
+    bool(missing_tools()) or shutil.which("wsclean") is None or shutil.which("make") is None,
+    reason=f"needs sshd, ssh, parallel, make and wsclean (missing: {missing_tools()})",
+)
+
+FAST = """
+[wsclean]
+name = 'img'
+out-dir = '{out}/$ms_basename$'
+size = '64 64'
+scale = '5arcmin'
+niter = 10
+data-column = 'DATA'
+no-update-model-required = true
+"""
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    with SshCluster(tmp_path_factory.mktemp("make-cluster"), names=("node001", "node002")).start() as c:
+        yield c
+
+
+def imgpipe(args, cwd: Path, cluster: SshCluster, timeout=240):
+    env = cluster.env(IMGPIPE_PROGRESS_INTERVAL="0.5")
+    return subprocess.run([sys.executable, "-m", "imgpipe.cli", *map(str, args)], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def write_config(tmp_path: Path, cluster: SshCluster, extra_worker: str = "") -> Path:
+    cfg = tmp_path / "img.toml"
+    cfg.write_text(
+        f"[worker]\nnodes = 'node001,node002'\nmax_concurrent = 1\nssh = {cluster.ssh_command!r}\n{extra_worker}\n"
+        + FAST.format(out=tmp_path / "images"),
+        encoding="utf-8",
+    )
+    return cfg
+
+
+def make_data(ms_factory, tmp_path: Path, n: int, pinned: bool = False) -> list[Path]:
+    out = []
+    for i in range(n):
+        node = f"node00{1 + i % 2}"
+        where = tmp_path / "net" / node / "data" if pinned else tmp_path / "data"
+        out.append(ms_factory(f"SW01_T{i:03d}.MS", where=where, nchan=4, ntimes=4, nant=6))
+    return out
+
+
+def run_dir_of(tmp_path: Path) -> Path:
+    (jobs,) = list((tmp_path / "imgpipe-runs").glob("*/jobs.txt"))
+    return jobs.parent
+
+
+def rows_per_job(run_dir: Path) -> dict[str, list]:
+    out = defaultdict(list)
+    for r in read_rows(run_dir / "joblog.tsv"):
+        out[r.job_id].append(r)
+    return out
+
+
+def test_make_engine_images_every_ms_and_respects_node_slots(cluster, ms_factory, tmp_path):
+    data = make_data(ms_factory, tmp_path, 4)
+    cfg = write_config(tmp_path, cluster)
+    r = imgpipe([cfg, *data, "--engine", "make"], tmp_path, cluster)
+    assert r.returncode == 0, r.stderr
+    assert "all 4 job(s) done" in r.stderr
+    for ms in data:
+        assert (tmp_path / "images" / ms.name / "img-image.fits").is_file()
+        assert (tmp_path / "images" / ms.name / "img.imgpipe.json").is_file()
+    run_dir = run_dir_of(tmp_path)
+    makefile = (run_dir / "Makefile").read_text()
+    assert makefile.count("\ndone/") == 4
+    assert sorted(p.name for p in (run_dir / "done").iterdir()) == ["0001", "0002", "0003", "0004"]
+    rows = [r for rs in rows_per_job(run_dir).values() for r in rs]
+    assert len(rows) == 4 and all(r.ok for r in rows)
+    by_host = defaultdict(list)
+    for row in rows:
+        by_host[row.host].append((row.start, row.start + row.runtime))
+    assert set(by_host) == {"node001", "node002"}  # unpinned jobs spread over both nodes
+    for host, spans in by_host.items():  # max_concurrent = 1: never two at once on a node
+        spans.sort()
+        assert all(a[1] <= b[0] + 0.05 for a, b in zip(spans, spans[1:])), (host, spans)
+
+
+def test_make_engine_pins_jobs_and_resumes_only_the_failed_one(cluster, ms_factory, tmp_path):
+    data = make_data(ms_factory, tmp_path, 4, pinned=True)
+    cfg = write_config(tmp_path, cluster,
+                       "run_on_file_host = true\nrun_on_file_host_pattern = '/net/(node\\d{3})/'")
+    assert imgpipe(["plan", cfg, *data], tmp_path, cluster).returncode == 0
+    run_dir = run_dir_of(tmp_path)
+    hidden = data[2].with_name("hidden.MS")
+    data[2].rename(hidden)  # removed between plan and run: a run-time WSClean failure
+    r = imgpipe(["run", run_dir / "jobs.txt", "--engine", "make"], tmp_path, cluster)
+    assert r.returncode == 1, r.stderr
+    assert "0003" in r.stderr and "WSClean failed" in r.stderr and "make -C" in r.stderr
+    rows = rows_per_job(run_dir)
+    for ms, jid in zip(data, ["0001", "0002", "0003", "0004"]):
+        assert rows[jid][-1].host == ms.parts[ms.parts.index("net") + 1]  # ran on the node holding it
+    hidden.rename(data[2])
+    r = imgpipe(["run", run_dir / "jobs.txt", "--engine", "make"], tmp_path, cluster)
+    assert r.returncode == 0, r.stderr
+    rows = rows_per_job(run_dir)
+    assert {jid: len(rs) for jid, rs in rows.items()} == {"0001": 1, "0002": 1, "0003": 2, "0004": 1}
+    assert (tmp_path / "images" / data[2].name / "img-image.fits").is_file()
+
+
+def test_make_by_hand_and_parallel_then_make_share_what_is_done(cluster, ms_factory, tmp_path):
+    data = make_data(ms_factory, tmp_path, 2)
+    cfg = write_config(tmp_path, cluster)
+    assert imgpipe([cfg, *data], tmp_path, cluster).returncode == 0  # GNU parallel engine
+    run_dir = run_dir_of(tmp_path)
+    before = {p: p.stat().st_mtime for p in (tmp_path / "images").rglob("img-image.fits")}
+    r = imgpipe([cfg, *data, "--engine", "make"], tmp_path, cluster)
+    assert r.returncode == 0, r.stderr
+    assert {jid: len(rs) for jid, rs in rows_per_job(run_dir).items()} == {"0001": 1, "0002": 1}
+    assert {p: p.stat().st_mtime for p in before} == before  # nothing recomputed
+    # the Makefile works by hand: remove one done marker, make redoes only that job
+    (run_dir / "done" / "0002").unlink()
+    env = cluster.env()
+    proc = subprocess.run(["make", "-C", str(run_dir), "-k", "-j", "2"], env=env, capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert (run_dir / "done" / "0002").exists()
+    log = (run_dir / "logs" / "0002").read_text()
+    assert "already done" in log  # the provenance record stops a recomputation even by hand
