@@ -30,10 +30,16 @@ def _reason(output: str) -> str:
     return lines[-1].strip() if lines else "no output"
 
 
+def _which(ids: list[str]) -> str:
+    return f"job {ids[0]}" if len(ids) == 1 else f"jobs {ids[0]}..{ids[-1]} ({len(ids)})"
+
+
 def _dry_run(argv: tuple[str, ...], wsclean: str) -> tuple[int, str]:
-    proc = subprocess.run(
-        [wsclean, "-dry-run", *argv[1:]], stdin=subprocess.DEVNULL, capture_output=True, text=True, errors="replace"
-    )
+    try:
+        proc = subprocess.run([wsclean, "-dry-run", *argv[1:]], stdin=subprocess.DEVNULL, capture_output=True,
+                              text=True, errors="replace", timeout=120)
+    except subprocess.TimeoutExpired:
+        return 255, "`wsclean -dry-run` did not answer within 120 s"
     output = proc.stdout + proc.stderr
     # WSClean 3.1 reports a parse error with exit 255, or in some builds prints it and exits 0
     failed = proc.returncode != 0 or "An exception occured" in output or "An exception occurred" in output
@@ -43,19 +49,18 @@ def _dry_run(argv: tuple[str, ...], wsclean: str) -> tuple[int, str]:
 def check_plan(plan: Plan, wsclean: str | None = None) -> int | None:
     """Raise PlanErrors listing every rejected command. Returns the number of distinct
     commands checked, or None when wsclean is not installed here (nothing checked)."""
-    wsclean = wsclean or shutil.which("wsclean")
-    if not wsclean:
-        return None
     shapes: dict[tuple[str, ...], list[str]] = {}
     for job in plan.jobs:
         shapes.setdefault(_shape(job.argv, len(job.ms)), []).append(job.id)
+    wsclean = wsclean or shutil.which("wsclean")
+    if not wsclean:
+        return None
     with ThreadPoolExecutor(max_workers=4) as pool:
         results = list(pool.map(lambda s: _dry_run(s, wsclean), shapes))
     problems = []
     for (shape, ids), (code, output) in zip(shapes.items(), results):
         if code:
-            which = f"job {ids[0]}" if len(ids) == 1 else f"jobs {ids[0]}..{ids[-1]} ({len(ids)})"
-            problems.append(f"{which}: `wsclean -dry-run` rejects the command: {_reason(output)}")
+            problems.append(f"{_which(ids)}: `wsclean -dry-run` rejects the command: {_reason(output)}")
     if problems:
         raise PlanErrors(problems, hint="fix the [wsclean] option named in the message")
     return len(shapes)

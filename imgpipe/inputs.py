@@ -48,7 +48,9 @@ def from_paths(paths: list[str]) -> list[MSInput]:
     items = []
     for p in paths:
         check_path_text(p)
-        items.append(MSInput(path=os.path.abspath(os.path.expanduser(p))))
+        # taken as given (the shell has expanded what it should): '~/x.MS' here is a
+        # directory named '~' in the current directory, not the home directory
+        items.append(MSInput(path=os.path.abspath(p)))
     return dedupe(items)
 
 
@@ -60,5 +62,8 @@ def resolve_inputs(config: Config, args: list[str]) -> list[MSInput]:
     if config.data_handler is not None:
         from .data_handler import resolve_patterns
 
-        return dedupe(resolve_patterns(config.data_handler, args))
+        resolved = resolve_patterns(config.data_handler, args)
+        for item in resolved:
+            check_path_text(item.path)
+        return dedupe(resolved)
     return from_paths(args)

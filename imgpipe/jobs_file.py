@@ -41,6 +41,12 @@ def render(plan: Plan) -> str:
     ]
     for job in plan.jobs:
         lines.append(f"{job.id}\t{job.host or ANY_HOST}\t{job.command}")
+    for line in lines:  # one job per line, or a shell would run half a command as another
+        if "\n" in line or "\r" in line:
+            raise ImgpipeError(
+                f"cannot write a jobs file: a line would hold a newline: {line!r}",
+                hint="remove newlines from the config path, MS paths and [wsclean] values",
+            )
     return "\n".join(lines) + "\n"
 
 
@@ -56,6 +62,7 @@ def write(plan: Plan, path: str | os.PathLike) -> Path:
     text = render(plan)
     if path.is_file() and path.read_text(encoding="utf-8") == text:
         return path
+    tmp = None
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=".jobs-", dir=path.parent)
@@ -63,6 +70,8 @@ def write(plan: Plan, path: str | os.PathLike) -> Path:
             f.write(text)
         os.replace(tmp, path)
     except OSError as e:
+        if tmp is not None and os.path.lexists(tmp):
+            os.unlink(tmp)  # a failed write leaves nothing behind
         raise ImgpipeError(f"cannot write the jobs file: {e}", where=str(path)) from None
     return path
 

@@ -123,13 +123,25 @@ def expand_template(template: str, tokens: dict[str, str | None], where: str) ->
         token = m.group(1)
         if token not in TOKENS:
             close = suggest(token, TOKENS)
+            env_hint = (
+                f"; for the environment variable {token}, write ${{{token}}}"
+                if token in os.environ or token.isupper()
+                else ""
+            )
             raise ImgpipeError(
                 f"unknown token ${token}$ in {template!r}",
                 where=where,
                 hint=(f"did you mean ${close}$? " if close else "")
-                + "known tokens: " + ", ".join(f"${t}$" for t in TOKENS),
+                + "known tokens: " + ", ".join(f"${t}$" for t in TOKENS)
+                + env_hint,
             )
         value = tokens.get(token)
+        if value is None and token == "name":
+            raise ImgpipeError(
+                f"$name$ in {template!r}: name cannot refer to itself",
+                where=where,
+                hint="$name$ is meant for out-dir and path options; write the prefix out in name",
+            )
         if value is None:
             raise ImgpipeError(
                 f"${token}$ in {template!r} cannot be resolved here"
@@ -142,7 +154,15 @@ def expand_template(template: str, tokens: dict[str, str | None], where: str) ->
         pieces.append(value)
         pos = m.end()
     pieces.append(expand_env(template[pos:], where, tilde=pos == 0))
-    return "".join(pieces)
+    result = "".join(pieces)
+    if any(ord(c) < 32 and c != "\t" for c in result):
+        raise ImgpipeError(
+            f"{template!r} expands to {result!r}, which contains a control character (newline?)",
+            where=where,
+            hint="imgpipe writes one job per line: remove the newline from the value "
+            "(or from the environment variable it uses)",
+        )
+    return result
 
 
 # ---------------------------------------------------------------- channels-out
@@ -221,24 +241,35 @@ def job_host(config: Config, group: Group, problems: list[str]) -> str | None:
             host = host_from_path(worker.run_on_file_host_pattern, item.path)
             if host is None and item.node is None:
                 problems.append(
-                    f"{item.path}: run_on_file_host_pattern "
-                    f"{worker.run_on_file_host_pattern.pattern!r} does not match this path"
+                    f"{item.path}: run_on_file_host_pattern '{worker.run_on_file_host_pattern.pattern}' "
+                    "does not match this path, so imgpipe cannot tell which node holds it "
+                    "(fix the pattern, or set run_on_file_host = false)"
                 )
                 return None
             hosts.append(host or item.node)
+        elif item.node is None:
+            problems.append(
+                f"{item.path}: run_on_file_host = true, but nothing says which node holds this MS "
+                "(no run_on_file_host_pattern, and it does not come from the data handler)"
+            )
+            return None
         else:
             hosts.append(item.node)
     host = majority_host(hosts)
     if not is_slurm(worker.nodes) and host not in worker.nodes:
         problems.append(
-            f"{group.label()}: host {host!r} (from run_on_file_host) is not in [worker] nodes "
-            f"({','.join(worker.nodes)})"
+            f"{group.label()}: its node {host!r} (run_on_file_host) is not in [worker] nodes "
+            f"({','.join(worker.nodes)}); add it to nodes, or fix run_on_file_host_pattern"
         )
         return None
     return host
 
 
 # ---------------------------------------------------------------- one job
+
+
+# words of a path option that are not paths: -apply-facet-solutions <file.h5> <name1[,name2]>
+_NOT_PATH_WORDS: dict[str, tuple[int, ...]] = {"apply-facet-solutions": (1,)}
 
 
 def _safe_word(name: str) -> str:
@@ -296,10 +327,13 @@ def build_job(
             channels_out = channels_out_for(value, nchan, where(key), group.label())
             argv += ["-channels-out", str(channels_out)]
             continue
-        if opt.kind == "path" and isinstance(value, str):
-            value = os.path.abspath(expand_template(value, tokens, where(key)))
+        words = option_words(opt, value)
+        if opt.kind == "path":  # every path word expanded and made absolute, string or TOML list
+            keep = _NOT_PATH_WORDS.get(key, ())
+            words = [w if i in keep else os.path.abspath(expand_template(w, tokens, where(key)))
+                     for i, w in enumerate(words)]
         argv.append(f"-{key}")
-        argv += option_words(opt, value)
+        argv += words
     multi_spw = [m.path for m in group.ms if facts[m.path].nspw > 1]
     if multi_spw and "reorder" not in ws:
         if ws.get("no-reorder"):
@@ -344,13 +378,23 @@ def check_data_column(config: Config, inputs: list[MSInput], facts: dict[str, MS
         f = facts[i.path]
         if f.has_column is False:
             others = ", ".join(sorted(c for c in f.columns if c.endswith("DATA"))) or "none"
-            problems.append(f"{i.path}: has no column {column} (its data columns: {others})")
-    if problems:
-        problems.append(
-            f"data-column = {column!r} comes from {config.where('wsclean', 'data-column')}; "
-            "set it to a column these MSs have (e.g. 'DATA'), or to false to let WSClean choose"
-        )
+            problems.append(
+                f"{i.path}: has no column {column} (its data columns: {others}); "
+                f"WSClean would fail on the node with 'Table column {column} is unknown'"
+            )
     return problems
+
+
+def data_column_hint(config: Config) -> str:
+    column = data_column(config)
+    if ("wsclean", "data-column") in config.origins:
+        source = f"data-column = {column!r} is set in {config.where('wsclean', 'data-column')}"
+    else:
+        source = f"data-column = {column!r} is imgpipe's default (as in nenucal), not set in {config.path}"
+    return (
+        f"{source}; set data-column in [wsclean] to a column these MSs have (e.g. 'DATA'), "
+        "or to false to let WSClean choose (CORRECTED_DATA if present, else DATA)"
+    )
 
 
 def check_collisions(jobs: list[Job]) -> list[str]:
@@ -379,7 +423,8 @@ def build_plan(
     combine_obs_ids: bool = False,
 ) -> Plan:
     """Pure: the checked plan, or PlanErrors listing every problem found."""
-    problems = check_data_column(config, inputs, facts)
+    column_problems = check_data_column(config, inputs, facts)
+    problems = list(column_problems)
     groups = group_inputs(inputs, combine, combine_obs_ids)
     jobs: list[Job] = []
     for job_id, group in zip(job_ids(len(groups)), groups):
@@ -391,7 +436,7 @@ def build_plan(
                 raise  # a config-level mistake: the same for every job, say it once
             problems.append(str(e))
     if problems:
-        raise PlanErrors(problems)
+        raise PlanErrors(problems, hint=data_column_hint(config) if column_problems else None)
     collisions = check_collisions(jobs)
     if collisions:
         hint = "make out-dir or name differ per job, e.g. out-dir = '$ms_basename$/images'"

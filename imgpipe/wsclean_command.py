@@ -40,6 +40,41 @@ def _nargs_text(opt: WscleanOption) -> str:
     return f"{lo} to {hi} values"
 
 
+POLARIZATIONS = "i, q, u, v, xx, xy, yx, yy, rr, rl, lr, ll"
+
+
+def pol_problem(value: str) -> str | None:
+    """Why WSClean 3.1 would image nothing useful with ``-pol value``, or None.
+
+    ``-dry-run`` does not parse ``-pol``, and WSClean 3.1 skips letters that are
+    no polarization: ``-pol zz`` (or ``banana``) images nothing and exits 0, and
+    ``-pol zz,i`` images I alone. So imgpipe checks the word itself, the way
+    WSClean reads it: i, q, u, v alone; x/y and r/l in pairs; ',' and spaces between.
+    """
+    text = value.lower()
+    pos, found = 0, False
+    while pos < len(text):
+        c = text[pos]
+        if c in ", ":
+            pos += 1
+        elif c in "iquv":
+            found, pos = True, pos + 1
+        elif c in "xyrl":
+            pair = "xy" if c in "xy" else "rl"
+            if pos + 1 < len(text) and text[pos + 1] in pair:
+                found, pos = True, pos + 2
+            else:
+                return (f"-pol {value!r}: '{c}' must be followed by '{pair[0]}' or '{pair[1]}' "
+                        f"(polarizations: {POLARIZATIONS})")
+        else:
+            return (f"-pol {value!r}: {c!r} is not a polarization; WSClean 3.1 does not reject it but "
+                    f"skips it (with nothing left it images nothing and exits 0); "
+                    f"use {POLARIZATIONS}, e.g. 'I' or 'xx,yy'")
+    if not found:
+        return f"-pol {value!r} names no polarization (use {POLARIZATIONS})"
+    return None
+
+
 def option_words(opt: WscleanOption, value: Any) -> list[str]:
     """The argv words that follow ``-name`` for this option and TOML value (value already checked)."""
     lo, hi = opt.nargs
@@ -107,3 +142,7 @@ def check_value(opt: WscleanOption, value: Any, where: str) -> None:
                 where=where,
                 hint=f"wsclean --help says: -{opt.name}: {opt.help}",
             )
+    if opt.name == "pol":
+        why = pol_problem(words[0])
+        if why:
+            raise ImgpipeError(why, where=where, hint="e.g. pol = 'I' or pol = 'xx,yy'")

@@ -1,0 +1,146 @@
+"""The command line, in-process and as a separate process: options, help, exit codes."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from imgpipe import __version__
+
+CONFIG = "[wsclean]\nname = 'img'\ndata-column = false\n"
+
+
+def test_version(run_cli, capsys):
+    with pytest.raises(SystemExit) as e:
+        run_cli("--version")
+    assert e.value.code == 0
+    assert capsys.readouterr().out.strip() == f"imgpipe {__version__}"
+
+
+def test_version_subprocess(run_imgpipe):
+    r = run_imgpipe("--version")
+    assert r.code == 0, r
+    assert r.out.strip() == f"imgpipe {__version__}"
+
+
+@pytest.mark.parametrize("args, words", [
+    (["--help"], ["plan", "Exit codes"]),
+    (["plan", "--help"], ["--combine", "--combine_obs_ids", "--jobs-file", "--json", "--check"]),
+])
+def test_help_subprocess(run_imgpipe, args, words):
+    r = run_imgpipe(*args)
+    assert r.code == 0, r
+    for w in words:
+        assert w in r.out
+    assert r.err == ""
+
+
+def test_no_command_prints_help_and_exits_2(run_cli):
+    r = run_cli()
+    assert r.code == 2
+    assert "plan" in r.err
+
+
+def test_plan_subprocess_ok(run_imgpipe, write_config, ms_factory, tmp_path):
+    cfg = write_config(CONFIG)
+    ms = ms_factory("a.MS")
+    r = run_imgpipe("plan", cfg, ms, "--json")
+    assert r.code == 0, r
+    (job,) = json.loads(r.out)["jobs"]
+    assert job["ms"] == [str(ms)]
+
+
+USER_ERRORS = ["missing-config", "bad-toml", "unknown-key", "missing-ms", "no-input", "bad-token", "unknown-option"]
+
+
+def _user_error_args(case, write_config, ms, tmp_path):
+    cfg = write_config(CONFIG)
+    return {
+        "missing-config": ["plan", tmp_path / "nope.toml", ms],
+        "bad-toml": ["plan", write_config("[wsclean\nname=", name="bad.toml"), ms],
+        "unknown-key": ["plan", write_config(CONFIG + "nitre = 10\n", name="k.toml"), ms],
+        "missing-ms": ["plan", cfg, tmp_path / "gone.MS"],
+        "no-input": ["plan", cfg],
+        "bad-token": ["plan", write_config(CONFIG + "out-dir = '$nope$'\n", name="t.toml"), ms],
+        "unknown-option": ["plan", cfg, ms, "--no-such-option"],
+    }[case]
+
+
+@pytest.mark.parametrize("case", ["missing-config", "missing-ms", "bad-token", "unknown-option"])
+def test_user_errors_exit_2_without_a_traceback_subprocess(run_imgpipe, write_config, ms_factory, tmp_path, case):
+    r = run_imgpipe(*_user_error_args(case, write_config, ms_factory("a.MS"), tmp_path))
+    _assert_user_error(r, tmp_path)
+
+
+@pytest.mark.parametrize("case", USER_ERRORS)
+def test_user_errors_exit_2_without_a_traceback(run_cli, write_config, ms_factory, tmp_path, case, capsys):
+    try:
+        r = run_cli(*_user_error_args(case, write_config, ms_factory("a.MS"), tmp_path))
+    except SystemExit as e:  # argparse's own usage errors end the process
+        captured = capsys.readouterr()
+        from conftest import CliResult
+
+        r = CliResult(e.code, captured.out, captured.err)
+    _assert_user_error(r, tmp_path)
+
+
+def _assert_user_error(r, tmp_path):
+    assert r.code == 2, r
+    assert "Traceback" not in r.err
+    assert "error" in r.err
+    assert r.out == ""
+    assert not (tmp_path / "imgpipe-runs").exists()
+
+
+def test_unknown_wsclean_key_suggests_the_option(run_cli, write_config, ms_factory):
+    r = run_cli("plan", write_config(CONFIG + "nitre = 10\n"), ms_factory("a.MS"))
+    assert r.code == 2
+    assert "nitre" in r.err and "niter" in r.err
+
+
+@pytest.mark.parametrize("flags", [["-c"], ["--combine"], ["-c", "-o"], ["--combine", "--combine_obs_ids"],
+                                   ["--combine", "--combine-obs-ids"]])
+def test_combine_flags_are_accepted(run_cli, write_config, ms_factory, flags):
+    a, b = ms_factory("a.MS"), ms_factory("b.MS")
+    r = run_cli("plan", write_config(CONFIG), a, b, *flags, "--json")
+    assert r.code == 0, r
+    (job,) = json.loads(r.out)["jobs"]
+    assert job["ms"] == [str(a), str(b)]
+
+
+@pytest.mark.parametrize("flag", ["-o", "--combine_obs_ids", "--combine-obs-ids"])
+def test_combine_obs_ids_alone_is_accepted(run_cli, write_config, ms_factory, flag):
+    a, b = ms_factory("a.MS"), ms_factory("b.MS")
+    r = run_cli("plan", write_config(CONFIG), a, b, flag, "--json")
+    assert r.code == 0, r
+    assert len(json.loads(r.out)["jobs"]) == 2
+
+
+def test_options_may_come_before_the_config(run_cli, write_config, ms_factory):
+    a, b = ms_factory("a.MS"), ms_factory("b.MS")
+    r = run_cli("plan", "-c", "--json", write_config(CONFIG), a, b)
+    assert r.code == 0, r
+    assert len(json.loads(r.out)["jobs"]) == 1
+
+
+def test_nodes_and_max_concurrent_override_the_config(run_cli, write_config, ms_factory):
+    r = run_cli("plan", write_config(CONFIG), ms_factory("a.MS"), "--nodes", "n[1-2]", "--max-concurrent", "2",
+                "--json")
+    assert r.code == 0, r
+    worker = json.loads(r.out)["worker"]
+    assert worker["nodes"] == ["n1", "n2"] and worker["max_concurrent"] == 2
+
+
+def test_debug_prints_every_command_on_stderr(run_cli, write_config, ms_factory):
+    ms = ms_factory("a.MS")
+    r = run_cli("plan", write_config(CONFIG), ms, "--debug", "--json")
+    assert r.code == 0, r
+    json.loads(r.out)  # stdout stays machine-readable
+    assert "[0001 @ *] wsclean -name" in r.err and str(ms) in r.err
+
+
+def test_newline_in_an_ms_path_is_a_clear_error(run_cli, write_config, tmp_path):
+    r = run_cli("plan", write_config(CONFIG), f"{tmp_path}/a\nb.MS")
+    assert r.code == 2
+    assert "control character" in r.err and "one job per line" in r.err

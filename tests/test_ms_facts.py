@@ -1,0 +1,118 @@
+"""imgpipe.ms_facts: what the plan reads from each Measurement Set (real casacore MSs)."""
+
+from __future__ import annotations
+
+import shutil
+
+from imgpipe import ms_facts
+from imgpipe.ms_facts import _name_in_table_dat, read_facts
+
+
+def _one(path, column=None):
+    facts, problems = read_facts([str(path)], column)
+    assert problems == []
+    return facts[str(path)]
+
+
+# ------------------------------------------------------------ channel frequencies
+
+
+def test_one_spw_channels(ms_factory):
+    f = _one(ms_factory("a.MS", nchan=12))
+    assert f.nchan == 12 and f.nspw == 1
+
+
+def test_two_spw_rows_with_identical_channels_count_once(ms_factory):
+    freqs = [100e6 + i * 1e5 for i in range(12)]
+    f = _one(ms_factory("same.MS", spw_freqs=[freqs, freqs]))
+    assert f.nspw == 2
+    assert f.nchan == 12  # distinct frequencies, not rows x channels (nenucal said 24)
+
+
+def test_two_spw_rows_with_different_channels_add_up(ms_factory):
+    f = _one(ms_factory("two.MS", nchan=12, nspw=2))
+    assert f.nspw == 2 and f.nchan == 24
+
+
+# ------------------------------------------------------------ the data column
+
+
+def test_fast_path_finds_an_existing_column_in_table_dat(ms_factory):
+    ms = ms_factory("c.MS", corrected_data=True)
+    assert _name_in_table_dat(str(ms), "CORRECTED_DATA")
+    f = _one(ms, "CORRECTED_DATA")
+    assert f.has_column is True
+    # the fast path answered: the main table was not opened, so only the asked column is known
+    assert f.columns == frozenset({"CORRECTED_DATA"})
+
+
+def test_missing_column_is_confirmed_by_casacore(ms_factory):
+    ms = ms_factory("d.MS")
+    assert not _name_in_table_dat(str(ms), "CORRECTED_DATA")
+    f = _one(ms, "CORRECTED_DATA")
+    assert f.has_column is False
+    # casacore opened the main table: its real column list is known
+    assert {"DATA", "FLAG", "UVW"} <= f.columns
+    assert "CORRECTED_DATA" not in f.columns
+
+
+def test_casacore_confirms_a_column_the_fast_path_missed(ms_factory, monkeypatch):
+    # The fast path may miss a name (a table.dat laid out differently): casacore has the last word.
+    ms = ms_factory("c.MS", corrected_data=True)
+    monkeypatch.setattr(ms_facts, "_name_in_table_dat", lambda path, column: False)
+    f = _one(ms, "CORRECTED_DATA")
+    assert f.has_column is True
+    assert "CORRECTED_DATA" in f.columns and "DATA" in f.columns
+
+
+def test_no_column_asked_no_column_check(ms_factory):
+    f = _one(ms_factory("d.MS"), None)
+    assert f.has_column is None
+
+
+# ------------------------------------------------------------ bad inputs
+
+
+def test_every_bad_path_is_listed(tmp_path, ms_factory):
+    good = ms_factory("good.MS")
+    missing = tmp_path / "missing.MS"
+    plain_dir = tmp_path / "empty.MS"
+    plain_dir.mkdir()
+    a_file = tmp_path / "file.MS"
+    a_file.write_text("not a table")
+    facts, problems = read_facts([str(good), str(missing), str(plain_dir), str(a_file)])
+    assert len(problems) == 3
+    text = "\n".join(problems)
+    assert f"{missing}: does not exist" in text
+    assert f"{plain_dir}: is not a Measurement Set" in text
+    assert f"{a_file}: is not a Measurement Set" in text
+    assert str(good) not in text
+
+
+def test_table_without_spectral_window_is_refused(tmp_path, ms_factory):
+    ms = ms_factory("nospw.MS")
+    shutil.rmtree(ms / "SPECTRAL_WINDOW")
+    _, problems = read_facts([str(ms)])
+    assert problems == [f"{ms}: has no SPECTRAL_WINDOW subtable"]
+
+
+def test_corrupt_subtable_is_a_problem_not_a_crash(ms_factory):
+    ms = ms_factory("bad.MS")
+    (ms / "SPECTRAL_WINDOW" / "table.dat").write_bytes(b"garbage")
+    _, problems = read_facts([str(ms)])
+    assert len(problems) == 1
+    assert problems[0].startswith(f"{ms}: cannot be read as a Measurement Set")
+
+
+# ------------------------------------------------------------ the worker pool
+
+
+def test_parallel_read_gives_the_same_facts(ms_factory, monkeypatch):
+    paths = [str(ms_factory(f"m{i}.MS", **({"corrected_data": True} if i % 2 else {}))) for i in range(4)]
+    serial, p1 = read_facts(paths, "CORRECTED_DATA")
+    monkeypatch.setattr(ms_facts, "PARALLEL_MIN", 2)
+    monkeypatch.setattr(ms_facts.os, "cpu_count", lambda: 2)
+    parallel, p2 = read_facts(paths, "CORRECTED_DATA")
+    assert p1 == p2 == []
+    assert parallel == serial
+    assert [parallel[p].has_column for p in paths] == [False, True, False, True]

@@ -1,0 +1,542 @@
+"""The plan: channels-out, out-dir tokens, grouping, hosts and the safety rules.
+
+Every test plans real MSs through the real CLI (``imgpipe plan ... --json``) and
+looks at the WSClean argv, or at the error a radio astronomer would read.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+
+
+def config(write_config, wsclean: str = "", worker: str = "", name: str = "img.toml"):
+    text = "[worker]\n" + worker + "\n[wsclean]\nname = 'img'\n"
+    if "data-column" not in wsclean:
+        text += "data-column = false\n"
+    return write_config(text + wsclean, name=name)
+
+
+def plan_jobs(run_cli, cfg, *args, cwd=None):
+    r = run_cli("plan", cfg, *args, "--json", cwd=cwd)
+    assert r.code == 0, r
+    return json.loads(r.out)["jobs"]
+
+
+def plan_error(run_cli, cfg, *args, cwd=None) -> str:
+    r = run_cli("plan", cfg, *args, cwd=cwd)
+    assert r.code == 2, r
+    assert r.out == ""
+    assert "Traceback" not in r.err
+    assert r.err.startswith("imgpipe: error: ")
+    return r.err
+
+
+def opt(argv, flag):
+    """The word after ``flag`` (the only occurrence)."""
+    assert argv.count(flag) == 1, argv
+    return argv[argv.index(flag) + 1]
+
+
+# ================================================================ channels-out
+
+
+def test_channels_out_all_is_the_channel_count(run_cli, write_config, ms_factory):
+    ms = ms_factory("a.MS", nchan=12)
+    (job,) = plan_jobs(run_cli, config(write_config, "channels-out = 'all'"), ms)
+    assert opt(job["argv"], "-channels-out") == "12"
+    assert job["channels_out"] == 12
+
+
+def test_channels_out_all_counts_identical_spw_rows_once(run_cli, write_config, ms_factory):
+    freqs = [100e6 + i * 1e5 for i in range(12)]
+    ms = ms_factory("same.MS", spw_freqs=[freqs, freqs])
+    (job,) = plan_jobs(run_cli, config(write_config, "channels-out = 'all'"), ms)
+    assert opt(job["argv"], "-channels-out") == "12"
+
+
+def test_channels_out_all_counts_different_spw_rows(run_cli, write_config, ms_factory):
+    ms = ms_factory("two.MS", nchan=12, nspw=2)
+    (job,) = plan_jobs(run_cli, config(write_config, "channels-out = 'all'"), ms)
+    assert opt(job["argv"], "-channels-out") == "24"
+
+
+def test_channels_out_all_is_per_job_without_combine(run_cli, write_config, ms_factory):
+    a = ms_factory("a.MS", nchan=12)
+    b = ms_factory("b.MS")  # 16 channels
+    jobs = plan_jobs(run_cli, config(write_config, "channels-out = 'all'"), a, b)
+    assert [opt(j["argv"], "-channels-out") for j in jobs] == ["12", "16"]
+
+
+def test_channels_out_all_under_combine_is_the_union_of_the_bands(run_cli, write_config, ms_factory):
+    # two MSs with different bands: the LAST one alone (nenucal) would say 12
+    low = ms_factory("low.MS", nchan=12)  # from 50 MHz
+    high = ms_factory("high.MS", nchan=12, freq_start=60e6)
+    (job,) = plan_jobs(run_cli, config(write_config, "channels-out = 'all'"), low, high, "--combine")
+    assert opt(job["argv"], "-channels-out") == "24"
+
+
+def test_channels_out_all_under_combine_same_band_counts_once(run_cli, write_config, ms_factory):
+    a = ms_factory("a.MS", nchan=12)
+    b = ms_factory("b.MS", nchan=12)
+    (job,) = plan_jobs(run_cli, config(write_config, "channels-out = 'all'"), a, b, "-c")
+    assert opt(job["argv"], "-channels-out") == "12"
+
+
+@pytest.mark.parametrize("spec, expected", [("every 4", "3"), ("every4", "3"), ("every 5", "2"), ("every 12", "1")])
+def test_channels_out_every_n(run_cli, write_config, ms_factory, spec, expected):
+    ms = ms_factory("a.MS", nchan=12)
+    (job,) = plan_jobs(run_cli, config(write_config, f"channels-out = '{spec}'"), ms)
+    assert opt(job["argv"], "-channels-out") == expected
+
+
+def test_channels_out_every_n_above_the_channel_count_is_an_error(run_cli, write_config, ms_factory):
+    ms = ms_factory("a.MS", nchan=12)
+    err = plan_error(run_cli, config(write_config, "channels-out = 'every 13'"), ms)
+    assert "channels-out" in err and "every 13" in err
+    assert str(ms) in err and "12 channel" in err
+
+
+def test_channels_out_integer_passes_through(run_cli, write_config, ms_factory):
+    ms = ms_factory("a.MS", nchan=12)
+    (job,) = plan_jobs(run_cli, config(write_config, "channels-out = 5"), ms)
+    assert opt(job["argv"], "-channels-out") == "5"
+
+
+def test_channels_out_integer_above_the_channel_count_is_an_error(run_cli, write_config, ms_factory):
+    ms = ms_factory("a.MS", nchan=12)
+    err = plan_error(run_cli, config(write_config, "channels-out = 13"), ms)
+    assert "channels-out = 13" in err and "12 channel" in err and str(ms) in err
+
+
+def test_channels_out_error_on_a_later_job_names_that_ms(run_cli, write_config, ms_factory):
+    a = ms_factory("a.MS")  # 16 channels
+    b = ms_factory("b.MS", nchan=12)
+    err = plan_error(run_cli, config(write_config, "channels-out = 14"), a, b)
+    assert str(b) in err and "12 channel" in err
+    assert f"{a}:" not in err
+
+
+# ================================================================ out-dir and name
+
+
+def test_default_out_dir_is_inside_the_ms(run_cli, write_config, ms_factory):
+    ms = ms_factory("a.MS")
+    (job,) = plan_jobs(run_cli, config(write_config), ms)
+    assert opt(job["argv"], "-name") == f"{ms}/images/img"
+    assert job["name"] == f"{ms}/images/img"
+
+
+def test_ms_basename_and_name_tokens(run_cli, write_config, ms_factory, tmp_path):
+    ms = ms_factory("SW03_T001.MS")
+    out = tmp_path / "out"
+    cfg = config(write_config, f"out-dir = '{out}/$ms_basename$/$name$'")
+    (job,) = plan_jobs(run_cli, cfg, ms)
+    assert opt(job["argv"], "-name") == f"{out}/SW03_T001.MS/img/img"
+    assert job["out_dir"] == f"{out}/SW03_T001.MS/img"
+
+
+def test_ms_in_token_in_name(run_cli, write_config, ms_factory, tmp_path):
+    ms = ms_factory("a.MS")
+    cfg = write_config("[wsclean]\ndata-column = false\nname = '$ms_basename$-img'\n"
+                       f"out-dir = '{tmp_path}/o'\n")
+    (job,) = plan_jobs(run_cli, cfg, ms)
+    assert opt(job["argv"], "-name") == f"{tmp_path}/o/a.MS-img"
+
+
+@pytest.mark.parametrize("token", ["obs_id", "sw"])
+def test_data_handler_tokens_without_a_data_handler_are_errors(run_cli, write_config, ms_factory, token):
+    ms = ms_factory("a.MS")
+    err = plan_error(run_cli, config(write_config, f"out-dir = '/data/${token}$'"), ms)
+    assert f"${token}$" in err and "[data_handler]" in err and "out-dir" in err
+
+
+def test_unknown_token_is_an_error_with_a_suggestion(run_cli, write_config, ms_factory):
+    ms = ms_factory("a.MS")
+    err = plan_error(run_cli, config(write_config, "out-dir = '/data/$ms_basenme$'"), ms)
+    assert "unknown token $ms_basenme$" in err
+    assert "did you mean $ms_basename$?" in err
+
+
+def test_unknown_uppercase_token_suggests_the_environment_variable_syntax(run_cli, write_config, ms_factory):
+    ms = ms_factory("a.MS")
+    err = plan_error(run_cli, config(write_config, "out-dir = '/data/$USER$ms_basename$'"), ms)
+    assert "unknown token $USER$" in err and "${USER}" in err
+
+
+def test_name_cannot_refer_to_itself(run_cli, write_config, ms_factory):
+    ms = ms_factory("a.MS")
+    cfg = write_config("[wsclean]\ndata-column = false\nname = 'x$name$'\n")
+    err = plan_error(run_cli, cfg, ms)
+    assert "$name$" in err and "itself" in err
+
+
+def test_tilde_is_expanded_at_plan_time(run_cli, write_config, ms_factory, tmp_path, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    ms = ms_factory("a.MS")
+    (job,) = plan_jobs(run_cli, config(write_config, "out-dir = '~/imgs/$ms_basename$'"), ms)
+    assert opt(job["argv"], "-name") == f"{tmp_path}/home/imgs/a.MS/img"
+
+
+@pytest.mark.parametrize("ref", ["$IMG_ROOT", "${IMG_ROOT}"])
+def test_environment_variables_are_expanded_before_tokens(run_cli, write_config, ms_factory, tmp_path,
+                                                           monkeypatch, ref):
+    monkeypatch.setenv("IMG_ROOT", str(tmp_path / "root"))
+    ms = ms_factory("a.MS")
+    (job,) = plan_jobs(run_cli, config(write_config, f"out-dir = '{ref}/$ms_basename$'"), ms)
+    assert opt(job["argv"], "-name") == f"{tmp_path}/root/a.MS/img"
+
+
+def test_environment_variable_in_a_path_option(run_cli, write_config, ms_factory, tmp_path, monkeypatch):
+    monkeypatch.setenv("MASKS", str(tmp_path / "masks"))
+    ms = ms_factory("a.MS")
+    (job,) = plan_jobs(run_cli, config(write_config, "fits-mask = '$MASKS/m.fits'"), ms)
+    assert opt(job["argv"], "-fits-mask") == f"{tmp_path}/masks/m.fits"
+
+
+def test_relative_path_options_are_made_absolute(run_cli, write_config, ms_factory, tmp_path):
+    ms = ms_factory("a.MS")
+    work = tmp_path / "work"
+    work.mkdir()
+    cfg = config(write_config, "fits-mask = 'masks/my mask.fits'")
+    (job,) = plan_jobs(run_cli, cfg, ms, cwd=work)
+    assert opt(job["argv"], "-fits-mask") == f"{work}/masks/my mask.fits"  # one word, spaces and all
+
+
+@pytest.mark.parametrize("value", ["'res.fits model.fits $OUT_DIR/out.fits'",
+                                   "['res.fits', 'model.fits', '$OUT_DIR/out.fits']"])
+def test_every_word_of_a_multi_path_option_is_a_path(run_cli, write_config, ms_factory, tmp_path,
+                                                      monkeypatch, value):
+    monkeypatch.setenv("OUT_DIR", "/results")
+    (job,) = plan_jobs(run_cli, config(write_config, f"restore = {value}"), ms_factory("a.MS"))
+    i = job["argv"].index("-restore")
+    assert job["argv"][i + 1 : i + 4] == [f"{tmp_path}/res.fits", f"{tmp_path}/model.fits", "/results/out.fits"]
+
+
+@pytest.mark.parametrize("value", ["'sol.h5 amplitude000,phase000'", "['sol.h5', 'amplitude000,phase000']"])
+def test_facet_solution_names_are_not_paths(run_cli, write_config, ms_factory, tmp_path, value):
+    (job,) = plan_jobs(run_cli, config(write_config, f"apply-facet-solutions = {value}"), ms_factory("a.MS"))
+    i = job["argv"].index("-apply-facet-solutions")
+    assert job["argv"][i + 1 : i + 3] == [f"{tmp_path}/sol.h5", "amplitude000,phase000"]
+
+
+def test_undefined_environment_variable_is_an_error(run_cli, write_config, ms_factory, monkeypatch):
+    monkeypatch.delenv("IMGPIPE_NOT_SET", raising=False)
+    ms = ms_factory("a.MS")
+    err = plan_error(run_cli, config(write_config, "out-dir = '$IMGPIPE_NOT_SET/images'"), ms)
+    assert "$IMGPIPE_NOT_SET is not set" in err and "out-dir" in err
+    assert "export IMGPIPE_NOT_SET" in err
+
+
+def test_dollar_in_an_ms_name_brought_by_a_token_is_never_expanded(run_cli, write_config, ms_factory,
+                                                                   tmp_path, monkeypatch):
+    monkeypatch.setenv("HOME", "/SHOULD-NOT-APPEAR")
+    monkeypatch.delenv("UNSET_VAR", raising=False)
+    ms = ms_factory("a$HOME${UNSET_VAR}.MS")
+    (job,) = plan_jobs(run_cli, config(write_config, "out-dir = '$ms_in$/$ms_basename$'"), ms)
+    assert opt(job["argv"], "-name") == f"{tmp_path}/a$HOME${{UNSET_VAR}}.MS/a$HOME${{UNSET_VAR}}.MS/img"
+    assert "SHOULD-NOT-APPEAR" not in job["command"]
+
+
+def test_relative_out_dir_is_made_absolute_from_the_current_directory(run_cli, write_config, ms_factory,
+                                                                      tmp_path):
+    work = tmp_path / "work"
+    work.mkdir()
+    ms = ms_factory("a.MS")
+    (job,) = plan_jobs(run_cli, config(write_config, "out-dir = 'rel/$ms_basename$'"), ms, cwd=work)
+    assert opt(job["argv"], "-name") == f"{work}/rel/a.MS/img"
+
+
+def test_relative_ms_path_is_made_absolute(run_cli, write_config, ms_factory, tmp_path):
+    ms_factory("a.MS", where=tmp_path / "data")
+    (job,) = plan_jobs(run_cli, config(write_config), "data/a.MS")
+    assert job["ms"] == [f"{tmp_path}/data/a.MS"]
+    assert job["argv"][-1] == f"{tmp_path}/data/a.MS"
+
+
+def test_ms_path_is_taken_as_given_no_tilde_expansion(run_cli, write_config, ms_factory, tmp_path,
+                                                      monkeypatch):
+    # the shell expands ~ on the command line; a quoted '~/x.MS' is a directory named '~'
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    ms_factory("x.MS", where=tmp_path / "home")
+    ms_factory("x.MS", where=tmp_path / "~")
+    (job,) = plan_jobs(run_cli, config(write_config), "~/x.MS")
+    assert job["ms"] == [f"{tmp_path}/~/x.MS"]
+
+
+# ================================================================ grouping
+
+
+def test_no_combine_one_job_per_ms(run_cli, write_config, ms_factory):
+    paths = [ms_factory(f"SW01_T00{i}.MS") for i in range(1, 4)]
+    jobs = plan_jobs(run_cli, config(write_config), *paths)
+    assert [j["ms"] for j in jobs] == [[str(p)] for p in paths]
+    assert [j["id"] for j in jobs] == ["0001", "0002", "0003"]
+    for j, p in zip(jobs, paths):
+        assert j["argv"][0] == "wsclean"
+        assert j["argv"][-1] == str(p)  # MS paths come last
+        assert opt(j["argv"], "-name") == f"{p}/images/img"
+
+
+@pytest.mark.parametrize("out_dir, expected", [("$ms_in$/images", "{last}/images/img"),
+                                               ("{tmp}/$ms_basename$", "{tmp}/{last.name}/img")])
+def test_combine_one_job_with_every_ms_name_from_the_last(run_cli, write_config, ms_factory, tmp_path,
+                                                          out_dir, expected):
+    paths = [ms_factory(f"SW01_T00{i}.MS", where=tmp_path / f"d{i}") for i in range(1, 4)]
+    cfg = config(write_config, f"out-dir = '{out_dir.format(tmp=tmp_path)}'")
+    (job,) = plan_jobs(run_cli, cfg, *paths, "-c")
+    assert job["ms"] == [str(p) for p in paths]
+    assert job["argv"][-3:] == [str(p) for p in paths]
+    assert opt(job["argv"], "-name") == expected.format(last=paths[-1], tmp=tmp_path)
+
+
+# ================================================================ hosts
+
+
+HOST_WORKER = """
+nodes = 'node[001-002]'
+run_on_file_host = true
+run_on_file_host_pattern = '/net/(node\\d{3})/'
+"""
+
+
+def _on(ms_factory, tmp_path, node, name):
+    return ms_factory(name, where=tmp_path / "net" / node)
+
+
+def test_jobs_are_pinned_to_the_file_host(run_cli, write_config, ms_factory, tmp_path):
+    a = _on(ms_factory, tmp_path, "node001", "a.MS")
+    b = _on(ms_factory, tmp_path, "node002", "b.MS")
+    jobs = plan_jobs(run_cli, config(write_config, worker=HOST_WORKER), a, b)
+    assert [j["host"] for j in jobs] == ["node001", "node002"]
+
+
+def test_the_host_is_the_first_group_of_the_pattern(run_cli, write_config, ms_factory, tmp_path):
+    a = ms_factory("SW01.MS", where=tmp_path / "net" / "node002" / "node001")
+    worker = HOST_WORKER.replace("'/net/(node\\d{3})/'", "'/net/(node\\d{3})/(node\\d{3})/'")
+    assert worker != HOST_WORKER
+    (job,) = plan_jobs(run_cli, config(write_config, worker=worker), a)
+    assert job["host"] == "node002"
+
+
+def test_file_host_not_in_nodes_is_an_error(run_cli, write_config, ms_factory, tmp_path):
+    a = _on(ms_factory, tmp_path, "node007", "a.MS")
+    err = plan_error(run_cli, config(write_config, worker=HOST_WORKER), a)
+    assert "node007" in err and "not in [worker] nodes" in err and "node001,node002" in err
+    assert str(a) in err
+
+
+def test_pattern_not_matching_is_an_error(run_cli, write_config, ms_factory, tmp_path):
+    a = ms_factory("a.MS")
+    err = plan_error(run_cli, config(write_config, worker=HOST_WORKER), a)
+    assert str(a) in err and "does not match" in err
+    assert "'/net/(node\\d{3})/'" in err  # the pattern as the user wrote it, not a repr
+
+
+def test_combined_group_goes_to_the_majority_host(run_cli, write_config, ms_factory, tmp_path):
+    a = _on(ms_factory, tmp_path, "node001", "a.MS")
+    b = _on(ms_factory, tmp_path, "node001", "b.MS")
+    c = _on(ms_factory, tmp_path, "node002", "c.MS")
+    (job,) = plan_jobs(run_cli, config(write_config, worker=HOST_WORKER), a, b, c, "-c")
+    assert job["host"] == "node001"  # not the last MS's node002
+
+
+@pytest.mark.parametrize("order, expected", [(("node001", "node002"), "node002"),
+                                             (("node002", "node001"), "node001")])
+def test_combined_group_tie_goes_to_the_last_ms_host(run_cli, write_config, ms_factory, tmp_path,
+                                                     order, expected):
+    paths = [_on(ms_factory, tmp_path, node, f"{i}.MS") for i, node in enumerate(order)]
+    (job,) = plan_jobs(run_cli, config(write_config, worker=HOST_WORKER), *paths, "-c")
+    assert job["host"] == expected
+
+
+def test_unpinned_jobs_have_no_host(run_cli, write_config, ms_factory, tmp_path):
+    a = _on(ms_factory, tmp_path, "node001", "a.MS")
+    (job,) = plan_jobs(run_cli, config(write_config, worker="nodes = 'node[001-002]'"), a)
+    assert job["host"] is None
+
+
+# ================================================================ safe plans
+
+
+def test_every_job_has_its_own_temp_dir(run_cli, write_config, ms_factory):
+    paths = [ms_factory(f"{i}.MS") for i in range(3)]
+    jobs = plan_jobs(run_cli, config(write_config), *paths)
+    temps = [opt(j["argv"], "-temp-dir") for j in jobs]
+    assert len(set(temps)) == 3
+    for j, t in zip(jobs, temps):
+        assert j["temp_dir"] == t and os.path.isabs(t)
+
+
+def test_temp_dirs_go_under_the_users_temp_dir(run_cli, write_config, ms_factory, tmp_path):
+    paths = [ms_factory(f"{i}.MS") for i in range(3)]
+    jobs = plan_jobs(run_cli, config(write_config, f"temp-dir = '{tmp_path}/scratch'"), *paths)
+    temps = [opt(j["argv"], "-temp-dir") for j in jobs]  # the user's -temp-dir is not repeated
+    assert len(set(temps)) == 3
+    assert all(t.startswith(f"{tmp_path}/scratch/") for t in temps)
+
+
+def test_two_jobs_writing_the_same_images_is_an_error_naming_both(run_cli, write_config, ms_factory, tmp_path):
+    a = ms_factory("a.MS")
+    b = ms_factory("b.MS")
+    c = ms_factory("c.MS", where=tmp_path / "other")
+    err = plan_error(run_cli, config(write_config, f"out-dir = '{tmp_path}/imgs'"), a, c, b)
+    assert f"{tmp_path}/imgs/img" in err
+    assert "job 0001 (a.MS)" in err and "job 0002 (c.MS)" in err and "job 0003 (b.MS)" in err
+    assert "hint:" in err
+
+
+def test_combine_obs_ids_without_combine_collision_hint(run_cli, write_config, ms_factory, tmp_path):
+    a = ms_factory("a.MS")
+    b = ms_factory("b.MS")
+    err = plan_error(run_cli, config(write_config, f"out-dir = '{tmp_path}/imgs'"), a, b, "-o")
+    assert "--combine_obs_ids only takes effect with --combine" in err
+
+
+def test_the_same_ms_given_twice_is_imaged_once(run_cli, write_config, ms_factory, tmp_path):
+    ms = ms_factory("a.MS", where=tmp_path / "data")
+    (tmp_path / "link.MS").symlink_to(ms)
+    (tmp_path / "data" / "sub").mkdir()
+    jobs = plan_jobs(run_cli, config(write_config), "data/a.MS", ms, "./data/a.MS", "data/sub/../a.MS/",
+                     "link.MS")
+    assert len(jobs) == 1
+    assert jobs[0]["ms"] == [str(ms)]
+
+
+def test_no_input_is_an_error(run_cli, write_config):
+    err = plan_error(run_cli, config(write_config))
+    assert "no input given" in err and "MS paths" in err
+
+
+def test_multi_spw_ms_gets_reorder(run_cli, write_config, ms_factory):
+    one = ms_factory("one.MS")
+    two = ms_factory("two.MS", nchan=12, nspw=2)
+    jobs = plan_jobs(run_cli, config(write_config), one, two)
+    assert "-reorder" not in jobs[0]["argv"]
+    assert jobs[1]["argv"].count("-reorder") == 1
+
+
+def test_multi_spw_ms_in_a_combined_group_gets_reorder(run_cli, write_config, ms_factory):
+    one = ms_factory("one.MS")
+    two = ms_factory("two.MS", nchan=12, nspw=2)
+    (job,) = plan_jobs(run_cli, config(write_config), two, one, "-c")
+    assert job["argv"].count("-reorder") == 1
+
+
+def test_user_reorder_is_not_doubled(run_cli, write_config, ms_factory):
+    two = ms_factory("two.MS", nchan=12, nspw=2)
+    (job,) = plan_jobs(run_cli, config(write_config, "reorder = true"), two)
+    assert job["argv"].count("-reorder") == 1
+
+
+def test_no_reorder_with_a_multi_spw_ms_is_an_error(run_cli, write_config, ms_factory):
+    two = ms_factory("two.MS", nchan=12, nspw=2)
+    err = plan_error(run_cli, config(write_config, "no-reorder = true"), two)
+    assert str(two) in err and "-reorder" in err and "no-reorder" in err
+
+
+def test_no_reorder_with_single_spw_is_fine(run_cli, write_config, ms_factory):
+    one = ms_factory("one.MS")
+    (job,) = plan_jobs(run_cli, config(write_config, "no-reorder = true"), one)
+    assert "-no-reorder" in job["argv"] and "-reorder" not in job["argv"]
+
+
+# ================================================================ the data column
+
+
+def test_missing_data_column_names_the_ms_and_the_column(run_cli, write_config, ms_factory):
+    good = ms_factory("good.MS", corrected_data=True)
+    bad = ms_factory("bad.MS")
+    cfg = write_config("[wsclean]\nname = 'img'\ndata-column = 'CORRECTED_DATA'\n")
+    err = plan_error(run_cli, cfg, good, bad)
+    assert f"{bad}: has no column CORRECTED_DATA" in err
+    assert str(good) not in err
+    assert "its data columns: DATA" in err
+    assert "problem(s)" not in err  # one MS, one problem; the advice is the hint
+    assert f"is set in {cfg}" in err
+
+
+def test_missing_default_data_column_says_it_is_the_default(run_cli, write_config, ms_factory):
+    bad = ms_factory("bad.MS")
+    cfg = write_config("[wsclean]\nname = 'img'\n")  # data-column: nenucal's default CORRECTED_DATA
+    err = plan_error(run_cli, cfg, bad)
+    assert "has no column CORRECTED_DATA" in err
+    assert "default" in err and "false" in err
+
+
+def test_existing_data_column_is_passed(run_cli, write_config, ms_factory):
+    good = ms_factory("good.MS", corrected_data=True)
+    cfg = write_config("[wsclean]\nname = 'img'\n")
+    (job,) = plan_jobs(run_cli, cfg, good)
+    assert opt(job["argv"], "-data-column") == "CORRECTED_DATA"
+
+
+def test_data_column_false_means_no_check(run_cli, write_config, ms_factory):
+    bad = ms_factory("bad.MS")
+    cfg = write_config("[wsclean]\nname = 'img'\ndata-column = false\n")
+    (job,) = plan_jobs(run_cli, cfg, bad)
+    assert "-data-column" not in job["argv"]
+
+
+def test_missing_ms_is_listed_with_the_others(run_cli, write_config, ms_factory, tmp_path):
+    good = ms_factory("good.MS")
+    err = plan_error(run_cli, config(write_config), good, tmp_path / "gone1.MS", tmp_path / "gone2.MS")
+    assert f"{tmp_path}/gone1.MS: does not exist" in err
+    assert f"{tmp_path}/gone2.MS: does not exist" in err
+
+
+# ================================================================ control characters
+
+
+def test_newline_in_name_is_an_error(run_cli, write_config, ms_factory):
+    ms = ms_factory("a.MS")
+    cfg = write_config('[wsclean]\ndata-column = false\nname = "img\\ntouch PWNED"\n')
+    err = plan_error(run_cli, cfg, ms)
+    assert "control character" in err and "name" in err
+
+
+def test_newline_from_an_environment_variable_is_an_error(run_cli, write_config, ms_factory, monkeypatch):
+    monkeypatch.setenv("EVIL_DIR", "/tmp/x\ntouch PWNED")
+    ms = ms_factory("a.MS")
+    err = plan_error(run_cli, config(write_config, "out-dir = '$EVIL_DIR'"), ms)
+    assert "control character" in err and "out-dir" in err
+
+
+# ================================================================ hosts without a pattern (build_plan directly)
+
+
+def _pinned_without_pattern(write_config):
+    from dataclasses import replace
+
+    from imgpipe.config import load_config
+
+    cfg = load_config(config(write_config, worker="nodes = 'node[001-002]'"))
+    return replace(cfg, worker=replace(cfg.worker, run_on_file_host=True, run_on_file_host_pattern=None))
+
+
+def test_data_handler_node_pins_the_job_without_a_pattern(write_config, ms_factory):
+    from imgpipe.inputs import MSInput
+    from imgpipe.ms_facts import read_facts
+    from imgpipe.plan import build_plan
+
+    a, b, c = (str(ms_factory(f"{n}.MS")) for n in "abc")
+    inputs = [MSInput(a, "OBS1", "SW01", "node002"), MSInput(b, "OBS1", "SW01", "node002"),
+              MSInput(c, "OBS1", "SW01", "node001")]
+    facts, _ = read_facts([a, b, c])
+    plan = build_plan(_pinned_without_pattern(write_config), inputs, facts, combine=True)
+    assert [j.host for j in plan.jobs] == ["node002"]
+
+
+def test_no_pattern_and_no_data_handler_node_is_an_error(write_config, ms_factory):
+    from imgpipe.errors import PlanErrors
+    from imgpipe.inputs import MSInput
+    from imgpipe.ms_facts import read_facts
+    from imgpipe.plan import build_plan
+
+    a = str(ms_factory("a.MS"))
+    facts, _ = read_facts([a])
+    with pytest.raises(PlanErrors) as e:
+        build_plan(_pinned_without_pattern(write_config), [MSInput(a)], facts)
+    assert a in str(e.value) and "which node holds this MS" in str(e.value)

@@ -1,0 +1,144 @@
+"""MS paths and config values are data, never shell code.
+
+Real MSs are given hostile names, the config hostile values; the plan's jobs file
+is then run line by line with ``bash -c`` (and POSIX ``sh -c``: GNU parallel may use
+either) where ``wsclean`` on PATH is a recorder of its argv. The recorded argv must
+be exactly the planned one, and no command smuggled into a name may ever run.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+HOSTILE_NAMES = [
+    "with space.MS",
+    "it's.MS",
+    'say "hi".MS',
+    "$(touch PWNED).MS",
+    "`touch PWNED`.MS",
+    "a;touch PWNED;.MS",
+    "star*.MS",
+    "x && touch PWNED.MS",
+    "x | touch PWNED.MS",
+    "redir >PWNED.MS",
+    "$HOME${HOME}.MS",
+    "~tilde.MS",
+    "bang!!.MS",
+    "#hash.MS",
+    "back\\slash.MS",
+    "tab\there.MS",
+    "Ωμέγα Ünïcødé.MS",
+    "-lead.MS",
+]
+
+SHELLS = [s for s in ("bash", "sh") if shutil.which(s)]
+
+
+def hostile_ms(ms_factory, tmp_path) -> list[Path]:
+    paths = [ms_factory(n, where=tmp_path / "data") for n in HOSTILE_NAMES]
+    # a leading-dash directory, and a directory that is itself hostile
+    paths.append(ms_factory("obs.MS", where=tmp_path / "-dash dir"))
+    paths.append(ms_factory("obs 2.MS", where=tmp_path / "$(touch PWNED)'\"`;"))
+    return paths
+
+
+def recorder(tmp_path: Path) -> Path:
+    """A ``wsclean`` that writes its argv, NUL-separated, to $RECORD and does nothing else."""
+    bindir = tmp_path / "fake-bin"
+    bindir.mkdir()
+    script = bindir / "wsclean"
+    script.write_text("#!/bin/sh\nprintf '%s\\0' \"$@\" > \"$RECORD\"\n")
+    script.chmod(0o755)
+    return bindir
+
+
+def run_jobs_file(jobs_file: Path, bindir: Path, tmp_path: Path, shell: str, tag: str = "") -> list[list[str]]:
+    """Run every job line's COMMAND with ``shell -c``; return the argv each one recorded."""
+    cwd = tmp_path / "run"
+    cwd.mkdir(exist_ok=True)
+    recorded = []
+    for line in jobs_file.read_text(encoding="utf-8").split("\n"):
+        if not line or line.startswith("#"):
+            continue
+        job_id, _host, command = line.split("\t", 2)
+        record = tmp_path / f"argv-{tag}-{shell}-{job_id}"
+        env = {**os.environ, "PATH": f"{bindir}{os.pathsep}{os.environ['PATH']}", "RECORD": str(record)}
+        proc = subprocess.run([shell, "-c", command], cwd=cwd, env=env, capture_output=True, text=True)
+        assert proc.returncode == 0, (command, proc.stderr)
+        words = record.read_bytes().decode("utf-8").split("\0")
+        assert words[-1] == ""
+        recorded.append(words[:-1])
+    return recorded
+
+
+def assert_no_pwned(tmp_path: Path):
+    hits = [p for p in tmp_path.rglob("*") if p.name.startswith("PWNED")]
+    assert hits == []
+    assert not Path("PWNED").exists()
+
+
+CONFIG = """
+[wsclean]
+data-column = false
+name = "img $(touch PWNED) `touch PWNED` ; && * 'q' \\"dq\\" Ωμέγα"
+out-dir = "{out}/$ms_basename$"
+temp-dir = "{out}/tmp $(touch PWNED)"
+fits-mask = "{out}/mask;touch PWNED.fits"
+size = '64 64'
+"""
+
+
+def test_commands_reproduce_the_planned_argv_exactly(run_cli, write_config, ms_factory, tmp_path):
+    paths = hostile_ms(ms_factory, tmp_path)
+    out = tmp_path / "out; $(touch PWNED) `x` 'dir' \"d\""
+    cfg = write_config(CONFIG.replace("{out}", str(out).replace("\\", "\\\\").replace('"', '\\"')))
+    bindir = recorder(tmp_path)
+    for combine in (False, True):  # one job per MS, then all of them in one job
+        _plan_and_run(run_cli, cfg, paths, tmp_path, bindir, combine)
+
+
+def _plan_and_run(run_cli, cfg, paths, tmp_path, bindir, combine):
+    jobs_path = tmp_path / f"jobs-{combine}.txt"
+    r = run_cli("plan", cfg, *paths, *(["-c"] if combine else []), "--json", "--jobs-file", jobs_path)
+    assert r.code == 0, r
+    planned = [j["argv"] for j in json.loads(r.out)["jobs"]]
+    assert len(planned) == (1 if combine else len(paths))
+    # MS paths and values arrive as single, unchanged words
+    all_words = [w for argv in planned for w in argv]
+    for p in paths:
+        assert str(p) in all_words
+    if not combine:
+        assert [argv[-1] for argv in planned] == [str(p) for p in paths]
+    assert_no_pwned(tmp_path)  # planning runs nothing
+
+    for shell in SHELLS:
+        recorded = run_jobs_file(jobs_path, bindir, tmp_path, shell, tag=str(combine))
+        assert recorded == [argv[1:] for argv in planned], shell
+    assert_no_pwned(tmp_path)
+
+
+def test_a_newline_in_an_ms_path_is_a_clear_plan_error(run_cli, write_config, ms_factory, tmp_path):
+    ms = ms_factory("evil\ntouch PWNED\n.MS")
+    cfg = write_config("[wsclean]\nname = 'img'\ndata-column = false\n")
+    r = run_cli("plan", cfg, ms)
+    assert r.code == 2, r
+    assert "control character" in r.err and "newline" in r.err
+    assert "rename the MS" in r.err
+    assert not (tmp_path / "imgpipe-runs").exists()
+
+
+@pytest.mark.parametrize("key", ["name", "out-dir", "temp-dir", "fits-mask"])
+def test_a_newline_in_a_config_value_is_a_clear_plan_error(run_cli, write_config, ms_factory, tmp_path, key):
+    ms = ms_factory("a.MS")
+    extra = "" if key == "name" else "name = 'img'\n"
+    cfg = write_config(f'[wsclean]\ndata-column = false\n{extra}{key} = "x\\ntouch PWNED"\n')
+    r = run_cli("plan", cfg, ms)
+    assert r.code == 2, r
+    assert "control character" in r.err and key in r.err
+    assert not (tmp_path / "imgpipe-runs").exists()
