@@ -27,8 +27,13 @@ class ImgpipeError(Exception):
 class PlanErrors(ImgpipeError):
     """Several independent problems found while planning, reported together."""
 
+    SHOWN = 30  # a plan over 10,000 MSs must not print 10,000 lines
+
     def __init__(self, problems: list[str], *, hint: str | None = None):
         self.problems = list(problems)
         head = f"{len(self.problems)} problem(s) in the plan:" if len(self.problems) > 1 else ""
-        body = "\n".join(f"  - {p}" for p in self.problems) if head else self.problems[0]
+        lines = [f"  - {p}" for p in self.problems[: self.SHOWN]]
+        if len(self.problems) > self.SHOWN:
+            lines.append(f"  ... and {len(self.problems) - self.SHOWN} more")
+        body = "\n".join(lines) if head else self.problems[0]
         super().__init__(f"{head}\n{body}" if head else body, hint=hint)

@@ -432,17 +432,15 @@ def build_plan(
         try:
             jobs.append(build_job(job_id, config, group, facts, host))
         except ImgpipeError as e:
-            if not jobs and not problems:
-                raise  # a config-level mistake: the same for every job, say it once
-            problems.append(str(e))
+            if str(e) not in problems:  # a config-level mistake is the same for every job: said once
+                problems.append(str(e))
     if problems:
         raise PlanErrors(problems, hint=data_column_hint(config) if column_problems else None)
     collisions = check_collisions(jobs)
     if collisions:
         hint = "make out-dir or name differ per job, e.g. out-dir = '$ms_basename$/images'"
-        if combine and not combine_obs_ids or not combine:
-            if config.data_handler is not None:
-                hint += " or add $obs_id$ and $sw$ to out-dir"
+        if config.data_handler is not None:
+            hint += ", or add $obs_id$ and $sw$ to out-dir"
         if combine_obs_ids and not combine:
             hint = "--combine_obs_ids only takes effect with --combine; " + hint
         raise PlanErrors(collisions, hint=hint)

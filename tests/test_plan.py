@@ -111,6 +111,16 @@ def test_channels_out_integer_above_the_channel_count_is_an_error(run_cli, write
     assert "channels-out = 13" in err and "12 channel" in err and str(ms) in err
 
 
+
+def test_every_job_with_too_few_channels_is_named_and_a_config_mistake_only_once(run_cli, write_config, ms_factory):
+    small = [ms_factory(f"small{i}.MS", nchan=4) for i in range(3)]
+    big = ms_factory("big.MS", nchan=16)
+    err = plan_error(run_cli, config(write_config, "channels-out = 8\nout-dir = '$ms_basename$'\n"), *small, big)
+    assert "3 problem(s)" in err
+    assert all(ms.name in err for ms in small) and "big.MS" not in err
+    err = plan_error(run_cli, config(write_config, "out-dir = '$nope$'\n"), *small)
+    assert err.count("unknown token") == 1 and "problem(s)" not in err
+
 def test_channels_out_error_on_a_later_job_names_that_ms(run_cli, write_config, ms_factory):
     a = ms_factory("a.MS")  # 16 channels
     b = ms_factory("b.MS", nchan=12)
