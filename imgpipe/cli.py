@@ -348,10 +348,27 @@ def cmd_report(args: argparse.Namespace) -> int:
 COMMANDS = {"plan": cmd_plan, "status": cmd_status, "report": cmd_report, "image": cmd_image, "run": cmd_run, "inputs": cmd_inputs}
 
 
+_VALUE_OPTIONS = {"--jobs-file", "--nodes", "--max-concurrent", "--engine"}
+
+
+def _nenucal_form(argv: list[str]) -> bool:
+    """True when the first word that is not an option (or an option's value) is not a command."""
+    i = 0
+    while i < len(argv):
+        word = argv[i]
+        if word in ("-h", "--help", "--version"):
+            return False
+        if word.startswith("-"):
+            i += 2 if word in _VALUE_OPTIONS else 1
+            continue
+        return word not in COMMANDS
+    return False
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv and not argv[0].startswith("-") and argv[0] not in COMMANDS:
-        argv.insert(0, "image")  # the nenucal form: imgpipe CONFIG INPUT...
+    if _nenucal_form(argv):
+        argv.insert(0, "image")  # the nenucal form: imgpipe [OPTIONS] CONFIG INPUT...
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command is None:

@@ -131,9 +131,30 @@ def probe_hosts(hosts: list[str], ssh: list[str], timeout: float = 15.0) -> dict
         return {h: why for h, why in pool.map(probe, remote) if why}
 
 
+def wrapper_pattern(tag: str) -> str:
+    """The ``pkill -f`` regex of a running wrapper: ``imgpipe-job TAG ID ...``.
+
+    The brackets keep it from matching the shell that runs pkill; ``[^{]`` keeps it from
+    matching GNU parallel itself, whose command template says ``imgpipe-job TAG {id}``
+    (a TERM would make parallel kill its ssh clients, cutting the wrappers' output
+    before they have stopped WSClean).
+    """
+    return f"[i]mgpipe-job {tag} [^{{]"
+
+
 def stop_jobs(tag: str, hosts: list[str], ssh: list[str], sig: str = "TERM") -> None:
-    """Signal every wrapper carrying ``tag`` on every host (the wrapper stops WSClean and cleans up)."""
-    pattern = f"[i]mgpipe-job {tag} "  # the brackets keep pkill from matching the remote shell itself
+    """Signal every wrapper carrying ``tag`` on every host (the wrapper stops WSClean and cleans up).
+
+    With ``KILL`` the wrappers' children (WSClean, or ``timeout`` and its process group) are
+    killed first: a KILLed wrapper cannot stop them, and they would run on, orphaned.
+    """
+    pattern = wrapper_pattern(tag)
+    quoted = shlex.quote(pattern)
+    if sig == "KILL":
+        script = (f"for p in $(pgrep -f {quoted}); do for c in $(pgrep -P $p); do kill -KILL -- -$c $c; done; "
+                  "kill -KILL $p; done 2>/dev/null; true")
+    else:
+        script = f"pkill -{sig} -f {quoted}"
     local_done = False
 
     def one(host: str) -> None:
@@ -141,11 +162,10 @@ def stop_jobs(tag: str, hosts: list[str], ssh: list[str], sig: str = "TERM") -> 
         if is_local(host):
             if not local_done:
                 local_done = True
-                subprocess.run(["pkill", f"-{sig}", "-f", pattern], capture_output=True)
+                subprocess.run(["sh", "-c", script], capture_output=True)
             return
         try:
-            subprocess.run([*ssh, "-o", "BatchMode=yes", "-o", "ConnectTimeout=10", host,
-                            f"pkill -{sig} -f {shlex.quote(pattern)}"],
+            subprocess.run([*ssh, "-o", "BatchMode=yes", "-o", "ConnectTimeout=10", host, script],
                            stdin=subprocess.DEVNULL, capture_output=True, timeout=30)
         except (subprocess.TimeoutExpired, OSError):
             pass
@@ -156,7 +176,7 @@ def stop_jobs(tag: str, hosts: list[str], ssh: list[str], sig: str = "TERM") -> 
 
 def jobs_running(tag: str, hosts: list[str], ssh: list[str]) -> list[str]:
     """Hosts where a wrapper carrying ``tag`` still runs."""
-    pattern = f"[i]mgpipe-job {tag} "
+    pattern = wrapper_pattern(tag)
     busy = []
     for host in hosts:
         cmd = ["pgrep", "-f", pattern] if is_local(host) else [
@@ -249,8 +269,7 @@ def summary(plan: Plan, run_dir: Path, unreachable: dict[str, str], resume_hint:
     out = out or sys.stderr
     states = st.job_states(plan, run_dir)
     c = st.counts(states)
-    for host, why in unreachable.items():
-        print(f"imgpipe: node {host} cannot be reached: {why}", file=out)
+    # unreachable nodes were reported (with the reason) when found; the table names them per job
     if c["done"] == c["total"]:
         print(f"imgpipe: all {c['total']} job(s) done. Run directory: {run_dir}", file=out)
         return 0
@@ -279,6 +298,22 @@ def write_json(path: Path, data) -> None:
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(data, indent=1))
     os.replace(tmp, path)
+
+
+def archive_logs(run_dir: Path, job_ids) -> None:
+    """Keep the log of each earlier attempt (logs/ID -> logs/ID.1, .2, ...) before a job runs again."""
+    logs = run_dir / st.LOGS
+    for jid in job_ids:
+        log = logs / jid
+        if not log.exists():
+            continue
+        n = 1
+        while (logs / f"{jid}.{n}").exists():
+            n += 1
+        log.rename(logs / f"{jid}.{n}")
+        err = logs / f"{jid}.err"
+        if err.exists():
+            err.rename(logs / f"{jid}.{n}.err")
 
 
 def install_wrapper(run_dir: Path) -> Path:

@@ -25,7 +25,7 @@ from collections import Counter
 from pathlib import Path
 
 from .engine import (
-    STOP_GRACE, Progress, RunLock, Stopper, install_wrapper, installed_file, jobs_running, nodes_of, probe_hosts,
+    STOP_GRACE, Progress, RunLock, Stopper, archive_logs, install_wrapper, installed_file, jobs_running, nodes_of, probe_hosts,
     share_resources, ssh_command, stop_jobs, summary, tag_of, wrapper_source,
 )
 from .errors import ImgpipeError
@@ -148,6 +148,7 @@ def run(plan: Plan, jobs_path: Path, *, force: bool = False, rerun: list[str] | 
         todo = [j for j in plan.jobs if live and not (done_dir / j.id).exists() and (j.host is None or j.host in live)]
         if not todo:
             return summary(plan, run_dir, unreachable, _hints(run_dir, rerun))
+        archive_logs(run_dir, (j.id for j in todo))
         (run_dir / st.ROUND_IDS).write_text("\n".join(j.id for j in todo) + "\n")
         # status reads this round's rows from joblog.tsv; jobs done before stay as they were
         slots = plan.worker["max_concurrent"] * len(live)

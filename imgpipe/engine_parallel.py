@@ -3,11 +3,15 @@
 - Each node is a host group with ``max_concurrent`` slots (``-S @node/N/node``,
   ``:`` for this machine); a job pinned to a node carries ``@node`` at the end
   of its input line (``--hgrp``); an unpinned job may run on any node.
-- The input line is ``ID<TAB>COMMAND`` with ``@``/``%`` percent-encoded, so an
-  ``@`` in a path never reads as a host group; the wrapper decodes it.
+- The input line is ``ID<TAB>COMMAND[@node]`` with ``@``/``%`` percent-encoded
+  in COMMAND, so an ``@`` in a path never reads as a host group; the wrapper
+  decodes it. The line is ONE argument, split by the replacement strings
+  ``{id}`` and ``{cmd}`` (``--rpl``): with ``--colsep``, GNU parallel 20221122
+  strips the ``@node`` from the line but takes the job's host groups from the
+  first column, so a pinned job would run on any node.
 - The node-side wrapper travels in the environment variable IMGPIPE_JOB
   (``--env``): nothing needs to be installed on the nodes.
-- ``--joblog`` and ``--results logs/{1}`` keep the outcome and output of every
+- ``--joblog`` and ``--results logs/{id}`` keep the outcome and output of every
   job in the run directory, whatever the nodes' file systems.
 
 imgpipe runs the jobs in rounds: the first runs everything not yet done; later
@@ -30,7 +34,7 @@ from collections import Counter
 from pathlib import Path
 
 from .engine import (
-    STOP_GRACE, Progress, RunLock, Stopper, install_wrapper, jobs_running, nodes_of, probe_hosts,
+    STOP_GRACE, Progress, RunLock, Stopper, archive_logs, install_wrapper, jobs_running, nodes_of, probe_hosts,
     share_resources, ssh_command, stop_jobs, summary, tag_of,
 )
 from .errors import ImgpipeError
@@ -42,6 +46,7 @@ from . import status as st
 INPUT = "parallel-input.tsv"
 ROUND_INPUT = "parallel-input.round.tsv"
 SCRIPT = "parallel.sh"
+PARALLEL_STDERR = "parallel.stderr"
 
 
 def encode(command: str) -> str:
@@ -53,26 +58,30 @@ def input_line(job: Job) -> str:
     return f"{line}@{job.host}" if job.host else line
 
 
+# {id} and {cmd}: the two halves of an input line (its @node already removed by --hgrp)
+RPL = ["--rpl", r"{id} s/\t.*//s", "--rpl", r"{cmd} s/^[^\t]*\t//s"]
+
+
 def sshlogins(nodes: list[str], slots: int) -> str:
     return ",".join(f"@{n}/{slots}/{':' if is_local(n) else n}" for n in nodes)
 
 
 def job_template(plan: Plan, force: bool) -> str:
-    """The command template: the wrapper from $IMGPIPE_JOB, the run settings, {1}=id, {2}=command."""
+    """The command template: the wrapper from $IMGPIPE_JOB, the run settings, {id}, {cmd}."""
     w = plan.worker
     share = all(share_resources(j) for j in plan.jobs)
     settings = [
         tag_of(plan),
-        "{1}",
+        "{id}",
         str(w["max_concurrent"]),
         w.get("env_file", ""),
         str(w.get("max_time", 0) or 0),
         "1" if share else "0",
         "1" if force else "0",
         plan.digest[:12],
-        "{2}",
+        "{cmd}",
     ]
-    words = [s if s in ("{1}", "{2}") else shlex.quote(s) for s in settings]
+    words = [s if s in ("{id}", "{cmd}") else shlex.quote(s) for s in settings]
     return 'bash -c "$IMGPIPE_JOB" imgpipe-job ' + " ".join(words)
 
 
@@ -80,8 +89,8 @@ def parallel_argv(plan: Plan, run_dir: Path, nodes: list[str], input_file: Path,
                   *, resume: bool, force: bool, ssh: list[str]) -> list[str]:
     argv = [
         "parallel", "--will-cite", "--hgrp", "-S", sshlogins(nodes, plan.worker["max_concurrent"]),
-        "--ssh", shlex.join(ssh), "--env", "IMGPIPE_JOB", "--colsep", r"\t",
-        "--joblog", str(joblog), "--results", str(run_dir / st.LOGS) + "/{1}",
+        "--ssh", shlex.join(ssh), "--env", "IMGPIPE_JOB", *RPL,
+        "--joblog", str(joblog), "--results", str(run_dir / st.LOGS) + "/{id}",
     ]
     if resume:
         argv.append("--resume-failed")
@@ -152,6 +161,7 @@ def run(plan: Plan, jobs_path: Path, *, force: bool = False, rerun: list[str] | 
             if not todo:
                 break
             round_no += 1
+            archive_logs(run_dir, (j.id for j in todo))
             round_input = run_dir / ROUND_INPUT
             round_input.write_text("".join(lines[j.id] + "\n" for j in todo), encoding="utf-8")
             round_log = run_dir / st.ROUND_JOBLOG
@@ -160,14 +170,18 @@ def run(plan: Plan, jobs_path: Path, *, force: bool = False, rerun: list[str] | 
             argv = parallel_argv(plan, run_dir, live, round_input, round_log, resume=False, force=force, ssh=ssh)
             env = {**os.environ, "IMGPIPE_JOB": (run_dir / "imgpipe-job").read_text()}
             env.setdefault("PARALLEL_HOME", str(run_dir / ".parallel"))
-            proc = subprocess.Popen(argv, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                    stderr=open(run_dir / "parallel.stderr", "a"), start_new_session=True)
+            err_path = run_dir / PARALLEL_STDERR
+            err_start = err_path.stat().st_size if err_path.exists() else 0
+            with open(err_path, "a") as err:
+                proc = subprocess.Popen(argv, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                        stderr=err, start_new_session=True)
             while proc.poll() is None:
                 if stopper.signal is not None:
                     return _stop(plan, run_dir, proc, live, ssh, joblog, seq_of, progress, time.time())
                 progress.tick()
                 time.sleep(0.2)
             rows = read_rows(round_log)
+            _report_parallel_failure(proc.returncode, todo, rows, err_path, err_start)
             append_rows(joblog, rows, seq_of)
             round_log.unlink(missing_ok=True)
             retry = False
@@ -196,11 +210,30 @@ def run(plan: Plan, jobs_path: Path, *, force: bool = False, rerun: list[str] | 
             unreachable.update(newly)
             live = [n for n in live if n not in newly]
         (run_dir / st.ROUND_IDS).unlink(missing_ok=True)
+        (run_dir / ROUND_INPUT).unlink(missing_ok=True)
         progress.tick(force=True)
         progress.close()
         if not live:
             print("imgpipe: no node can be reached", file=sys.stderr)
         return summary(plan, run_dir, unreachable, resume_hints(run_dir, rerun))
+
+
+def _report_parallel_failure(code: int, todo: list[Job], rows: list, err_path: Path, err_start: int) -> None:
+    """GNU parallel ended without running some jobs (its own error): say so, with its messages."""
+    missing = {j.id for j in todo} - {r.job_id for r in rows}
+    if not missing:
+        return
+    try:
+        with open(err_path, "rb") as f:
+            f.seek(err_start)
+            text = f.read().decode(errors="replace")
+    except OSError:
+        text = ""
+    lines = [ln for ln in text.splitlines() if ln.strip()][-8:]
+    print(f"imgpipe: GNU parallel (exit status {code}) ended without running {len(missing)} job(s)"
+          + ("; it said:" if lines else f"; see {err_path}"), file=sys.stderr)
+    for line in lines:
+        print(f"  | {line}", file=sys.stderr)
 
 
 def _stop(plan: Plan, run_dir: Path, proc: subprocess.Popen, live: list[str], ssh: list[str],
@@ -210,12 +243,27 @@ def _stop(plan: Plan, run_dir: Path, proc: subprocess.Popen, live: list[str], ss
     print("imgpipe: stopping: telling every job to stop (WSClean is stopped, temp dirs removed)...",
           file=sys.stderr)
     tag = tag_of(plan)
-    # first the wrappers (they stop WSClean and clean up), then GNU parallel and its ssh clients
-    stop_jobs(tag, live, ssh, "TERM")
+    # 1. GNU parallel starts no new job (SIGHUP) but keeps its ssh clients, so the wrappers'
+    #    output still reaches logs/ and their exit status the job log;
+    # 2. the wrappers stop WSClean and remove their temp dirs (SIGTERM), then exit, and so does
+    #    parallel. TERM is sent again now and then: a job that was just starting has no wrapper
+    #    to signal yet. Killing parallel first would not do: with ssh multiplexing
+    #    (ControlMaster) the remote jobs outlive their ssh clients, and the wrappers would
+    #    lose their output (and die of SIGPIPE) in the middle of stopping WSClean.
+    try:
+        os.kill(proc.pid, signal.SIGHUP)
+    except ProcessLookupError:
+        pass
     deadline = time.time() + STOP_GRACE
-    while time.time() < deadline and jobs_running(tag, live, ssh):
-        time.sleep(0.5)
-    stop_jobs(tag, live, ssh, "KILL")
+    next_term = 0.0
+    while proc.poll() is None and time.time() < deadline:
+        if time.time() >= next_term:
+            stop_jobs(tag, live, ssh, "TERM")
+            next_term = time.time() + 2.0
+        time.sleep(0.2)
+    # 3. whatever is left: KILL (the wrappers' children first), then parallel and its ssh clients
+    if proc.poll() is None or jobs_running(tag, live, ssh):
+        stop_jobs(tag, live, ssh, "KILL")
     try:
         os.killpg(proc.pid, signal.SIGTERM)
     except ProcessLookupError:
@@ -225,12 +273,14 @@ def _stop(plan: Plan, run_dir: Path, proc: subprocess.Popen, live: list[str], ss
     except subprocess.TimeoutExpired:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
-    # rows of jobs that ended before the stop are kept; the stopped ones are dropped: they run again
+    # rows of jobs that ended before the stop, or succeeded anyway, are kept; the stopped ones
+    # are dropped: they run again
     round_log = run_dir / st.ROUND_JOBLOG
-    rows = [r for r in read_rows(round_log) if r.start + r.runtime <= stopped_at]
+    rows = [r for r in read_rows(round_log) if r.ok or r.start + r.runtime <= stopped_at]
     append_rows(joblog, rows, seq_of)
     round_log.unlink(missing_ok=True)
     (run_dir / st.ROUND_IDS).unlink(missing_ok=True)
+    (run_dir / ROUND_INPUT).unlink(missing_ok=True)
     c = st.counts(st.job_states(plan, run_dir))
     print(f"imgpipe: stopped. {c['done']} of {c['total']} job(s) done; run the same command again to resume.",
           file=sys.stderr)

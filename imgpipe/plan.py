@@ -25,6 +25,7 @@ from .ms_facts import MSFacts
 from .wsclean_command import option_words
 from . import wsclean_options
 
+CFITSIO_SYNTAX = "(["  # CFITSIO's extended file-name syntax: not usable in an image name
 TOKENS = ("ms_in", "ms_basename", "name", "obs_id", "sw")
 _TOKEN_RE = re.compile(r"\$([A-Za-z_][A-Za-z0-9_]*)\$")
 _ENV_RE = re.compile(r"\$(?:\{([A-Za-z_][A-Za-z0-9_]*)\}|([A-Za-z_][A-Za-z0-9_]*))")
@@ -310,6 +311,15 @@ def build_job(
     out_dir = expand_template(ws["out-dir"], tokens, where("out-dir")) if "out-dir" in ws else ""
     out_dir = os.path.abspath(out_dir) if out_dir else os.getcwd()
     prefix = os.path.normpath(os.path.join(out_dir, name))
+    cfitsio = sorted(set(prefix) & set(CFITSIO_SYNTAX))
+    if cfitsio:
+        raise ImgpipeError(
+            f"the image name {prefix!r} contains {' and '.join(repr(c) for c in cfitsio)}: CFITSIO, which WSClean "
+            "uses to write FITS files, reads them as its own syntax, so WSClean would fail after gridding",
+            where=where("out-dir" if "out-dir" in ws else "name"),
+            hint="choose an out-dir and name without '(' or '[' (an MS name brought in by $ms_basename$ or "
+            "$ms_in$ counts too)",
+        )
     out_dir = os.path.dirname(prefix)
 
     argv: list[str] = ["wsclean", "-name", prefix]
@@ -439,6 +449,9 @@ def build_plan(
     collisions = check_collisions(jobs)
     if collisions:
         hint = "make out-dir or name differ per job, e.g. out-dir = '$ms_basename$/images'"
+        if not combine and len({os.path.basename(i.path) for i in inputs}) < len(inputs):
+            hint = ("some MSs have the same name in different directories: put the images next to each MS, "
+                    "e.g. out-dir = '$ms_in$/images', or give the directories distinct MS names")
         if config.data_handler is not None:
             hint += ", or add $obs_id$ and $sw$ to out-dir"
         if combine_obs_ids and not combine:

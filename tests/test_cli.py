@@ -144,3 +144,12 @@ def test_newline_in_an_ms_path_is_a_clear_error(run_cli, write_config, tmp_path)
     r = run_cli("plan", write_config(CONFIG), f"{tmp_path}/a\nb.MS")
     assert r.code == 2
     assert "control character" in r.err and "one job per line" in r.err
+
+
+def test_options_may_come_before_the_config_in_the_nenucal_form(run_cli, write_config, ms_factory, tmp_path):
+    cfg = write_config("[wsclean]\nname = 'img'\ndata-column = 'DATA'\n")
+    ms = ms_factory("a.MS")
+    r = run_cli("--dry-run", "--nodes", "localhost", cfg, ms)
+    assert r.code == 0, r
+    assert "[0001 on any node] wsclean -name" in r.out
+    assert not (tmp_path / "imgpipe-runs").exists()

@@ -550,3 +550,16 @@ def test_no_pattern_and_no_data_handler_node_is_an_error(write_config, ms_factor
     with pytest.raises(PlanErrors) as e:
         build_plan(_pinned_without_pattern(write_config), [MSInput(a)], facts)
     assert a in str(e.value) and "which node holds this MS" in str(e.value)
+
+
+def test_same_ms_name_in_two_directories_gets_a_hint_that_fits(run_cli, write_config, ms_factory, tmp_path):
+    a = ms_factory("obs0.MS", where=tmp_path / "net" / "node001")
+    b = ms_factory("obs0.MS", where=tmp_path / "net" / "node002")
+    err = plan_error(run_cli, config(write_config, "out-dir = 'images/$ms_basename$'\n"), a, b)
+    assert "same name in different directories" in err and "$ms_in$" in err
+
+
+def test_an_image_name_cfitsio_would_misread_is_refused(run_cli, write_config, ms_factory):
+    ms = ms_factory("obs(1).MS")
+    err = plan_error(run_cli, config(write_config, "out-dir = 'images/$ms_basename$'\n"), ms)
+    assert "CFITSIO" in err and "'('" in err and "[wsclean] out-dir" in err

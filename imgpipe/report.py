@@ -1,0 +1,736 @@
+"""``imgpipe report``: one HTML page that tells what a run did, at a glance.
+
+``write_report(jobs_file)`` writes ``report.html`` in the run directory (the jobs
+file's directory) and returns its path. The page needs no network and no
+JavaScript: inline CSS, the timeline as inline SVG, and the image previews as
+PNG files in ``report/`` next to it (``report.html`` and ``report/`` go together).
+It holds
+
+- the run summary: how many jobs are done, failed, running, not started; the wall
+  time, the busy time, how busy each node was;
+- a timeline: every attempt of every job (every row of the job log) as a bar on
+  its node's slot lane, failed attempts in red, running jobs in blue; hovering a
+  bar shows the job id, the MS, the host, the runtime and the outcome;
+- the failures first, each with why it failed and the last lines of its log;
+- the table of all jobs (failed, running, not started, done), with links to each
+  log and image directory;
+- a preview of each finished job's main image (the MFS image when there is one,
+  else the image), with its peak and (robust) RMS. Previews need astropy and
+  matplotlib (``pip install 'imgpipe[report]'``); without them the page says so
+  and has everything else;
+- the jobs file's header (config, digest, worker settings), the config text and
+  every job's command.
+
+Every string from the run (MS names, log lines, the config) is HTML-escaped.
+The page is also well-formed XML, which the tests rely on to read it.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import math
+import os
+import re
+import statistics
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import quote
+
+from . import __version__
+from . import jobs_file as jf
+from . import status as st
+from .joblog import Row, read_rows
+from .plan import Job, Plan
+
+REPORT = "report.html"
+REPORT_DIR = "report"  # the preview PNGs (and their cached statistics), next to report.html
+THUMB = 256  # preview size in pixels (square)
+TAIL_LINES = 12  # log lines shown for each failure
+NO_PREVIEW_NOTE = "install imgpipe[report] (astropy, matplotlib) for image previews"
+INSTALL_HINT = "pip install 'imgpipe[report]'"
+CONFIG_MAX = 200_000  # characters of config text shown
+
+COLOURS = {"done": "#2e9b4f", "failed": "#d62728", "running": "#1f77b4"}
+
+
+# ----------------------------------------------------------------- escaping
+
+_CONTROL = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+
+
+def esc(value) -> str:
+    """HTML-escape (quotes too) and drop control characters (the page must stay well-formed)."""
+    return html.escape(_CONTROL.sub("\ufffd", str(value)), quote=True)
+
+
+def href(path: str) -> str:
+    """A relative link, percent-encoded and escaped: a name holding ``#``, ``?`` or ``"`` still links."""
+    return esc(quote(path, safe="/"))
+
+
+# ----------------------------------------------------------------- formatting
+
+
+def fmt_clock(t: float | None, date: bool = False) -> str:
+    if t is None:
+        return "-"
+    return time.strftime("%Y-%m-%d %H:%M:%S" if date else "%H:%M:%S", time.localtime(t))
+
+
+def fmt_duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    if seconds < 10:
+        return f"{seconds:.1f} s"
+    s = int(round(seconds))
+    if s < 60:
+        return f"{s} s"
+    if s < 3600:
+        return f"{s // 60}m{s % 60:02d}s"
+    return f"{s // 3600}h{s % 3600 // 60:02d}m"
+
+
+def fmt_flux(value: float | None, unit: str) -> str:
+    """9.73 Jy/beam, 12.3 mJy/beam, 450 µJy/beam (scaled when the unit is Jy-based)."""
+    if value is None or not math.isfinite(value):
+        return "-"
+    if unit.lower().startswith("jy"):
+        rest = unit[2:]
+        a = abs(value)
+        for scale, prefix in ((1.0, ""), (1e-3, "m"), (1e-6, "\u00b5")):
+            if a >= scale or scale == 1e-6:
+                return f"{value / scale:.3g} {prefix}Jy{rest}"
+    return f"{value:.3g} {unit}".strip()
+
+
+def _unit(bunit: str) -> str:
+    u = (bunit or "").strip()
+    return {"JY/BEAM": "Jy/beam", "JY/PIXEL": "Jy/pixel", "JY": "Jy"}.get(u.upper(), u)
+
+
+def ms_label(job: Job) -> str:
+    names = [os.path.basename(m.rstrip("/")) for m in job.ms]
+    if not names:
+        return "-"
+    return names[0] + (f" (+{len(names) - 1} more)" if len(names) > 1 else "")
+
+
+def rel(path: str | os.PathLike, start: Path) -> str:
+    try:
+        return os.path.relpath(path, start)
+    except ValueError:
+        return str(path)
+
+
+# ----------------------------------------------------------------- the job log: every attempt
+
+
+def host_namer(plan: Plan):
+    """row -> node name: GNU parallel logs this machine as ':'; call it by the plan's name for it."""
+    from .hosts import is_local
+
+    local = next((h for h in plan.worker.get("nodes", []) if is_local(h)), "localhost")
+
+    def name(row: Row) -> str:
+        host = st._host(row)
+        return local if host == "localhost" else host
+
+    return name
+
+
+def attempts(run_dir: Path) -> list[Row]:
+    """Every row of the job log (every attempt of every job), plus a round not yet merged into it."""
+    rows = read_rows(run_dir / st.JOBLOG)
+    seen = {(r.job_id, round(r.start, 3)) for r in rows}
+    rows += [r for r in read_rows(run_dir / st.ROUND_JOBLOG) if (r.job_id, round(r.start, 3)) not in seen]
+    return sorted(rows, key=lambda r: r.start)
+
+
+@dataclass
+class Bar:
+    job_id: str
+    host: str
+    start: float
+    end: float
+    outcome: str  # done | failed | running
+    why: str = ""
+    attempt: int = 1
+    attempts: int = 1
+    lane: int = 0
+
+
+def timeline_bars(plan: Plan, states: list[st.JobState], rows: list[Row], now: float) -> list[Bar]:
+    """One bar per job-log row (failed ones marked), plus one per running job, each on a slot lane."""
+    n_of: dict[str, int] = {}
+    for r in rows:
+        n_of[r.job_id or "?"] = n_of.get(r.job_id or "?", 0) + 1
+    seen: dict[str, int] = {}
+    host_of = host_namer(plan)
+    bars = []
+    for r in rows:
+        jid = r.job_id or "?"
+        seen[jid] = seen.get(jid, 0) + 1
+        why = "" if r.ok else st.classify(r)[1]
+        bars.append(Bar(jid, host_of(r), r.start, r.start + max(r.runtime, 0.0), "done" if r.ok else "failed",
+                        why, seen[jid], n_of[jid]))
+    for s in states:
+        if s.state == "running" and s.start is not None:
+            bars.append(Bar(s.job.id, s.job.host or "?", s.start, max(now, s.start), "running"))
+    assign_lanes(bars)
+    return bars
+
+
+def assign_lanes(bars: list[Bar]) -> None:
+    """Each bar goes to the first lane of its host that is free at its start (lanes = the node's slots)."""
+    ends: dict[str, list[float]] = {}
+    for b in sorted(bars, key=lambda b: (b.start, b.end)):
+        lanes = ends.setdefault(b.host, [])
+        for i, end in enumerate(lanes):
+            if end <= b.start + 1e-3:
+                b.lane, lanes[i] = i, b.end
+                break
+        else:
+            b.lane = len(lanes)
+            lanes.append(b.end)
+
+
+def _nice_step(span: float, target: int = 8) -> float:
+    for step in (0.1, 0.2, 0.5, 1, 2, 5, 10, 15, 30, 60, 120, 300, 600, 900, 1800, 3600, 7200, 10800, 21600, 43200, 86400):
+        if span / step <= target:
+            return step
+    return 86400 * math.ceil(span / 86400 / target)
+
+
+def timeline_svg(plan: Plan, bars: list[Bar], job_by_id: dict[str, Job]) -> str:
+    """The Gantt chart: x = time, one lane per node slot; inline SVG, hover titles, labels when wide enough."""
+    slots = int(plan.worker.get("max_concurrent", 1) or 1)
+    hosts = list(plan.worker.get("nodes", []))
+    for b in bars:
+        if b.host not in hosts:
+            hosts.append(b.host)
+    used = {h: 1 + max((b.lane for b in bars if b.host == h), default=-1) for h in hosts}
+    lanes: list[tuple[str, int]] = []
+    for h in hosts:
+        n = max(used[h], slots) if used[h] else 1
+        lanes += [(h, i) for i in range(n)]
+    lane_y = {key: i for i, key in enumerate(lanes)}
+    width, left, right, top, lane_h, bar_h = 1200, 170, 16, 34, 20, 14
+    height = top + lane_h * len(lanes) + 8
+    t0 = min((b.start for b in bars), default=0.0)
+    t1 = max((b.end for b in bars), default=t0 + 1.0)
+    span = max(t1 - t0, 1.0)
+    plot_w = width - left - right
+
+    def x(t: float) -> float:
+        return left + (t - t0) / span * plot_w
+
+    out = [f'<svg xmlns="http://www.w3.org/2000/svg" class="timeline" viewBox="0 0 {width} {height}" '
+           f'width="{width}" height="{height}" role="img" aria-label="timeline of every job on every node slot">']
+    out.append(f'<rect x="0" y="0" width="{width}" height="{height}" fill="#ffffff"/>')
+    # lanes, with the host's name on its first lane
+    for (h, i), n in lane_y.items():
+        y = top + n * lane_h
+        if n % 2 == 0:
+            out.append(f'<rect x="{left}" y="{y}" width="{plot_w}" height="{lane_h}" fill="#f4f5f7"/>')
+        if i == 0 and n:
+            out.append(f'<line x1="4" x2="{width - right}" y1="{y}" y2="{y}" stroke="#b8bcc4"/>')
+        label = f"{h}  #{i + 1}" if used[h] else f"{h}  (ran no job)"
+        out.append(f'<text x="{left - 6}" y="{y + lane_h - 6}" text-anchor="end" class="lane">{esc(label)}</text>')
+    # time axis
+    step = _nice_step(span)
+    k = math.ceil(t0 / step - 1e-9)
+    while k * step <= t1 + 1e-6:
+        t = k * step
+        k += 1
+        xx = x(t)
+        fmt = "%H:%M" if step >= 60 and step % 60 == 0 else "%H:%M:%S"
+        label = time.strftime(("%m-%d " if span > 86400 else "") + fmt, time.localtime(t))
+        if step < 1:
+            label += f".{int(round(t * 10)) % 10}"
+        out.append(f'<line x1="{xx:.1f}" x2="{xx:.1f}" y1="{top - 4}" y2="{height - 8}" stroke="#d5d8dd"/>')
+        out.append(f'<text x="{xx:.1f}" y="{top - 8}" text-anchor="middle" class="tick">{label}</text>')
+    out.append(f'<text x="4" y="{top - 8}" class="tick">{esc(fmt_clock(t0, date=True)[:10])}</text>')
+    # the bars
+    for b in bars:
+        y = top + lane_y[(b.host, b.lane)] * lane_h + (lane_h - bar_h) / 2
+        x0 = x(b.start)
+        w = max(x(b.end) - x0, 2.0)
+        job = job_by_id.get(b.job_id)
+        ms = ms_label(job) if job else "?"
+        outcome = {"done": "done", "running": "running"}.get(b.outcome, f"FAILED: {b.why}")
+        tries = f", attempt {b.attempt} of {b.attempts}" if b.attempts > 1 else ""
+        title = (f"job {b.job_id} \u2014 {ms}\nhost {b.host}, start {fmt_clock(b.start)}, "
+                 f"runtime {fmt_duration(b.end - b.start)}{tries}\n{outcome}")
+        out.append(f'<g class="bar {b.outcome}" data-job="{esc(b.job_id)}"><title>{esc(title)}</title>')
+        stroke = ' stroke="#7a0c0c" stroke-width="1"' if b.outcome == "failed" else ""
+        out.append(f'<rect class="bar {b.outcome}" x="{x0:.1f}" y="{y:.1f}" width="{w:.1f}" height="{bar_h}" '
+                   f'rx="2" fill="{COLOURS[b.outcome]}"{stroke}/>')
+        text = ("\u2715 " if b.outcome == "failed" else "") + b.job_id
+        if job and w >= 6.3 * (len(text) + len(ms) + 1) + 8:
+            text += " " + ms
+        if w >= 6.3 * len(text) + 8:
+            out.append(f'<text x="{x0 + 4:.1f}" y="{y + bar_h - 3.5:.1f}" class="barlabel">{esc(text)}</text>')
+        out.append("</g>")
+    if not bars:
+        out.append(f'<text x="{left + 10}" y="{top + 14}" class="tick">no job has run yet</text>')
+    out.append("</svg>")
+    return "\n".join(out)
+
+
+# ----------------------------------------------------------------- previews
+
+_IMAGE_RE = re.compile(r"^-(t\d{4}-)?(\d{4}|MFS)?(-[IQUVXYRL]{1,2})?-image\.fits$")
+
+
+def main_image(prefix: str) -> Path | None:
+    """The MFS image when there is one, else the image (WSClean: name[-tNNNN][-NNNN|-MFS][-POL]-image.fits)."""
+    for suffix in ("-MFS-image.fits", "-image.fits", "-MFS-I-image.fits", "-I-image.fits"):
+        p = Path(prefix + suffix)
+        if p.is_file():
+            return p
+    folder, base = os.path.split(prefix)
+    try:
+        names = os.listdir(folder or ".")
+    except OSError:
+        return None
+    found = [n for n in names if n.startswith(base) and _IMAGE_RE.match(n[len(base):])]
+    if not found:
+        return None
+    found.sort(key=lambda n: ("-MFS-" not in n, n))
+    return Path(folder, found[0])
+
+
+def preview_libs():
+    """(astropy.io.fits, matplotlib) when both import, else None: previews are optional."""
+    try:
+        from astropy.io import fits
+        import matplotlib
+
+        matplotlib.use("Agg", force=False)
+        from matplotlib.figure import Figure  # noqa: F401
+    except Exception:  # ImportError, or a broken installation: the report goes on without previews
+        return None
+    return fits, matplotlib
+
+
+@dataclass
+class Preview:
+    job_id: str
+    fits: str
+    png: str | None = None  # relative to the run directory
+    peak: float | None = None
+    rms: float | None = None
+    unit: str = ""
+    shape: tuple = ()
+    beam: str = ""
+    error: str | None = None
+
+
+def image_plane(hdus):
+    """The first 2-D plane of the first HDU holding an image."""
+    for hdu in hdus:
+        data = hdu.data
+        if data is not None and getattr(data, "ndim", 0) >= 2:
+            while data.ndim > 2:
+                data = data[0]
+            return data, hdu.header
+    raise ValueError("no image in this FITS file")
+
+
+def stretch_limits(sample):
+    """Display range: 0.5 and 99.5 percentiles, widened to the peak if the image is faint."""
+    import numpy as np
+
+    lo, hi = np.percentile(sample, [0.5, 99.5])
+    if not hi > lo:
+        hi = lo + 1.0
+    return float(lo), float(hi)
+
+
+def render_preview(fits_path: Path, png_path: Path, libs) -> dict:
+    """Write a THUMB x THUMB PNG (asinh stretch of the 0.5-99.5 % range, 'inferno'); return its statistics."""
+    import numpy as np
+    from matplotlib.figure import Figure
+
+    fits = libs[0]
+    with fits.open(fits_path, memmap=True) as hdus:
+        data, header = image_plane(hdus)
+        data = np.asarray(data, dtype=np.float32)
+        unit = _unit(str(header.get("BUNIT", "")))
+        beam = ""
+        if header.get("BMAJ") and header.get("BMIN"):
+            beam = f"{header['BMAJ'] * 3600:.0f}\u2033 \u00d7 {header['BMIN'] * 3600:.0f}\u2033"
+    finite = data[np.isfinite(data)]
+    if finite.size == 0:
+        raise ValueError("the image holds no finite pixel")
+    step = max(1, int(math.sqrt(finite.size / 4e6)))  # statistics over <= ~4 Mpixels
+    sample = finite[::step * step] if step > 1 else finite
+    peak = float(finite.max())
+    med = float(np.median(sample))
+    rms = float(1.4826 * np.median(np.abs(sample - med)))  # robust: MAD, not fooled by the sources
+    if rms == 0.0:
+        rms = float(np.std(sample))
+    # display: big images are reduced by block maxima first, so compact sources stay visible
+    ny, nx = data.shape
+    k = max(1, max(ny, nx) // (2 * THUMB))
+    shown = np.nan_to_num(data, nan=float(np.nanmin(data)) if np.isfinite(data).any() else 0.0)
+    if k > 1:
+        shown = shown[: ny // k * k, : nx // k * k].reshape(ny // k, k, nx // k, k).max(axis=(1, 3))
+    lo, hi = stretch_limits(shown[np.isfinite(shown)])
+    a = 0.1  # asinh softening: linear near the noise, logarithmic for the bright sources
+    norm = np.clip((shown - lo) / (hi - lo), 0.0, 1.0)
+    norm = np.arcsinh(norm / a) / np.arcsinh(1.0 / a)
+    fig = Figure(figsize=(THUMB / 100, THUMB / 100), dpi=100, facecolor="black")
+    ax = fig.add_axes((0, 0, 1, 1))
+    ax.set_axis_off()
+    ax.imshow(norm, origin="lower", cmap="inferno", vmin=0.0, vmax=1.0,
+              interpolation="nearest" if max(norm.shape) <= THUMB else "antialiased", aspect="equal")
+    png_path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = png_path.with_name(png_path.name + ".tmp")
+    fig.savefig(tmp, dpi=100, format="png", facecolor="black")
+    os.replace(tmp, png_path)
+    return {"peak": peak, "rms": rms, "unit": unit, "shape": [int(ny), int(nx)], "beam": beam}
+
+
+def _safe(job_id: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]", "_", job_id)
+
+
+def previews(states: list[st.JobState], run_dir: Path, libs) -> dict[str, Preview]:
+    """job id -> Preview for every done job with an image; PNGs cached in report/ while the FITS is unchanged."""
+    out: dict[str, Preview] = {}
+    folder = run_dir / REPORT_DIR
+    keep = set()
+    for s in states:
+        if s.state != "done":
+            continue
+        image = main_image(s.job.name)
+        if image is None:
+            out[s.job.id] = Preview(s.job.id, "", error="no image found next to the -name prefix")
+            continue
+        p = Preview(s.job.id, str(image))
+        out[s.job.id] = p
+        if libs is None:
+            continue
+        png = folder / f"{_safe(s.job.id)}.png"
+        meta_path = folder / f"{_safe(s.job.id)}.json"
+        keep.update({png.name, meta_path.name})
+        try:
+            fst = image.stat()
+            key = {"fits": str(image), "mtime": fst.st_mtime, "size": fst.st_size, "thumb": THUMB}
+            meta = None
+            try:
+                cached = json.loads(meta_path.read_text())
+                if cached.get("key") == key and png.is_file():
+                    meta = cached["stats"]
+            except (OSError, ValueError, KeyError):
+                pass
+            if meta is None:
+                meta = render_preview(image, png, libs)
+                meta_path.write_text(json.dumps({"key": key, "stats": meta}))
+            p.png = rel(png, run_dir)
+            p.peak, p.rms, p.unit = meta["peak"], meta["rms"], meta["unit"]
+            p.shape, p.beam = tuple(meta["shape"]), meta["beam"]
+        except Exception as e:  # one unreadable image must not cost the report
+            p.error = f"cannot preview: {type(e).__name__}: {e}"
+    if folder.is_dir():  # previews of jobs no longer done
+        for f in folder.iterdir():
+            if f.suffix in (".png", ".json") and f.name not in keep:
+                try:
+                    f.unlink()
+                except OSError:
+                    pass
+    return out
+
+
+# ----------------------------------------------------------------- the page
+
+CSS = """
+body { font: 14px/1.4 system-ui, -apple-system, 'Segoe UI', Roboto, Helvetica, Arial, sans-serif;
+       margin: 0; color: #1d2430; background: #eef0f3; }
+header { background: #1d2430; color: #fff; padding: 14px 24px; }
+header h1 { margin: 0 0 4px 0; font-size: 22px; }
+header .sub { color: #c8ccd4; font-size: 13px; word-break: break-all; }
+nav { padding: 6px 24px; background: #fff; border-bottom: 1px solid #d5d8dd; }
+nav a { margin-right: 16px; color: #1f5fa8; text-decoration: none; }
+main { padding: 8px 24px 40px 24px; }
+section { background: #fff; border: 1px solid #d5d8dd; border-radius: 6px; padding: 12px 16px; margin: 14px 0; }
+h2 { margin: 0 0 10px 0; font-size: 18px; }
+h3 { margin: 12px 0 4px 0; font-size: 15px; }
+.counts { display: flex; gap: 12px; flex-wrap: wrap; margin-bottom: 10px; }
+.count { border-radius: 6px; padding: 8px 14px; min-width: 90px; color: #fff; }
+.count b { display: block; font-size: 24px; }
+.c-done { background: #2e9b4f; } .c-failed { background: #d62728; }
+.c-running { background: #1f77b4; } .c-notstarted { background: #7f8793; } .c-total { background: #1d2430; }
+table { border-collapse: collapse; margin: 6px 0; }
+th, td { text-align: left; padding: 3px 10px 3px 0; vertical-align: top; border-bottom: 1px solid #eceef1; }
+th { font-weight: 600; border-bottom: 1px solid #b8bcc4; }
+td.num, th.num { text-align: right; }
+.state { border-radius: 3px; padding: 0 6px; color: #fff; white-space: nowrap; }
+.s-done { background: #2e9b4f; } .s-failed { background: #d62728; }
+.s-running { background: #1f77b4; } .s-notstarted { background: #7f8793; }
+tr.failed td { background: #fdf0f0; }
+pre { background: #f6f7f9; border: 1px solid #e1e4e8; padding: 6px 8px; overflow-x: auto;
+      font: 12px/1.35 ui-monospace, 'DejaVu Sans Mono', Menlo, Consolas, monospace; white-space: pre-wrap;
+      word-break: break-all; margin: 4px 0; }
+.failure { border-left: 4px solid #d62728; padding-left: 10px; margin: 10px 0; }
+.muted { color: #68707c; }
+.note { background: #fff7e0; border: 1px solid #f0d48a; padding: 6px 10px; border-radius: 4px; }
+.timeline-box { overflow-x: auto; }
+svg.timeline { max-width: 100%; height: auto; font: 11px system-ui, sans-serif; }
+svg .lane { fill: #1d2430; font-size: 11px; } svg .tick { fill: #68707c; font-size: 10px; }
+svg .barlabel { fill: #fff; font-size: 10px; pointer-events: none; }
+.legend span { display: inline-block; width: 12px; height: 12px; border-radius: 2px;
+               vertical-align: middle; margin: 0 4px 0 12px; }
+.grid { display: flex; flex-wrap: wrap; gap: 12px; }
+.card { width: 256px; font-size: 12px; }
+.card img { width: 256px; height: 256px; display: block; background: #000; image-rendering: pixelated; }
+.card .noimg { width: 256px; height: 80px; display: flex; align-items: center; justify-content: center;
+               background: #f6f7f9; color: #68707c; text-align: center; }
+.card .name { font-weight: 600; overflow-wrap: anywhere; }
+td.ms, td.why { max-width: 360px; overflow-wrap: anywhere; }
+td.num { white-space: nowrap; }
+"""
+
+
+def _state_badge(state: str) -> str:
+    return f'<span class="state s-{state.replace(" ", "")}">{esc(state)}</span>'
+
+
+def _link(path: Path, run_dir: Path, text: str) -> str:
+    if path.exists():
+        return f'<a href="{href(rel(path, run_dir))}">{esc(text)}</a>'
+    return f'<span class="muted">{esc(text)}</span>'
+
+
+def _config_texts(config_path: str) -> list[tuple[str, str]]:
+    """(path, text) of the config and of the default_settings files it chains to, while readable."""
+    out: list[tuple[str, str]] = []
+    path = Path(config_path)
+    for _ in range(10):
+        try:
+            text = path.read_text(encoding="utf-8", errors="replace")
+        except OSError as e:
+            out.append((str(path), f"(cannot be read any more: {e.strerror or e})"))
+            break
+        out.append((str(path), text[:CONFIG_MAX] + ("\n... (cut)" if len(text) > CONFIG_MAX else "")))
+        try:
+            try:
+                import tomllib
+            except ModuleNotFoundError:  # Python < 3.11
+                import tomli as tomllib
+            nxt = tomllib.loads(text).get("default_settings")
+        except Exception:
+            break
+        if not isinstance(nxt, str) or not nxt:
+            break
+        nxt_path = path.parent / os.path.expanduser(nxt)
+        if any(p == str(nxt_path) for p, _ in out):
+            break
+        path = nxt_path
+    return out
+
+
+def render(plan: Plan, jobs_path: Path, run_dir: Path, states: list[st.JobState], rows: list[Row],
+           prev: dict[str, Preview], libs_ok: bool, now: float) -> str:
+    job_by_id = {j.id: j for j in plan.jobs}
+    c = st.counts(states)
+    bars = timeline_bars(plan, states, rows, now)
+    run_name = run_dir.name
+    parts: list[str] = []
+    add = parts.append
+    add("<!DOCTYPE html>")
+    add('<html lang="en"><head><meta charset="utf-8"/>')
+    add('<meta name="viewport" content="width=device-width, initial-scale=1"/>')
+    add(f"<title>imgpipe report: {esc(run_name)}</title><style>{CSS}</style></head><body>")
+    add(f'<header><h1>imgpipe report: {esc(run_name)}</h1><div class="sub">run directory {esc(run_dir)}'
+        f" \u2014 written {esc(fmt_clock(now, date=True))} {esc(time.strftime('%Z', time.localtime(now)))}"
+        f" by imgpipe {esc(__version__)}</div></header>")
+    add('<nav><a href="#summary">Summary</a><a href="#timeline">Timeline</a>'
+        + ('<a href="#failures">Failures</a>' if c["failed"] else "")
+        + '<a href="#jobs">Jobs</a><a href="#images">Images</a><a href="#plan">Config and plan</a>'
+        + f'<a href="{href(jf.JOBS_FILE_NAME)}">jobs.txt</a></nav><main>')
+
+    # --- summary
+    add('<section id="summary"><h2>Summary</h2><div class="counts">')
+    for key, label in (("done", "done"), ("failed", "failed"), ("running", "running"),
+                       ("not started", "not started"), ("total", "jobs")):
+        add(f'<div class="count c-{key.replace(" ", "")}" data-state="{esc(key)}"><b>{c[key]}</b>{esc(label)}</div>')
+    add("</div>")
+    host_of = host_namer(plan)
+    finished = rows
+    if finished:
+        t0 = min(r.start for r in finished)
+        t1 = max(max(r.start + r.runtime for r in finished), max((b.end for b in bars), default=t0))
+        wall = max(t1 - t0, 1e-9)
+        busy = sum(r.runtime for r in finished)
+        lost = sum(r.runtime for r in finished if not r.ok)
+        slots = int(plan.worker.get("max_concurrent", 1) or 1)
+        hosts_used = sorted({host_of(r) for r in finished})
+        add("<table>")
+        add(f"<tr><th>first start</th><td>{esc(fmt_clock(t0, date=True))}</td></tr>")
+        add(f"<tr><th>last end</th><td>{esc(fmt_clock(t1, date=True))}</td></tr>")
+        add(f"<tr><th>wall time</th><td>{esc(fmt_duration(wall))}</td></tr>")
+        add(f"<tr><th>busy time</th><td>{esc(fmt_duration(busy))} in {len(finished)} attempt(s) on "
+            f"{len(hosts_used)} node(s); {esc(fmt_duration(lost))} in failed attempts</td></tr>")
+        ok_runtimes = [r.runtime for r in finished if r.ok]
+        if ok_runtimes:
+            add(f"<tr><th>job runtime</th><td>min {esc(fmt_duration(min(ok_runtimes)))}, median "
+                f"{esc(fmt_duration(statistics.median(ok_runtimes)))}, max {esc(fmt_duration(max(ok_runtimes)))}"
+                "</td></tr>")
+        add("</table>")
+        add('<h3>Where the time went, per node</h3><table class="hosts"><tr><th>node</th><th class="num">done</th>'
+            f'<th class="num">failed attempts</th><th class="num">busy</th><th class="num">use of its {slots} slot(s)'
+            "</th></tr>")
+        for h in hosts_used:
+            mine = [r for r in finished if host_of(r) == h]
+            b = sum(r.runtime for r in mine)
+            add(f'<tr><td>{esc(h)}</td><td class="num">{sum(r.ok for r in mine)}</td>'
+                f'<td class="num">{sum(not r.ok for r in mine)}</td><td class="num">{esc(fmt_duration(b))}</td>'
+                f'<td class="num">{100 * b / (slots * wall):.0f} %</td></tr>')
+        idle = [h for h in plan.worker.get("nodes", []) if h not in hosts_used]
+        for h in idle:
+            add(f'<tr><td>{esc(h)}</td><td class="num">0</td><td class="num">0</td><td class="num">-</td>'
+                '<td class="num muted">ran no job</td></tr>')
+        add("</table>")
+    else:
+        add('<p class="muted">No job has finished yet: the job log is empty.</p>')
+    add("</section>")
+
+    # --- timeline
+    add('<section id="timeline"><h2>Timeline</h2>')
+    add('<p class="legend muted">One lane per job slot of each node; every attempt of every job (hover a bar '
+        f'for its job, MS and outcome).<span style="background:{COLOURS["done"]}"></span>done'
+        f'<span style="background:{COLOURS["failed"]}"></span>failed attempt'
+        f'<span style="background:{COLOURS["running"]}"></span>running</p>')
+    add(f'<div class="timeline-box">{timeline_svg(plan, bars, job_by_id)}</div></section>')
+
+    # --- failures, first
+    failed = [s for s in states if s.state == "failed"]
+    if failed:
+        add(f'<section id="failures"><h2>Failures ({len(failed)})</h2>')
+        for s in sorted(failed, key=lambda s: s.job.id):
+            log = run_dir / st.LOGS / s.job.id
+            err = run_dir / st.LOGS / f"{s.job.id}.err"
+            add(f'<div class="failure" id="fail-{esc(s.job.id)}" data-job="{esc(s.job.id)}">')
+            add(f"<h3>job {esc(s.job.id)} \u2014 {esc(ms_label(s.job))}</h3>")
+            add(f'<div>{esc(s.why or "failed")} (class <b>{esc(s.failure or "-")}</b>, exit status '
+                f'{esc(s.exitval)}) on {esc(s.host or s.job.host or "-")}, after {esc(fmt_duration(s.runtime))}'
+                f' \u2014 {_link(log, run_dir, "log")} \u00b7 {_link(err, run_dir, "stderr")}</div>')
+            lines = st.tail(str(log), TAIL_LINES)
+            err_lines = st.tail(str(err), 5) if err.is_file() and err.stat().st_size else []
+            if lines:
+                add(f'<pre class="tail">{esc(chr(10).join(lines))}</pre>')
+            if err_lines:
+                add(f'<pre class="tail err">{esc(chr(10).join(err_lines))}</pre>')
+            if not lines and not err_lines:
+                add('<p class="muted">(its log is empty or missing)</p>')
+            add("</div>")
+        add("</section>")
+
+    # --- all jobs, failures first
+    ran_hosts = {host_of(r) for r in rows}
+    order = {"failed": 0, "running": 1, "not started": 2, "done": 3}
+    add(f'<section id="jobs"><h2>Jobs ({len(states)})</h2><table class="jobs"><thead><tr><th>job</th>'
+        "<th>state</th><th>host</th><th>MS</th><th>start</th><th class=\"num\">runtime</th><th>why</th>"
+        "<th>log</th><th>images</th><th class=\"num\">peak</th><th class=\"num\">RMS</th></tr></thead><tbody>")
+    for s in sorted(states, key=lambda s: (order[s.state], s.job.id)):
+        j = s.job
+        log = run_dir / st.LOGS / j.id
+        err = run_dir / st.LOGS / f"{j.id}.err"
+        why = s.why or ""
+        if s.state == "not started":
+            if j.host and j.host not in ran_hosts and rows:
+                why = f"pinned to {j.host}, which ran no job of this run (unreachable?)"
+            else:
+                why = "not run yet"
+        p = prev.get(j.id)
+        links = _link(log, run_dir, "log")
+        if err.is_file() and err.stat().st_size:
+            links += " " + _link(err, run_dir, "stderr")
+        ms_title = esc("\n".join(j.ms))
+        peak = esc(fmt_flux(p.peak, p.unit)) if p and p.peak is not None else "-"
+        rms = esc(fmt_flux(p.rms, p.unit)) if p and p.rms is not None else "-"
+        if p and p.png:
+            peak = f'<a href="#img-{esc(j.id)}">{peak}</a>'
+        add(f'<tr class="{esc(s.state.replace(" ", ""))}" data-job="{esc(j.id)}" data-state="{esc(s.state)}">'
+            f"<td>{esc(j.id)}</td><td>{_state_badge(s.state)}</td><td>{esc(s.host or j.host or '-')}</td>"
+            f'<td class="ms" title="{ms_title}">{esc(ms_label(j))}</td><td>{esc(fmt_clock(s.start))}</td>'
+            f'<td class="num">{esc(fmt_duration(s.runtime))}</td><td class="why">{esc(why)}</td>'
+            f"<td>{links}</td><td>{_link(Path(j.out_dir), run_dir, os.path.basename(j.out_dir) or j.out_dir)}</td>"
+            f'<td class="num">{peak}</td><td class="num">{rms}</td></tr>')
+    add("</tbody></table></section>")
+
+    # --- previews
+    add('<section id="images"><h2>Images</h2>')
+    if not libs_ok:
+        add(f'<p class="note" id="no-previews">No image previews: {esc(NO_PREVIEW_NOTE)}, e.g. '
+            f"<code>{esc(INSTALL_HINT)}</code>, then run <code>imgpipe report</code> again.</p>")
+    done = [s for s in states if s.state == "done"]
+    if not done:
+        add('<p class="muted">No job is done yet.</p>')
+    else:
+        add('<p class="muted">The main image of each finished job (the MFS image when there is one, else the '
+            "image), asinh stretch of its 0.5\u201399.5 % range; peak and robust RMS (1.4826 \u00d7 MAD).</p>")
+        add('<div class="grid">')
+        for s in sorted(done, key=lambda s: s.job.id):
+            p = prev.get(s.job.id)
+            add(f'<div class="card" id="img-{esc(s.job.id)}" data-job="{esc(s.job.id)}">')
+            if p and p.png:
+                add(f'<a href="{href(rel(p.fits, run_dir))}"><img src="{href(p.png)}" width="{THUMB}" '
+                    f'height="{THUMB}" alt="{esc("preview of job " + s.job.id)}"/></a>')
+            else:
+                reason = (p.error if p and p.error else "no preview") if libs_ok else "no preview"
+                add(f'<div class="noimg">{esc(reason)}</div>')
+            add(f'<div class="name">{esc(s.job.id)} \u2014 {esc(ms_label(s.job))}</div>')
+            if p and p.fits:
+                add(f'<div class="muted">{esc(os.path.basename(p.fits))}'
+                    + (f" ({p.shape[1]}\u00d7{p.shape[0]})" if len(p.shape) == 2 else "") + "</div>")
+            if p and p.peak is not None:
+                dr = f", DR {p.peak / p.rms:.0f}" if p.rms else ""
+                add(f"<div>peak {esc(fmt_flux(p.peak, p.unit))}, RMS {esc(fmt_flux(p.rms, p.unit))}{esc(dr)}</div>")
+            if p and p.beam:
+                add(f'<div class="muted">beam {esc(p.beam)}</div>')
+            add("</div>")
+        add("</div>")
+    add("</section>")
+
+    # --- config and plan
+    add('<section id="plan"><h2>Config and plan</h2><table class="header">')
+    add(f'<tr><th>jobs file</th><td><a href="{href(jf.JOBS_FILE_NAME)}">{esc(jobs_path)}</a></td></tr>')
+    add(f"<tr><th>config</th><td>{esc(plan.config_path)}</td></tr>")
+    add(f"<tr><th>plan digest</th><td><code>{esc(plan.digest)}</code></td></tr>")
+    for key, value in sorted(plan.worker.items()):
+        shown = ", ".join(map(str, value)) if isinstance(value, list) else json.dumps(value, ensure_ascii=False)
+        add(f"<tr><th>worker {esc(key)}</th><td><code>{esc(shown)}</code></td></tr>")
+    add("</table>")
+    for path, text in _config_texts(plan.config_path):
+        add(f'<h3>{esc(path)}</h3><pre class="config">{esc(text)}</pre>')
+    add(f"<details><summary>The WSClean command of each of the {len(plan.jobs)} job(s)</summary>"
+        '<table class="commands">')
+    for j in plan.jobs:
+        add(f'<tr><td>{esc(j.id)}</td><td>{esc(j.host or "any node")}</td>'
+            f'<td><pre class="command">{esc(j.command)}</pre></td></tr>')
+    add("</table></details></section>")
+    add("</main></body></html>")
+    return "\n".join(parts) + "\n"
+
+
+def write_report(jobs_file: Path) -> Path:
+    """Write report.html (and its previews in report/) in the run directory; return the page's path."""
+    jobs_file = Path(jobs_file)
+    plan = jf.read(jobs_file)
+    run_dir = Path(os.path.abspath(jobs_file.parent))
+    now = time.time()
+    states = st.job_states(plan, run_dir)
+    rows = attempts(run_dir)
+    libs = preview_libs()
+    prev = previews(states, run_dir, libs)
+    page = render(plan, Path(os.path.abspath(jobs_file)), run_dir, states, rows, prev, libs is not None, now)
+    out = run_dir / REPORT
+    tmp = run_dir / f".{REPORT}.tmp"
+    tmp.write_text(page, encoding="utf-8")
+    os.replace(tmp, out)
+    return out
