@@ -189,6 +189,45 @@ def jobs_running(tag: str, hosts: list[str], ssh: list[str]) -> list[str]:
     return busy
 
 
+def stop_engine(plan: Plan, proc: subprocess.Popen, live: list[str], ssh: list[str], hold: int) -> None:
+    """Ctrl-C / SIGTERM: stop the engine process ``proc`` and every job of the run on every node.
+
+    1. ``hold`` stops the engine from starting jobs while it keeps its ssh clients, so the
+       wrappers' output still reaches logs/ (GNU parallel: SIGHUP; make: SIGSTOP).
+    2. The wrappers get TERM (again every 2 s: a job just starting has no wrapper to signal yet):
+       they stop WSClean, remove their temp dirs and exit. Killing the engine first would not do:
+       with ssh multiplexing (ControlMaster) remote jobs outlive their ssh clients, and the
+       wrappers would lose their output in the middle of stopping WSClean.
+    3. After STOP_GRACE, whatever is left gets KILL (the wrappers' children first), then the engine.
+    """
+    tag = tag_of(plan)
+    try:
+        os.kill(proc.pid, hold)
+    except ProcessLookupError:
+        pass
+    deadline = time.time() + STOP_GRACE
+    next_term = 0.0
+    while proc.poll() is None and time.time() < deadline:
+        if time.time() >= next_term:
+            stop_jobs(tag, live, ssh, "TERM")
+            next_term = time.time() + 2.0
+            if hold == signal.SIGSTOP and not jobs_running(tag, live, ssh):
+                break  # a stopped make does not exit by itself
+        time.sleep(0.2)
+    if proc.poll() is None or jobs_running(tag, live, ssh):
+        stop_jobs(tag, live, ssh, "KILL")
+    for sig in (signal.SIGTERM, signal.SIGCONT):
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            pass
+    try:
+        proc.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+
 class Stopper:
     """Turns SIGINT/SIGTERM into a flag the engine's wait loop checks."""
 

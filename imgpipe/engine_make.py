@@ -25,8 +25,8 @@ from collections import Counter
 from pathlib import Path
 
 from .engine import (
-    STOP_GRACE, Progress, RunLock, Stopper, archive_logs, install_wrapper, installed_file, jobs_running, nodes_of, probe_hosts,
-    share_resources, ssh_command, stop_jobs, summary, tag_of, wrapper_source,
+    Progress, RunLock, Stopper, archive_logs, install_wrapper, installed_file, nodes_of, probe_hosts,
+    share_resources, ssh_command, stop_engine, summary, tag_of, wrapper_source,
 )
 from .errors import ImgpipeError
 from .hosts import is_local
@@ -192,20 +192,7 @@ def _stop(plan: Plan, run_dir: Path, proc: subprocess.Popen, live: list[str], ss
     progress.close()
     print("imgpipe: stopping: telling every job to stop (WSClean is stopped, temp dirs removed)...",
           file=sys.stderr)
-    tag = tag_of(plan)
-    stop_jobs(tag, live, ssh, "TERM")
-    deadline = time.time() + STOP_GRACE
-    while time.time() < deadline and jobs_running(tag, live, ssh):
-        time.sleep(0.5)
-    stop_jobs(tag, live, ssh, "KILL")
-    try:
-        os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(timeout=10)
-    except ProcessLookupError:
-        pass
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
+    stop_engine(plan, proc, live, ssh, signal.SIGSTOP)
     (run_dir / st.ROUND_IDS).unlink(missing_ok=True)
     _merge_round(run_dir, before=stopped_at)
     c = st.counts(st.job_states(plan, run_dir))

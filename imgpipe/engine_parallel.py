@@ -34,12 +34,12 @@ from collections import Counter
 from pathlib import Path
 
 from .engine import (
-    STOP_GRACE, Progress, RunLock, Stopper, archive_logs, install_wrapper, jobs_running, nodes_of, probe_hosts,
-    share_resources, ssh_command, stop_jobs, summary, tag_of,
+    Progress, RunLock, Stopper, archive_logs, install_wrapper, nodes_of, probe_hosts,
+    share_resources, ssh_command, stop_engine, summary, tag_of,
 )
 from .errors import ImgpipeError
 from .hosts import is_local
-from .joblog import HEADER, append_rows, last_rows, read_rows
+from .joblog import append_rows, last_rows, read_rows
 from .plan import Job, Plan
 from . import status as st
 
@@ -136,7 +136,7 @@ def run(plan: Plan, jobs_path: Path, *, force: bool = False, rerun: list[str] | 
     ssh = ssh_command(plan)
     (run_dir / st.LOGS).mkdir(exist_ok=True)
     with RunLock(run_dir), Stopper() as stopper:
-        input_file = write_inputs(plan, run_dir, ssh)
+        write_inputs(plan, run_dir, ssh)
         joblog = run_dir / st.JOBLOG
         if force and joblog.exists():
             joblog.rename(run_dir / f"joblog.before-force-{int(time.time())}.tsv")
@@ -242,37 +242,7 @@ def _stop(plan: Plan, run_dir: Path, proc: subprocess.Popen, live: list[str], ss
     progress.close()
     print("imgpipe: stopping: telling every job to stop (WSClean is stopped, temp dirs removed)...",
           file=sys.stderr)
-    tag = tag_of(plan)
-    # 1. GNU parallel starts no new job (SIGHUP) but keeps its ssh clients, so the wrappers'
-    #    output still reaches logs/ and their exit status the job log;
-    # 2. the wrappers stop WSClean and remove their temp dirs (SIGTERM), then exit, and so does
-    #    parallel. TERM is sent again now and then: a job that was just starting has no wrapper
-    #    to signal yet. Killing parallel first would not do: with ssh multiplexing
-    #    (ControlMaster) the remote jobs outlive their ssh clients, and the wrappers would
-    #    lose their output (and die of SIGPIPE) in the middle of stopping WSClean.
-    try:
-        os.kill(proc.pid, signal.SIGHUP)
-    except ProcessLookupError:
-        pass
-    deadline = time.time() + STOP_GRACE
-    next_term = 0.0
-    while proc.poll() is None and time.time() < deadline:
-        if time.time() >= next_term:
-            stop_jobs(tag, live, ssh, "TERM")
-            next_term = time.time() + 2.0
-        time.sleep(0.2)
-    # 3. whatever is left: KILL (the wrappers' children first), then parallel and its ssh clients
-    if proc.poll() is None or jobs_running(tag, live, ssh):
-        stop_jobs(tag, live, ssh, "KILL")
-    try:
-        os.killpg(proc.pid, signal.SIGTERM)
-    except ProcessLookupError:
-        pass
-    try:
-        proc.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
+    stop_engine(plan, proc, live, ssh, signal.SIGHUP)
     # rows of jobs that ended before the stop, or succeeded anyway, are kept; the stopped ones
     # are dropped: they run again
     round_log = run_dir / st.ROUND_JOBLOG

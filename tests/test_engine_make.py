@@ -139,3 +139,57 @@ def test_make_by_hand_and_parallel_then_make_share_what_is_done(cluster, ms_fact
     assert (run_dir / "done" / "0002").exists()
     log = (run_dir / "logs" / "0002").read_text()
     assert "already done" in log  # the provenance record stops a recomputation even by hand
+
+
+def _wsclean_under(root: Path) -> list[str]:
+    """WSClean processes (and wrappers) whose command line names a path under ``root``."""
+    out = []
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        try:
+            argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        words = [w.decode(errors="replace") for w in argv if w]
+        if words and any(str(root) in w for w in words) and (
+                os.path.basename(words[0]) == "wsclean" or any("imgpipe-job imgpipe-" in w for w in words[:4])):
+            out.append(" ".join(words)[:200])
+    return out
+
+
+def test_make_engine_ctrl_c_stops_every_job_and_a_rerun_finishes(cluster, ms_factory, tmp_path):
+    import signal
+    import time
+
+    data = make_data(ms_factory, tmp_path, 4)
+    cfg = write_config(tmp_path, cluster)
+    cfg.write_text(cfg.read_text().replace("size = '64 64'", "size = '512 512'").replace("niter = 10", "niter = 3000"))
+    proc = subprocess.Popen([sys.executable, "-m", "imgpipe.cli", str(cfg), *map(str, data), "--engine", "make"],
+                            cwd=tmp_path, env=cluster.env(IMGPIPE_PROGRESS_INTERVAL="0.5"),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.time() + 60
+        while len([p for p in _wsclean_under(tmp_path) if "wsclean -" in p]) < 2 and time.time() < deadline:
+            time.sleep(0.2)
+        assert time.time() < deadline, "two WSClean jobs never ran at once"
+        t0 = time.time()
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=60)
+        elapsed = time.time() - t0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 130, err
+    assert elapsed < 35, (elapsed, err)
+    assert "stopped." in err
+    time.sleep(0.5)
+    assert not _wsclean_under(tmp_path), "WSClean or a wrapper still runs after Ctrl-C"
+    assert not list(tmp_path.rglob("*.imgpipe-tmp")), "temp dirs left behind"
+    run_dir = run_dir_of(tmp_path)
+    stopped = [jid for jid in ("0001", "0002", "0003", "0004") if not (run_dir / "done" / jid).exists()]
+    assert stopped, "every job finished before the stop: the test proves nothing"
+    r = imgpipe([cfg, *data, "--engine", "make"], tmp_path, cluster)
+    assert r.returncode == 0, r.stderr
+    assert all(len(rows) == 1 for rows in rows_per_job(run_dir).values())  # nothing ran twice
