@@ -33,6 +33,7 @@ import math
 import os
 import re
 import statistics
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -134,10 +135,32 @@ def host_namer(plan: Plan):
     local = next((h for h in plan.worker.get("nodes", []) if is_local(h)), "localhost")
 
     def name(row: Row) -> str:
-        host = st._host(row)
-        return local if host == "localhost" else host
+        return local if row.host in (":", "localhost") else row.host
 
     return name
+
+
+_WRAPPER_LINE = re.compile(r"imgpipe-job \S+ \[(\S+) ")
+
+
+def running_host(plan: Plan, s: st.JobState) -> str:
+    """The node of a running job: its pinned node, else the host its wrapper names in its log's first line."""
+    from .hosts import is_local
+
+    if s.job.host:
+        return s.job.host
+    try:
+        with open(s.log or "", "rb") as f:
+            m = _WRAPPER_LINE.match(f.readline(4096).decode("utf-8", errors="replace"))
+    except OSError:
+        m = None
+    if not m:
+        return "(node not known yet)"
+    host, nodes = m.group(1), list(plan.worker.get("nodes", []))
+    if is_local(host):
+        return next((h for h in nodes if is_local(h)), "localhost")
+    short = host.split(".")[0]
+    return next((h for h in nodes if h == host or h.split(".")[0] == short), host)
 
 
 def attempts(run_dir: Path) -> list[Row]:
@@ -177,7 +200,7 @@ def timeline_bars(plan: Plan, states: list[st.JobState], rows: list[Row], now: f
                         why, seen[jid], n_of[jid]))
     for s in states:
         if s.state == "running" and s.start is not None:
-            bars.append(Bar(s.job.id, s.job.host or "?", s.start, max(now, s.start), "running"))
+            bars.append(Bar(s.job.id, running_host(plan, s), s.start, max(now, s.start), "running"))
     assign_lanes(bars)
     return bars
 
@@ -197,7 +220,8 @@ def assign_lanes(bars: list[Bar]) -> None:
 
 
 def _nice_step(span: float, target: int = 8) -> float:
-    for step in (0.1, 0.2, 0.5, 1, 2, 5, 10, 15, 30, 60, 120, 300, 600, 900, 1800, 3600, 7200, 10800, 21600, 43200, 86400):
+    for step in (0.1, 0.2, 0.5, 1, 2, 5, 10, 15, 30, 60, 120, 300, 600, 900, 1800, 3600, 7200, 10800, 21600,
+                 43200, 86400):
         if span / step <= target:
             return step
     return 86400 * math.ceil(span / 86400 / target)
@@ -307,9 +331,7 @@ def preview_libs():
     try:
         from astropy.io import fits
         import matplotlib
-
-        matplotlib.use("Agg", force=False)
-        from matplotlib.figure import Figure  # noqa: F401
+        from matplotlib.figure import Figure  # noqa: F401  (drawn without pyplot: no backend to choose)
     except Exception:  # ImportError, or a broken installation: the report goes on without previews
         return None
     return fits, matplotlib
@@ -339,56 +361,66 @@ def image_plane(hdus):
     raise ValueError("no image in this FITS file")
 
 
-def stretch_limits(sample):
-    """Display range: 0.5 and 99.5 percentiles, widened to the peak if the image is faint."""
+def stretch(values, median: float, rms: float, peak: float):
+    """0..1 for display: asinh from median - 2 sigma to the peak, linear up to ~3 sigma, then logarithmic.
+
+    The noise and the artefacts stay visible (dim) and the sources stand out, whatever
+    the dynamic range: the softening is 3 sigma of the displayed range.
+    """
     import numpy as np
 
-    lo, hi = np.percentile(sample, [0.5, 99.5])
-    if not hi > lo:
-        hi = lo + 1.0
-    return float(lo), float(hi)
+    lo = median - 2.0 * rms
+    hi = peak if peak > lo else lo + 1.0
+    a = min(1.0, max(1e-4, 3.0 * rms / (hi - lo))) if rms > 0 else 0.1
+    x = np.clip((values - lo) / (hi - lo), 0.0, 1.0)
+    return np.arcsinh(x / a) / np.arcsinh(1.0 / a)
 
 
 def render_preview(fits_path: Path, png_path: Path, libs) -> dict:
-    """Write a THUMB x THUMB PNG (asinh stretch of the 0.5-99.5 % range, 'inferno'); return its statistics."""
+    """Write a THUMB x THUMB PNG ('inferno', see ``stretch``); return peak, RMS, unit, shape, beam.
+
+    Memory stays small for big images: the statistics use a strided sample of <= ~4 Mpixels
+    and the display is reduced by block maxima (so compact sources stay visible), row by row.
+    """
+    import warnings
+
     import numpy as np
     from matplotlib.figure import Figure
 
     fits = libs[0]
-    with fits.open(fits_path, memmap=True) as hdus:
+    with fits.open(fits_path, memmap=True) as hdus, warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN blocks (masked edges)
         data, header = image_plane(hdus)
-        data = np.asarray(data, dtype=np.float32)
         unit = _unit(str(header.get("BUNIT", "")))
         beam = ""
         if header.get("BMAJ") and header.get("BMIN"):
             beam = f"{header['BMAJ'] * 3600:.0f}\u2033 \u00d7 {header['BMIN'] * 3600:.0f}\u2033"
-    finite = data[np.isfinite(data)]
-    if finite.size == 0:
-        raise ValueError("the image holds no finite pixel")
-    step = max(1, int(math.sqrt(finite.size / 4e6)))  # statistics over <= ~4 Mpixels
-    sample = finite[::step * step] if step > 1 else finite
-    peak = float(finite.max())
-    med = float(np.median(sample))
-    rms = float(1.4826 * np.median(np.abs(sample - med)))  # robust: MAD, not fooled by the sources
-    if rms == 0.0:
-        rms = float(np.std(sample))
-    # display: big images are reduced by block maxima first, so compact sources stay visible
-    ny, nx = data.shape
-    k = max(1, max(ny, nx) // (2 * THUMB))
-    shown = np.nan_to_num(data, nan=float(np.nanmin(data)) if np.isfinite(data).any() else 0.0)
-    if k > 1:
-        shown = shown[: ny // k * k, : nx // k * k].reshape(ny // k, k, nx // k, k).max(axis=(1, 3))
-    lo, hi = stretch_limits(shown[np.isfinite(shown)])
-    a = 0.1  # asinh softening: linear near the noise, logarithmic for the bright sources
-    norm = np.clip((shown - lo) / (hi - lo), 0.0, 1.0)
-    norm = np.arcsinh(norm / a) / np.arcsinh(1.0 / a)
+        ny, nx = data.shape
+        peak = float(np.nanmax(data))
+        if not math.isfinite(peak):
+            raise ValueError("the image holds no finite pixel")
+        step = max(1, math.ceil(math.sqrt(ny * nx / 4e6)))
+        sample = np.asarray(data[::step, ::step], dtype=np.float64)
+        sample = sample[np.isfinite(sample)]
+        med = float(np.median(sample))
+        rms = float(1.4826 * np.median(np.abs(sample - med)))  # robust: MAD, not fooled by the sources
+        if rms == 0.0:
+            rms = float(np.std(sample))
+        k = max(1, math.ceil(max(ny, nx) / THUMB))  # one displayed pixel per block: a source stays a pixel
+        if k > 1:
+            shown = np.stack([np.nanmax(np.asarray(data[i * k:(i + 1) * k, : nx // k * k], dtype=np.float32)
+                                        .reshape(k, nx // k, k), axis=(0, 2)) for i in range(ny // k)])
+        else:
+            shown = np.asarray(data, dtype=np.float32)
+    shown = np.where(np.isfinite(shown), shown, med)
+    norm = stretch(shown, med, rms, peak)
     fig = Figure(figsize=(THUMB / 100, THUMB / 100), dpi=100, facecolor="black")
     ax = fig.add_axes((0, 0, 1, 1))
     ax.set_axis_off()
     ax.imshow(norm, origin="lower", cmap="inferno", vmin=0.0, vmax=1.0,
               interpolation="nearest" if max(norm.shape) <= THUMB else "antialiased", aspect="equal")
     png_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = png_path.with_name(png_path.name + ".tmp")
+    tmp = png_path.with_name(f".{png_path.name}.{os.getpid()}.tmp")
     fig.savefig(tmp, dpi=100, format="png", facecolor="black")
     os.replace(tmp, png_path)
     return {"peak": peak, "rms": rms, "unit": unit, "shape": [int(ny), int(nx)], "beam": beam}
@@ -403,6 +435,7 @@ def previews(states: list[st.JobState], run_dir: Path, libs) -> dict[str, Previe
     out: dict[str, Preview] = {}
     folder = run_dir / REPORT_DIR
     keep = set()
+    started, told = time.time(), False
     for s in states:
         if s.state != "done":
             continue
@@ -429,6 +462,10 @@ def previews(states: list[st.JobState], run_dir: Path, libs) -> dict[str, Previe
                 pass
             if meta is None:
                 meta = render_preview(image, png, libs)
+                if not told and time.time() - started > 5:
+                    told = True
+                    print("imgpipe: drawing the image previews (kept in report/ for the next report)...",
+                          file=sys.stderr)
                 meta_path.write_text(json.dumps({"key": key, "stats": meta}))
             p.png = rel(png, run_dir)
             p.peak, p.rms, p.unit = meta["peak"], meta["rms"], meta["unit"]
@@ -489,8 +526,8 @@ svg .barlabel { fill: #fff; font-size: 10px; pointer-events: none; }
 .card img { width: 256px; height: 256px; display: block; background: #000; image-rendering: pixelated; }
 .card .noimg { width: 256px; height: 80px; display: flex; align-items: center; justify-content: center;
                background: #f6f7f9; color: #68707c; text-align: center; }
-.card .name { font-weight: 600; overflow-wrap: anywhere; }
-td.ms, td.why { max-width: 360px; overflow-wrap: anywhere; }
+.card .name { font-weight: 600; overflow-wrap: break-word; }
+td.ms, td.why { max-width: 360px; overflow-wrap: break-word; }
 td.num { white-space: nowrap; }
 """
 
@@ -647,6 +684,7 @@ def render(plan: Plan, jobs_path: Path, run_dir: Path, states: list[st.JobState]
             else:
                 why = "not run yet"
         p = prev.get(j.id)
+        host = running_host(plan, s) if s.state == "running" else (s.host or j.host or "-")
         links = _link(log, run_dir, "log")
         if err.is_file() and err.stat().st_size:
             links += " " + _link(err, run_dir, "stderr")
@@ -656,7 +694,7 @@ def render(plan: Plan, jobs_path: Path, run_dir: Path, states: list[st.JobState]
         if p and p.png:
             peak = f'<a href="#img-{esc(j.id)}">{peak}</a>'
         add(f'<tr class="{esc(s.state.replace(" ", ""))}" data-job="{esc(j.id)}" data-state="{esc(s.state)}">'
-            f"<td>{esc(j.id)}</td><td>{_state_badge(s.state)}</td><td>{esc(s.host or j.host or '-')}</td>"
+            f"<td>{esc(j.id)}</td><td>{_state_badge(s.state)}</td><td>{esc(host)}</td>"
             f'<td class="ms" title="{ms_title}">{esc(ms_label(j))}</td><td>{esc(fmt_clock(s.start))}</td>'
             f'<td class="num">{esc(fmt_duration(s.runtime))}</td><td class="why">{esc(why)}</td>'
             f"<td>{links}</td><td>{_link(Path(j.out_dir), run_dir, os.path.basename(j.out_dir) or j.out_dir)}</td>"
@@ -673,7 +711,8 @@ def render(plan: Plan, jobs_path: Path, run_dir: Path, states: list[st.JobState]
         add('<p class="muted">No job is done yet.</p>')
     else:
         add('<p class="muted">The main image of each finished job (the MFS image when there is one, else the '
-            "image), asinh stretch of its 0.5\u201399.5 % range; peak and robust RMS (1.4826 \u00d7 MAD).</p>")
+            "image), asinh stretch from median \u2212 2 \u03c3 to the peak; peak and robust RMS \u03c3 "
+            "(1.4826 \u00d7 MAD); DR = peak / RMS.</p>")
         add('<div class="grid">')
         for s in sorted(done, key=lambda s: s.job.id):
             p = prev.get(s.job.id)
@@ -730,7 +769,7 @@ def write_report(jobs_file: Path) -> Path:
     prev = previews(states, run_dir, libs)
     page = render(plan, Path(os.path.abspath(jobs_file)), run_dir, states, rows, prev, libs is not None, now)
     out = run_dir / REPORT
-    tmp = run_dir / f".{REPORT}.tmp"
+    tmp = run_dir / f".{REPORT}.{os.getpid()}.tmp"
     tmp.write_text(page, encoding="utf-8")
     os.replace(tmp, out)
     return out
