@@ -140,27 +140,9 @@ def host_namer(plan: Plan):
     return name
 
 
-_WRAPPER_LINE = re.compile(r"imgpipe-job \S+ \[(\S+) ")
-
-
 def running_host(plan: Plan, s: st.JobState) -> str:
-    """The node of a running job: its pinned node, else the host its wrapper names in its log's first line."""
-    from .hosts import is_local
-
-    if s.job.host:
-        return s.job.host
-    try:
-        with open(s.log or "", "rb") as f:
-            m = _WRAPPER_LINE.match(f.readline(4096).decode("utf-8", errors="replace"))
-    except OSError:
-        m = None
-    if not m:
-        return "(node not known yet)"
-    host, nodes = m.group(1), list(plan.worker.get("nodes", []))
-    if is_local(host):
-        return next((h for h in nodes if is_local(h)), "localhost")
-    short = host.split(".")[0]
-    return next((h for h in nodes if h == host or h.split(".")[0] == short), host)
+    """The node of a running job: its pinned node, else the host its wrapper names in its log."""
+    return s.host or "(node not known yet)"
 
 
 def attempts(run_dir: Path) -> list[Row]:

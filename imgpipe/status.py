@@ -10,6 +10,7 @@ Nothing here contacts a node. A job is
 from __future__ import annotations
 
 import os
+import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -118,7 +119,8 @@ def job_states(plan: Plan, run_dir: Path) -> list[JobState]:
         row = rows.get(job.id)
         if job.id in in_round and job.id not in round_rows:
             if log.exists():
-                states.append(JobState(job, "running", start=log.stat().st_ctime, log=str(log)))
+                states.append(JobState(job, "running", host=job.host or host_from_log(log, plan),
+                                       start=log.stat().st_ctime, log=str(log)))
             else:
                 states.append(JobState(job, "not started"))
         elif row is not None and row.ok:
@@ -133,6 +135,27 @@ def job_states(plan: Plan, run_dir: Path) -> list[JobState]:
         else:
             states.append(JobState(job, "not started"))
     return states
+
+
+_WRAPPER_LINE = re.compile(r"imgpipe-job \S+ \[(\S+) ")
+
+
+def host_from_log(log: Path, plan: Plan) -> str | None:
+    """The node a running job's wrapper names in its log's first line, as the plan names it."""
+    from .hosts import is_local
+
+    try:
+        with open(log, "rb") as f:
+            m = _WRAPPER_LINE.match(f.readline(4096).decode("utf-8", errors="replace"))
+    except OSError:
+        return None
+    if not m:
+        return None
+    host, nodes = m.group(1), list(plan.worker.get("nodes", []))
+    if is_local(host):
+        return next((h for h in nodes if is_local(h)), "localhost")
+    short = host.split(".")[0]
+    return next((h for h in nodes if h == host or h.split(".")[0] == short), host)
 
 
 def _host(row: Row) -> str:

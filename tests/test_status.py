@@ -202,7 +202,7 @@ def test_status_running_then_stopped(tmp_path, ms_cache):
         assert job["runtime"] is None and job["exitval"] is None
         table = imgpipe("status", jobs_file.parent, cwd=tmp_path, env=env).stdout
         row = next(ln for ln in table.splitlines() if ln.startswith(job["id"] + " "))
-        assert row.split()[1:3] == ["-", "running"]  # an unpinned job: its node is known when it ends
+        assert row.split()[1:3] == ["localhost", "running"]  # an unpinned job: its node, from its log
         assert table.splitlines()[-1] == "total: 0/1 done, 0 failed, 1 running, 0 not started"
 
         # the report of a run in progress: the running job is a (blue) bar of its own on the timeline
