@@ -53,6 +53,13 @@ def wrapper_source(name: str = WRAPPER) -> Path:
     return path
 
 
+def parallel_home() -> str:
+    """One PARALLEL_HOME for all of this user's runs (apart from ~/.parallel and its config):
+    GNU parallel caches there the command-line length it otherwise probes at every start."""
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(base, "imgpipe", "parallel")
+
+
 def tag_of(plan: Plan) -> str:
     """The mark each job's wrapper carries in its argv, to find and stop it on any node."""
     return f"imgpipe-{plan.digest[:12]}"

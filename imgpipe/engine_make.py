@@ -26,7 +26,7 @@ from pathlib import Path
 
 from .engine import (
     Progress, RunLock, Stopper, archive_logs, install_wrapper, installed_file, nodes_of, probe_hosts,
-    share_resources, ssh_command, stop_engine, summary, tag_of, wrapper_source,
+    parallel_home, share_resources, ssh_command, stop_engine, summary, tag_of, wrapper_source,
 )
 from .errors import ImgpipeError
 from .hosts import is_local
@@ -153,7 +153,7 @@ def run(plan: Plan, jobs_path: Path, *, force: bool = False, rerun: list[str] | 
         # status reads this round's rows from joblog.tsv; jobs done before stay as they were
         slots = plan.worker["max_concurrent"] * len(live)
         env = {**os.environ}
-        env.setdefault("PARALLEL_HOME", str(run_dir / ".parallel"))
+        env.setdefault("PARALLEL_HOME", parallel_home())
         progress = Progress(plan, run_dir)
         with open(run_dir / "make.stderr", "a") as err:
             proc = subprocess.Popen(["make", "-C", str(run_dir), "-k", "-j", str(slots),
@@ -163,7 +163,10 @@ def run(plan: Plan, jobs_path: Path, *, force: bool = False, rerun: list[str] | 
                 if stopper.signal is not None:
                     return _stop(plan, run_dir, proc, live, ssh, progress, time.time())
                 progress.tick()
-                time.sleep(0.2)
+                try:
+                    proc.wait(timeout=0.2)  # returns as soon as make exits
+                except subprocess.TimeoutExpired:
+                    pass
         (run_dir / st.ROUND_IDS).unlink(missing_ok=True)
         progress.tick(force=True)
         progress.close()

@@ -35,7 +35,7 @@ from pathlib import Path
 
 from .engine import (
     Progress, RunLock, Stopper, archive_logs, install_wrapper, nodes_of, probe_hosts,
-    share_resources, ssh_command, stop_engine, summary, tag_of,
+    parallel_home, share_resources, ssh_command, stop_engine, summary, tag_of,
 )
 from .errors import ImgpipeError
 from .hosts import is_local
@@ -169,7 +169,7 @@ def run(plan: Plan, jobs_path: Path, *, force: bool = False, rerun: list[str] | 
             (run_dir / st.ROUND_IDS).write_text("\n".join(j.id for j in todo) + "\n")
             argv = parallel_argv(plan, run_dir, live, round_input, round_log, resume=False, force=force, ssh=ssh)
             env = {**os.environ, "IMGPIPE_JOB": (run_dir / "imgpipe-job").read_text()}
-            env.setdefault("PARALLEL_HOME", str(run_dir / ".parallel"))
+            env.setdefault("PARALLEL_HOME", parallel_home())
             err_path = run_dir / PARALLEL_STDERR
             err_start = err_path.stat().st_size if err_path.exists() else 0
             with open(err_path, "a") as err:
@@ -179,7 +179,10 @@ def run(plan: Plan, jobs_path: Path, *, force: bool = False, rerun: list[str] | 
                 if stopper.signal is not None:
                     return _stop(plan, run_dir, proc, live, ssh, joblog, seq_of, progress, time.time())
                 progress.tick()
-                time.sleep(0.2)
+                try:
+                    proc.wait(timeout=0.2)  # returns as soon as GNU parallel exits
+                except subprocess.TimeoutExpired:
+                    pass
             rows = read_rows(round_log)
             _report_parallel_failure(proc.returncode, todo, rows, err_path, err_start)
             append_rows(joblog, rows, seq_of)

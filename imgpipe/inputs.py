@@ -8,10 +8,13 @@ Two sources: plain MS paths, or obs_id patterns resolved by the data handler
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass
 
 from .config import Config
 from .errors import ImgpipeError
+
+_CONTROL_RE = re.compile(r"[\x00-\x08\x0a-\x1f]")  # control characters but TAB
 
 
 @dataclass(frozen=True)
@@ -24,8 +27,7 @@ class MSInput:
 
 def check_path_text(path: str) -> None:
     """A path that would break a one-job-per-line jobs file is refused up front."""
-    bad = [c for c in path if ord(c) < 32 and c != "\t"]
-    if bad:
+    if _CONTROL_RE.search(path):
         raise ImgpipeError(
             f"MS path {path!r} contains a control character (newline?)",
             hint="rename the MS: imgpipe writes one job per line",
@@ -34,10 +36,14 @@ def check_path_text(path: str) -> None:
 
 def dedupe(inputs: list[MSInput]) -> list[MSInput]:
     """Keep the first of each MS (by real path): the same MS is imaged once."""
-    seen: set[str] = set()
+    seen: set = set()
     out = []
     for item in inputs:
-        key = os.path.realpath(item.path)
+        try:  # one stat, not an lstat per path component (a directory cannot be hard-linked)
+            st = os.stat(item.path)
+            key: object = (st.st_dev, st.st_ino)
+        except OSError:  # missing or unreadable: reported later, with its path
+            key = os.path.realpath(item.path)
         if key not in seen:
             seen.add(key)
             out.append(item)

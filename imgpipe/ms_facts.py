@@ -84,16 +84,22 @@ def _read_one(path: str, column: str | None) -> MSFacts | str:
     return MSFacts(path=path, chan_freqs=freqs, nspw=nspw, has_column=column in columns, columns=columns)
 
 
+def _checked_read(path: str, column: str | None) -> MSFacts | str:
+    """_read_one; the path checks (several syscalls an MS) only when it fails, to say why in plain words."""
+    result = _read_one(path, column)
+    if isinstance(result, str) or (column is None and not os.path.isfile(os.path.join(path, "table.dat"))):
+        return _problem(path) or result
+    return result
+
+
 def _read_chunk(args: tuple[list[str], str | None]) -> list[MSFacts | str]:
     paths, column = args
-    return [_read_one(p, column) for p in paths]
+    return [_checked_read(p, column) for p in paths]
 
 
 def read_facts(paths: list[str], column: str | None = None) -> tuple[dict[str, MSFacts], list[str]]:
     """Facts for every path, and the problems (one line per bad MS, all of them)."""
-    problems = [p for p in (_problem(path) for path in paths) if p]
-    if problems:
-        return {}, problems
+    problems: list[str] = []
     from casacore import tables  # noqa: F401  lazy (~0.1 s): imported once, before any fork
 
     workers = min(os.cpu_count() or 1, 4)

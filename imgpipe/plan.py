@@ -28,6 +28,7 @@ from . import wsclean_options
 CFITSIO_SYNTAX = "(["  # CFITSIO's extended file-name syntax: not usable in an image name
 TOKENS = ("ms_in", "ms_basename", "name", "obs_id", "sw")
 _TOKEN_RE = re.compile(r"\$([A-Za-z_][A-Za-z0-9_]*)\$")
+_CONTROL_RE = re.compile(r"[\x00-\x08\x0a-\x1f]")  # control characters but TAB
 _ENV_RE = re.compile(r"\$(?:\{([A-Za-z_][A-Za-z0-9_]*)\}|([A-Za-z_][A-Za-z0-9_]*))")
 
 
@@ -156,7 +157,7 @@ def expand_template(template: str, tokens: dict[str, str | None], where: str) ->
         pos = m.end()
     pieces.append(expand_env(template[pos:], where, tilde=pos == 0))
     result = "".join(pieces)
-    if any(ord(c) < 32 and c != "\t" for c in result):
+    if _CONTROL_RE.search(result):
         raise ImgpipeError(
             f"{template!r} expands to {result!r}, which contains a control character (newline?)",
             where=where,

@@ -1,0 +1,347 @@
+#!/usr/bin/env python3
+"""How long `imgpipe plan` takes for 1,000 and 10,000 Measurement Sets, start-up included.
+
+    /tmp/venv/bin/python bench/plan_scale.py                      # 1,000 and 10,000, 3 runs each
+    /tmp/venv/bin/python bench/plan_scale.py --sizes 1000 --repeats 5
+    /tmp/venv/bin/python bench/plan_scale.py --keep /tmp/plan-bench  # keep (and reuse) the MSs
+
+What it does
+------------
+* Makes ONE real MS with tests/msmaker.py (16 channels, with CORRECTED_DATA, the
+  default data-column), then N copies of it made of hard links: the directories
+  are created, every file is os.link()ed. casacore opens them read-only, so hard
+  links are fine, and imgpipe neither dedupes nor caches by inode (it dedupes by
+  os.path.realpath), so each copy is read as a separate MS. Caveat: the copies
+  share their data pages, so file *contents* are always in the page cache; only
+  the directory entries and inodes of the copies are new. On a real file system
+  with N distinct MSs a cold cache costs more.
+* Times the real CLI as a subprocess, `imgpipe plan --jobs-file J img.toml MS...`
+  with `channels-out = 'all'` (so every MS's SPECTRAL_WINDOW is read): wall time
+  from spawn to exit, and peak RSS of the largest process of the tree (os.wait4
+  on the child: Linux reports max(child, its reaped children), i.e. the biggest
+  single process, here the parent; the forked MS-reading workers share most of its
+  pages). Each run writes a new jobs file (the old one is removed first).
+* Runs each size --repeats times back to back (the first run is the coldest)
+  and prints min and median. PASS/MISS is judged on the median against the
+  targets (1,000 MSs < 0.5 s, 10,000 MSs < 3 s). A miss never makes the script
+  fail: it prints figures, it is not a test.
+* Then, in a fresh interpreter, times the stages of planning the largest N
+  in-process (imports, config, inputs, casacore import, MS facts, build_plan,
+  render, write), so one can see where the time goes.
+
+The MS paths are passed as argv words (execve). The script prints the argv size
+against ARG_MAX: 10,000 paths of ~40 characters are ~0.4 MB, well below Linux's
+limit (a quarter of the stack limit, 2 MB with the usual 8 MB stack). A shell
+glob (`imgpipe plan img.toml dir/*.MS`) meets the same execve limit.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+MSMAKER = os.path.join(REPO, "tests", "msmaker.py")
+TARGETS = {1000: 0.5, 10000: 3.0}  # seconds, wall, start-up included
+CONFIG = "[wsclean]\nname = 'img'\nchannels-out = 'all'\n"  # data-column: the default CORRECTED_DATA
+
+
+# ------------------------------------------------------------------ the MSs
+
+
+def ms_path(workdir: str, i: int) -> str:
+    return os.path.join(workdir, "ms", f"obs_{i:05d}.MS")
+
+
+def make_template(workdir: str, python: str) -> str:
+    template = os.path.join(workdir, "template.MS")
+    if not os.path.isfile(os.path.join(template, "table.dat")):
+        subprocess.run([python, MSMAKER, template, "--corrected-data", "--overwrite"],
+                       check=True, stdout=subprocess.DEVNULL)
+    return template
+
+
+def link_copies(template: str, workdir: str, n: int) -> tuple[int, float]:
+    """Make ms/obs_00000.MS ... as hard-link copies of the template; return (made, seconds)."""
+    os.makedirs(os.path.join(workdir, "ms"), exist_ok=True)
+    tree = [(os.path.relpath(d, template), files) for d, _, files in os.walk(template)]
+    made = 0
+    t0 = time.perf_counter()
+    for i in range(n):
+        dest = ms_path(workdir, i)
+        if os.path.isdir(dest):
+            continue
+        tmp = os.path.join(os.path.dirname(dest), "." + os.path.basename(dest) + ".tmp")
+        shutil.rmtree(tmp, ignore_errors=True)  # left by an interrupted run
+        for rel, files in tree:
+            d = os.path.normpath(os.path.join(tmp, rel))
+            os.mkdir(d)
+            for f in files:
+                os.link(os.path.join(template, rel, f), os.path.join(d, f))
+        os.rename(tmp, dest)  # a copy is there whole or not at all
+        made += 1
+    return made, time.perf_counter() - t0
+
+
+# ------------------------------------------------------------------ measuring
+
+
+def cpu_busy() -> float:
+    """CPU-seconds spent busy by the whole machine so far (all CPUs), from /proc/stat."""
+    try:
+        with open("/proc/stat") as f:
+            v = [int(x) for x in f.readline().split()[1:]]
+    except OSError:
+        return 0.0
+    idle = v[3] + (v[4] if len(v) > 4 else 0)
+    return (sum(v[:8]) - idle) / os.sysconf("SC_CLK_TCK")
+
+
+def wait_quiet(max_wait: float, threshold: float = 0.25) -> float:
+    """Wait (up to max_wait s) until other processes use under ``threshold`` CPUs; return their load."""
+    deadline = time.monotonic() + max_wait
+    while True:
+        b0 = cpu_busy()
+        time.sleep(0.5)
+        load = (cpu_busy() - b0) / 0.5
+        if load < threshold or time.monotonic() >= deadline:
+            return load
+
+
+def run_measured(argv: list[str], cwd: str, log: str) -> tuple[float, float, int, float, float]:
+    """(wall s, peak RSS MB of the biggest process in the tree, exit code, CPU s of the tree,
+    CPUs used meanwhile by other processes on the machine)."""
+    with open(log, "wb") as err:
+        b0 = cpu_busy()
+        t0 = time.perf_counter()
+        proc = subprocess.Popen(argv, cwd=cwd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err)
+        _, status, usage = os.wait4(proc.pid, 0)
+        wall = time.perf_counter() - t0
+        busy = cpu_busy() - b0
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    cpu = usage.ru_utime + usage.ru_stime
+    return wall, usage.ru_maxrss / 1024, proc.returncode, cpu, max(0.0, busy - cpu) / wall
+
+
+def count_jobs(jobs_file: str) -> int:
+    try:
+        with open(jobs_file, encoding="utf-8") as f:
+            return sum(1 for line in f if line and not line.startswith("#"))
+    except FileNotFoundError:
+        return 0
+
+
+def arg_bytes(argv: list[str]) -> int:
+    return sum(len(os.fsencode(a)) + 1 for a in argv) + sum(
+        len(k) + len(v) + 2 for k, v in os.environ.items())
+
+
+def median_time(argv: list[str], runs: int = 5) -> float:
+    times = []
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        subprocess.run(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=False)
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+# ------------------------------------------------------------------ breakdown (fresh interpreter)
+
+
+def breakdown(workdir: str, n: int) -> dict:
+    """Time each stage of `imgpipe plan` in-process; run in a fresh interpreter (see main)."""
+    stages: list[tuple[str, float]] = []
+    t = time.perf_counter()
+
+    def lap(name: str) -> None:
+        nonlocal t
+        now = time.perf_counter()
+        stages.append((name, now - t))
+        t = now
+
+    import imgpipe.cli  # noqa: F401  what the CLI imports before planning
+    from imgpipe import jobs_file, ms_facts
+    from imgpipe.config import load_config
+    from imgpipe.inputs import resolve_inputs
+    from imgpipe.plan import build_plan, data_column, plan_digest
+    lap("import imgpipe (cli, config, plan, jobs_file)")
+    config = load_config(os.path.join(workdir, "img.toml"))
+    lap("config load")
+    paths = [ms_path(workdir, i) for i in range(n)]
+    inputs = resolve_inputs(config, paths)
+    lap("input resolution (abspath, realpath dedupe)")
+    from casacore import tables  # noqa: F401
+    lap("casacore import")
+    facts, problems = ms_facts.read_facts([i.path for i in inputs], data_column(config))
+    lap(f"MS facts (read_facts: checks + casacore, {min(os.cpu_count() or 1, 4)} workers >= "
+        f"{ms_facts.PARALLEL_MIN} MSs)")
+    assert not problems, problems[:3]
+    plan = build_plan(config, inputs, facts)
+    lap("build_plan (argv of every job, digest)")
+    out = os.path.join(workdir, "runs", "breakdown", "jobs.txt")
+    if os.path.exists(out):
+        os.unlink(out)
+    jobs_file.write(plan, out)
+    lap("jobs file: render + atomic write")
+    # not part of the sequence above: re-timed on their own, for scale
+    extra = []
+    t0 = time.perf_counter()
+    text = jobs_file.render(plan)
+    extra.append(("  of the jobs file: render alone", time.perf_counter() - t0))
+    t0 = time.perf_counter()
+    plan_digest(plan.worker, plan.jobs)
+    extra.append(("  of build_plan: the plan digest alone", time.perf_counter() - t0))
+    problem = getattr(ms_facts, "_problem", None)
+    if problem is not None:
+        t0 = time.perf_counter()
+        for p in paths:
+            problem(p)
+        extra.append(("  of MS facts: existence/readability checks (serial, re-timed)", time.perf_counter() - t0))
+    t0 = time.perf_counter()
+    ms_facts._read_chunk((paths[:1000], data_column(config)))
+    per = (time.perf_counter() - t0) / min(n, 1000)
+    extra.append((f"  of MS facts: one MS read serially (x{n} = {per * n:.2f} s of CPU)", per))
+    return {"n": n, "stages": stages, "extra": extra, "bytes": len(text)}
+
+
+# ------------------------------------------------------------------ main
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--sizes", default="1000,10000", help="comma-separated numbers of MSs (default 1000,10000)")
+    ap.add_argument("--repeats", type=int, default=3, help="runs per size (default 3)")
+    ap.add_argument("--keep", metavar="DIR", help="work in DIR and keep it (the MSs are reused next time)")
+    ap.add_argument("--imgpipe", default=None, help="the imgpipe executable (default: next to this python)")
+    ap.add_argument("--no-breakdown", action="store_true", help="skip the in-process breakdown")
+    ap.add_argument("--wait-quiet", type=float, default=30, metavar="S",
+                    help="before each run, wait up to S seconds for other processes to use < 0.25 CPU "
+                    "(default 30; 0: don't wait). Each run prints the CPUs others used during it")
+    ap.add_argument("--max-others", type=float, default=0.25, metavar="CPUS",
+                    help="a run during which other processes used more CPUs than this is disturbed: "
+                    "it is done again (default 0.25)")
+    ap.add_argument("--redo", type=int, default=3, metavar="K",
+                    help="do a disturbed run again up to K times; the last try counts anyway (default 3)")
+    ap.add_argument("--_breakdown", nargs=2, metavar=("DIR", "N"), help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+
+    if args._breakdown:
+        json.dump(breakdown(args._breakdown[0], int(args._breakdown[1])), sys.stdout)
+        return 0
+
+    sizes = sorted(int(s) for s in args.sizes.split(","))
+    imgpipe = args.imgpipe or os.path.join(os.path.dirname(sys.executable), "imgpipe")
+    if not os.path.exists(imgpipe):
+        imgpipe = shutil.which("imgpipe") or sys.exit("plan_scale: imgpipe not found (give --imgpipe)")
+    workdir = os.path.abspath(args.keep) if args.keep else tempfile.mkdtemp(prefix="imgpipe-plan-bench-")
+    os.makedirs(workdir, exist_ok=True)
+    try:
+        return measure(args, sizes, imgpipe, workdir)
+    finally:
+        if not args.keep:
+            shutil.rmtree(workdir, ignore_errors=True)
+
+
+def measure(args, sizes: list[int], imgpipe: str, workdir: str) -> int:
+    import casacore
+
+    print(f"imgpipe plan scaling benchmark, {datetime.datetime.now():%Y-%m-%d %H:%M}, host {platform.node()}, "
+          f"{os.cpu_count()} CPUs, Python {platform.python_version()}, python-casacore {casacore.__version__}")
+    print(f"work dir {workdir}{' (kept)' if args.keep else ' (removed at the end)'}")
+    t0 = time.perf_counter()
+    template = make_template(workdir, sys.executable)
+    made, secs = link_copies(template, workdir, max(sizes))
+    print(f"MSs: 1 real MS from tests/msmaker.py (16 channels, CORRECTED_DATA) + {max(sizes)} hard-link copies "
+          f"({made} made now in {secs:.1f} s, {time.perf_counter() - t0:.1f} s with the template);")
+    print("     casacore opens them read-only; imgpipe does not dedupe by inode, but the copies share the")
+    print("     template's data pages, so file contents are always cached (cold runs are only dentry/inode-cold)")
+    config = os.path.join(workdir, "img.toml")
+    with open(config, "w") as f:
+        f.write(CONFIG)
+    startup = median_time([imgpipe, "--version"])
+    casacore_import = median_time([sys.executable, "-c", "import casacore.tables"])
+    print(f"start-up alone: `imgpipe --version` {startup * 1000:.0f} ms, "
+          f"`python -c 'import casacore.tables'` {casacore_import * 1000:.0f} ms (medians of 5)")
+
+    rows = []
+    noisy = 0.0
+    redone = 0
+    for n in sizes:
+        paths = [ms_path(workdir, i) for i in range(n)]
+        jobs = os.path.join(workdir, "runs", f"n{n}", "jobs.txt")
+        cmd = [imgpipe, "plan", "--jobs-file", jobs, config, *paths]
+        size = arg_bytes(cmd)
+        print(f"N={n}: argv + environment {size / 1024:.0f} KiB of ARG_MAX {os.sysconf('SC_ARG_MAX') / 1024:.0f} KiB")
+        walls, rsss = [], []
+        for r in range(args.repeats):
+            for attempt in range(args.redo + 1):
+                if os.path.exists(jobs):
+                    os.unlink(jobs)
+                log = os.path.join(workdir, f"plan-{n}-{r}.stderr")
+                before = wait_quiet(args.wait_quiet) if args.wait_quiet else None
+                wall, rss, rc, cpu, others = run_measured(cmd, workdir, log)
+                got = count_jobs(jobs)
+                ok = rc == 0 and got == n
+                print(f"  run {r + 1}: {wall:.3f} s, peak RSS {rss:.0f} MB, CPU {cpu:.2f} s; other processes used "
+                      f"{others:.2f} CPUs meanwhile" + ("" if before is None else f" ({before:.2f} just before)")
+                      + ("" if ok else f"  <-- exit {rc}, {got} jobs written; see {log}"), flush=True)
+                if not ok or others <= args.max_others or attempt == args.redo:
+                    break
+                redone += 1
+                print(f"         disturbed (others used > {args.max_others} CPUs): run {r + 1} again")
+            noisy = max(noisy, others)
+            if ok:
+                walls.append(wall)
+                rsss.append(rss)
+        if walls:
+            rows.append((n, min(walls), statistics.median(walls), walls[0], max(rsss), len(walls)))
+
+    print()
+    print(f"{'N':>6} {'runs':>4} {'wall min':>9} {'median':>8} {'1st run':>8} {'peak RSS':>9} "
+          f"{'per MS':>8} {'target':>7}  result (median vs target)")
+    for n, lo, med, first, rss, k in rows:
+        target = TARGETS.get(n)
+        verdict = ("PASS" if med < target else "MISS") if target else "-"
+        print(f"{n:>6} {k:>4} {lo:>8.3f}s {med:>7.3f}s {first:>7.3f}s {rss:>6.0f} MB "
+              f"{med / n * 1000:>6.3f}ms {f'<{target:g} s' if target else '-':>7}  {verdict}")
+
+    if redone:
+        print(f"{redone} disturbed run(s) were done again (only the last try of each counts)")
+    if noisy > args.max_others:
+        print(f"note: other processes used up to {noisy:.2f} CPUs during some counted runs: those runs are "
+              "slowed (the machine is shared); min is then the fairer figure")
+
+    if not args.no_breakdown and rows:
+        if args.wait_quiet:
+            wait_quiet(args.wait_quiet)
+        n = rows[-1][0]
+        out = subprocess.run([sys.executable, os.path.abspath(__file__), "--_breakdown", workdir, str(n)],
+                             capture_output=True, text=True)
+        if out.returncode != 0:
+            print(f"\nbreakdown failed:\n{out.stderr}")
+        else:
+            b = json.loads(out.stdout)
+            total = sum(s for _, s in b["stages"])
+            print(f"\nWhere the time goes, N={n}, in-process in a fresh interpreter (one run; the CLI adds "
+                  f"interpreter start-up: `imgpipe --version` takes {startup * 1000:.0f} ms, part of it the first "
+                  "import below):")
+            for name, s in b["stages"]:
+                print(f"  {s * 1000:8.0f} ms  {100 * s / total:4.0f}%  {name}")
+            print(f"  {total * 1000:8.0f} ms  total ({b['bytes'] / 1e6:.1f} MB jobs file)")
+            for name, s in b["extra"]:
+                print(f"  {s * 1000:8.3f} ms        {name}")
+            print("  (the indented lines are re-timed on their own, after the sequence; not in the total)")
+    return 0  # figures, not a test: a miss is not a failure
+
+
+if __name__ == "__main__":
+    sys.exit(main())
