@@ -10,8 +10,8 @@ What it does
 * Makes ONE real MS with tests/msmaker.py (16 channels, with CORRECTED_DATA, the
   default data-column), then N copies of it made of hard links: the directories
   are created, every file is os.link()ed. casacore opens them read-only, so hard
-  links are fine, and imgpipe neither dedupes nor caches by inode (it dedupes by
-  os.path.realpath), so each copy is read as a separate MS. Caveat: the copies
+  links are fine. imgpipe dedupes by the MS *directory's* (device, inode) and
+  caches nothing; each copy is a directory of its own, so each is read as a separate MS. Caveat: the copies
   share their data pages, so file *contents* are always in the page cache; only
   the directory entries and inodes of the copies are new. On a real file system
   with N distinct MSs a cold cache costs more.
@@ -48,6 +48,8 @@ import subprocess
 import sys
 import tempfile
 import time
+
+from machine import cpu_busy, wait_quiet  # bench/machine.py (bench/ is on sys.path when run)
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MSMAKER = os.path.join(REPO, "tests", "msmaker.py")
@@ -93,28 +95,6 @@ def link_copies(template: str, workdir: str, n: int) -> tuple[int, float]:
 
 
 # ------------------------------------------------------------------ measuring
-
-
-def cpu_busy() -> float:
-    """CPU-seconds spent busy by the whole machine so far (all CPUs), from /proc/stat."""
-    try:
-        with open("/proc/stat") as f:
-            v = [int(x) for x in f.readline().split()[1:]]
-    except OSError:
-        return 0.0
-    idle = v[3] + (v[4] if len(v) > 4 else 0)
-    return (sum(v[:8]) - idle) / os.sysconf("SC_CLK_TCK")
-
-
-def wait_quiet(max_wait: float, threshold: float = 0.25) -> float:
-    """Wait (up to max_wait s) until other processes use under ``threshold`` CPUs; return their load."""
-    deadline = time.monotonic() + max_wait
-    while True:
-        b0 = cpu_busy()
-        time.sleep(0.5)
-        load = (cpu_busy() - b0) / 0.5
-        if load < threshold or time.monotonic() >= deadline:
-            return load
 
 
 def run_measured(argv: list[str], cwd: str, log: str) -> tuple[float, float, int, float, float]:
@@ -178,7 +158,7 @@ def breakdown(workdir: str, n: int) -> dict:
     lap("config load")
     paths = [ms_path(workdir, i) for i in range(n)]
     inputs = resolve_inputs(config, paths)
-    lap("input resolution (abspath, realpath dedupe)")
+    lap("input resolution (abspath, dedupe by stat)")
     from casacore import tables  # noqa: F401
     lap("casacore import")
     facts, problems = ms_facts.read_facts([i.path for i in inputs], data_column(config))
@@ -262,7 +242,7 @@ def measure(args, sizes: list[int], imgpipe: str, workdir: str) -> int:
     made, secs = link_copies(template, workdir, max(sizes))
     print(f"MSs: 1 real MS from tests/msmaker.py (16 channels, CORRECTED_DATA) + {max(sizes)} hard-link copies "
           f"({made} made now in {secs:.1f} s, {time.perf_counter() - t0:.1f} s with the template);")
-    print("     casacore opens them read-only; imgpipe does not dedupe by inode, but the copies share the")
+    print("     casacore opens them read-only; each copy is its own directory (read as its own MS), but the copies share the")
     print("     template's data pages, so file contents are always cached (cold runs are only dentry/inode-cold)")
     config = os.path.join(workdir, "img.toml")
     with open(config, "w") as f:

@@ -58,6 +58,11 @@ def _add_run_arguments(p: argparse.ArgumentParser) -> None:
                    help="recompute every job, even those already done")
 
 
+def _add_run_dir_argument(p: argparse.ArgumentParser) -> None:
+    p.add_argument("run", nargs="?", metavar="RUN_DIR_OR_JOBS_FILE",
+                   help="a run directory or its jobs file (default: the most recent run here)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="imgpipe",
@@ -102,8 +107,7 @@ def build_parser() -> argparse.ArgumentParser:
         "why it failed and its log, from the job log and the provenance records; contacts no node. "
         "With no argument, the most recent run under ./imgpipe-runs.",
     )
-    status.add_argument("run", nargs="?", metavar="RUN_DIR_OR_JOBS_FILE",
-                        help="a run directory or its jobs file (default: the most recent run here)")
+    _add_run_dir_argument(status)
     status.add_argument("--json", action="store_true", help="print the status as JSON on stdout")
 
     report = sub.add_parser(
@@ -113,8 +117,7 @@ def build_parser() -> argparse.ArgumentParser:
         "job on every node, failures with their log lines, image previews with peak and RMS, the config "
         "and plan) and print its path. Previews need `pip install imgpipe[report]` (astropy, matplotlib).",
     )
-    report.add_argument("run", nargs="?", metavar="RUN_DIR_OR_JOBS_FILE",
-                        help="a run directory or its jobs file (default: the most recent run here)")
+    _add_run_dir_argument(report)
 
     inputs = sub.add_parser(
         "inputs",
