@@ -385,6 +385,10 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("imgpipe: interrupted", file=sys.stderr)
         return 130
+    except OSError as e:  # the machine said no (disk full, permission, a file where a directory should be)
+        where = f": {e.filename}" if e.filename else ""
+        print(f"imgpipe: error: {e.strerror or e}{where}", file=sys.stderr)
+        return 2
     except BrokenPipeError:  # e.g. `imgpipe plan ... --json | head`
         return 0
 

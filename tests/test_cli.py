@@ -153,3 +153,13 @@ def test_options_may_come_before_the_config_in_the_nenucal_form(run_cli, write_c
     assert r.code == 0, r
     assert "[0001 on any node] wsclean -name" in r.out
     assert not (tmp_path / "imgpipe-runs").exists()
+
+
+def test_a_run_directory_that_cannot_be_written_is_one_clear_line(run_cli, write_config, ms_factory, tmp_path):
+    cfg = write_config("[wsclean]\nname = 'img'\ndata-column = 'DATA'\n")
+    jobs = tmp_path / "run" / "jobs.txt"
+    assert run_cli("plan", cfg, ms_factory("a.MS"), "--jobs-file", jobs).code == 0
+    (jobs.parent / "logs").write_text("a file where the run wants its logs directory")
+    r = run_cli("run", jobs)
+    assert r.code == 2, r
+    assert "Traceback" not in r.err and r.err.startswith("imgpipe: error: ") and "logs" in r.err, r
