@@ -297,12 +297,14 @@ def build_job(
     tokens: dict[str, str | None] = {
         "ms_in": last.path,
         "ms_basename": os.path.basename(last.path),
-        "obs_id": last.obs_id if group.key and last.obs_id is not None else None,
+        "obs_id": last.obs_id,
         "sw": last.sw,
         "name": None,
     }
-    if len(group.key) == 1 and group.key[0] is not None:  # combined over obs_ids: no single obs_id
-        tokens["obs_id"] = None
+    if len(group.key) == 1 and group.key[0] is not None:
+        # combined over obs_ids: no single obs_id; like nenucal, $obs_id$ expands to nothing
+        # (out-dir = 'images/$obs_id$/$sw$' gives images/SW01), so its configs work unchanged
+        tokens["obs_id"] = ""
 
     def where(key: str) -> str:
         return config.where("wsclean", key)
@@ -366,7 +368,7 @@ def build_job(
         out_dir=out_dir,
         temp_dir=temp_dir,
         channels_out=channels_out,
-        obs_id=tokens["obs_id"],
+        obs_id=tokens["obs_id"] or None,  # None: no single obs_id (combined over obs_ids)
         sw=last.sw,
     )
 

@@ -238,10 +238,11 @@ def test_obs_id_and_sw_tokens_in_out_dir_and_name(run_cli, img, tmp_path):
     assert jobs[0]["name"] == str(tmp_path / "out" / "20231203_NT04" / "SW02-img")
 
 
-def test_obs_id_token_refused_when_combined_over_obs_ids(run_cli, img, tmp_path):
+def test_obs_id_token_is_empty_when_combined_over_obs_ids_as_in_nenucal(run_cli, img, tmp_path):
     cfg = img(wsclean="out-dir = 'images/$obs_id$/$sw$'")
-    err = fails(run_cli, tmp_path, "plan", cfg, "202312*_NT04", "--combine", "--combine_obs_ids")
-    assert "$obs_id$" in err
+    jobs = plan_json(run_cli, cfg, "202312*_NT04", "--combine", "--combine_obs_ids")
+    assert [j["name"] for j in jobs] == [str(tmp_path / "images" / s / "img") for s in SW]
+    assert [j["obs_id"] for j in jobs] == [None] * len(SW)
 
 
 def test_combine_obs_ids_alone_is_caught_as_a_collision(run_cli, img, tmp_path):
