@@ -83,6 +83,27 @@ def composite_ms_kwargs() -> dict:
     return {"spw_freqs": [freqs], "corrected_data": True, **SMALL}
 
 
+# the tables both level formats share: spectral windows, node maps, N2 obs_ids and groups
+_SW_AND_OBS_IDS = """\
+[spectral_windows]
+SW01 = [100, 101]
+SW02 = [102, 103]
+SW03 = [104, 105]
+SWALL = ['SW01', 'SW02', 'SW03']
+
+[obs_ids]
+"20231201_NT04" = ['node001', 'node002', 'node003']
+"20231202_NT04" = ['node002', 'node003', 'node001']
+"20231203_NT04" = ['node003', 'node001', 'node002']
+
+[n2_obs_ids]
+"20231201_NT04_N2" = {nodes = 'node[003-004]', n1_obs_ids = ['20231201_NT04', '20231202_NT04']}
+"20231210_NT04_N2" = {nodes = ['node001', 'node002'], n1_obs_ids = ['20231203_NT04']}
+
+[n2_group]
+"N2GROUP_NT04" = ['20231201_NT04_N2', '20231210_NT04_N2']
+"""
+
 DATA_HANDLER_NEW = """\
 # A NenuFAR data handler (new level format), as nenucal's tools read it.
 bp_cal_path = 'bp/%OBS_ID%.h5'
@@ -101,24 +122,7 @@ data_path = '/data/%LEVEL%/%OBS_ID%'
 [obs_calibration_map]
 "20231201_NT04" = '20231201_CYGA'
 
-[spectral_windows]
-SW01 = [100, 101]
-SW02 = [102, 103]
-SW03 = [104, 105]
-SWALL = ['SW01', 'SW02', 'SW03']
-
-[obs_ids]
-"20231201_NT04" = ['node001', 'node002', 'node003']
-"20231202_NT04" = ['node002', 'node003', 'node001']
-"20231203_NT04" = ['node003', 'node001', 'node002']
-
-[n2_obs_ids]
-"20231201_NT04_N2" = {nodes = 'node[003-004]', n1_obs_ids = ['20231201_NT04', '20231202_NT04']}
-"20231210_NT04_N2" = {nodes = ['node001', 'node002'], n1_obs_ids = ['20231203_NT04']}
-
-[n2_group]
-"N2GROUP_NT04" = ['20231201_NT04_N2', '20231210_NT04_N2']
-
+""" + _SW_AND_OBS_IDS + """
 [data_levels.L1]
 path = '@NET@/%NODE%/data/L1/'
 data_column = 'DATA'
@@ -141,24 +145,7 @@ DATA_HANDLER_OLD = """\
 [worker]
 nodes = 'node[001-004]'
 
-[spectral_windows]
-SW01 = [100, 101]
-SW02 = [102, 103]
-SW03 = [104, 105]
-SWALL = ['SW01', 'SW02', 'SW03']
-
-[obs_ids]
-"20231201_NT04" = ['node001', 'node002', 'node003']
-"20231202_NT04" = ['node002', 'node003', 'node001']
-"20231203_NT04" = ['node003', 'node001', 'node002']
-
-[n2_obs_ids]
-"20231201_NT04_N2" = {nodes = 'node[003-004]', n1_obs_ids = ['20231201_NT04', '20231202_NT04']}
-"20231210_NT04_N2" = {nodes = ['node001', 'node002'], n1_obs_ids = ['20231203_NT04']}
-
-[n2_group]
-"N2GROUP_NT04" = ['20231201_NT04_N2', '20231210_NT04_N2']
-
+""" + _SW_AND_OBS_IDS + """
 [data_level_path]
 L1 = '@NET@/%NODE%/data/L1/'
 L2 = '@NET@/%NODE%/data/L2/'

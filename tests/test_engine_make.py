@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
 import sys
@@ -12,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from imgpipe.joblog import read_rows
+from procs import job_processes
 from sshcluster import SshCluster, missing_tools
 
 pytestmark = pytest.mark.skipif(
@@ -141,23 +141,6 @@ def test_make_by_hand_and_parallel_then_make_share_what_is_done(cluster, ms_fact
     assert "already done" in log  # the provenance record stops a recomputation even by hand
 
 
-def _wsclean_under(root: Path) -> list[str]:
-    """WSClean processes (and wrappers) whose command line names a path under ``root``."""
-    out = []
-    for pid in os.listdir("/proc"):
-        if not pid.isdigit():
-            continue
-        try:
-            argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        words = [w.decode(errors="replace") for w in argv if w]
-        if words and any(str(root) in w for w in words) and (
-                os.path.basename(words[0]) == "wsclean" or any("imgpipe-job imgpipe-" in w for w in words[:4])):
-            out.append(" ".join(words)[:200])
-    return out
-
-
 def test_make_engine_ctrl_c_stops_every_job_and_a_rerun_finishes(cluster, ms_factory, tmp_path):
     import signal
     import time
@@ -170,7 +153,7 @@ def test_make_engine_ctrl_c_stops_every_job_and_a_rerun_finishes(cluster, ms_fac
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.time() + 60
-        while len([p for p in _wsclean_under(tmp_path) if "wsclean -" in p]) < 2 and time.time() < deadline:
+        while len([p for p in job_processes(tmp_path) if p.split()[1] == "wsclean"]) < 2 and time.time() < deadline:
             time.sleep(0.2)
         assert time.time() < deadline, "two WSClean jobs never ran at once"
         t0 = time.time()
@@ -185,7 +168,7 @@ def test_make_engine_ctrl_c_stops_every_job_and_a_rerun_finishes(cluster, ms_fac
     assert elapsed < 35, (elapsed, err)
     assert "stopped." in err
     time.sleep(0.5)
-    assert not _wsclean_under(tmp_path), "WSClean or a wrapper still runs after Ctrl-C"
+    assert not job_processes(tmp_path), f"still running after Ctrl-C: {job_processes(tmp_path)}"
     assert not list(tmp_path.rglob("*.imgpipe-tmp")), "temp dirs left behind"
     run_dir = run_dir_of(tmp_path)
     stopped = [jid for jid in ("0001", "0002", "0003", "0004") if not (run_dir / "done" / jid).exists()]

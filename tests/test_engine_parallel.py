@@ -24,6 +24,7 @@ from pathlib import Path
 
 import pytest
 
+from procs import job_processes
 from sshcluster import SshCluster, missing_tools
 
 _missing = missing_tools() + [t for t in ("parallel", "wsclean") if shutil.which(t) is None]
@@ -149,26 +150,6 @@ def image_of(tmp_path: Path, ms: Path) -> Path:
 
 def provenance_of(tmp_path: Path, ms: Path) -> Path:
     return tmp_path / "images" / ms.name / "img.imgpipe.json"
-
-
-def processes_mentioning(text: str) -> list[str]:
-    """Command lines of live processes (not zombies) whose argv contains ``text``."""
-    found = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit() or int(entry) == os.getpid():
-            continue
-        try:
-            with open(f"/proc/{entry}/cmdline", "rb") as f:
-                cmd = f.read().decode(errors="replace")
-            with open(f"/proc/{entry}/stat", "rb") as f:
-                stat = f.read()
-        except OSError:
-            continue
-        if stat[stat.rfind(b")") + 2: stat.rfind(b")") + 3] == b"Z":
-            continue
-        if text in cmd:
-            found.append(f"{entry}: {cmd.replace(chr(0), ' ')[:300]}")
-    return found
 
 
 def wait_for(predicate, timeout: float, what: str, interval: float = 0.1):
@@ -318,12 +299,6 @@ def test_a_dead_node_is_reported_once_and_the_other_node_does_the_work(own_clust
     assert "2 of 4 job(s) done" in r.err, r
     assert sorted(x["job"] for x in joblog(run_dir(pinned_dir))) == ["0001", "0003"]
     assert image_of(pinned_dir, ms[0]).exists() and not image_of(pinned_dir, ms[1]).exists()
-
-
-def job_processes(root: Path) -> list[str]:
-    """WSClean processes and job wrappers whose command line names a path under ``root``."""
-    return [p for p in processes_mentioning(str(root))
-            if p.split()[1] in ("wsclean", "timeout") or "imgpipe-job imgpipe-" in p]
 
 
 def round_rows(rdir: Path) -> list[str]:
