@@ -159,7 +159,7 @@ def breakdown(workdir: str, n: int) -> dict:
     paths = [ms_path(workdir, i) for i in range(n)]
     inputs = resolve_inputs(config, paths)
     lap("input resolution (abspath, dedupe by stat)")
-    from casacore import tables  # noqa: F401
+    ms_facts.import_tables()
     lap("casacore import")
     facts, problems = ms_facts.read_facts([i.path for i in inputs], data_column(config))
     lap(f"MS facts (read_facts: checks + casacore, {min(os.cpu_count() or 1, 4)} workers >= "

@@ -55,8 +55,33 @@ def _name_in_table_dat(path: str, column: str) -> bool:
     return struct.pack(">I", len(raw)) + raw in data or struct.pack("<I", len(raw)) + raw in data
 
 
+_BLAS_THREADS = {"OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1"}
+
+
+def import_tables():
+    """``casacore.tables``, imported with OpenBLAS limited to one thread.
+
+    python-casacore imports numpy, whose OpenBLAS starts a thread per extra CPU
+    that spins for a while. On a 2-CPU node that spinning took a CPU from the
+    MS readers (bench/plan_scale.py: 1,000 MSs 0.46 s -> 0.41 s). The planner
+    never uses BLAS. The environment is restored afterwards, so the engines and
+    WSClean, which are started later, see the user's own settings.
+    """
+    saved = {k: os.environ.get(k) for k in _BLAS_THREADS}
+    os.environ.update(_BLAS_THREADS)
+    try:
+        from casacore import tables
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+    return tables
+
+
 def _read_one(path: str, column: str | None) -> MSFacts | str:
-    from casacore import tables
+    tables = import_tables()
 
     try:
         spw = tables.table(os.path.join(path, "SPECTRAL_WINDOW"), ack=False, readonly=True,
@@ -100,7 +125,7 @@ def _read_chunk(args: tuple[list[str], str | None]) -> list[MSFacts | str]:
 def read_facts(paths: list[str], column: str | None = None) -> tuple[dict[str, MSFacts], list[str]]:
     """Facts for every path, and the problems (one line per bad MS, all of them)."""
     problems: list[str] = []
-    from casacore import tables  # noqa: F401  lazy (~0.1 s): imported once, before any fork
+    import_tables()  # lazy (~0.1 s): imported once, before any fork
 
     workers = min(os.cpu_count() or 1, 4)
     if len(paths) < PARALLEL_MIN or workers < 2:

@@ -116,3 +116,28 @@ def test_parallel_read_gives_the_same_facts(ms_factory, monkeypatch):
     assert p1 == p2 == []
     assert parallel == serial
     assert [parallel[p].has_column for p in paths] == [False, True, False, True]
+
+
+# ------------------------------------------------------------ the casacore import
+
+
+def test_casacore_is_imported_without_blas_threads_and_the_environment_is_kept(tmp_path):
+    # A fresh interpreter: numpy must not have been imported before. OpenBLAS
+    # would otherwise start a spinning thread per extra CPU, taking a CPU from
+    # the MS readers; the user's own setting must still reach the engines.
+    import os
+    import subprocess
+    import sys
+
+    code = (
+        "import os\n"
+        "from imgpipe import ms_facts\n"
+        "ms_facts.import_tables()\n"
+        "import numpy\n"
+        "print(len(os.listdir('/proc/self/task')), os.environ.get('OPENBLAS_NUM_THREADS'),"
+        " os.environ.get('OMP_NUM_THREADS'))\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k not in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS")}
+    env["OPENBLAS_NUM_THREADS"] = "8"
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["1", "8", "None"]
