@@ -24,7 +24,7 @@ from imgpipe.data_handler import (
     resolve_patterns,
     split_pattern,
 )
-from imgpipe.errors import ImgpipeError, PlanErrors
+from imgpipe.errors import ImgpipeError
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -270,7 +270,7 @@ def test_hosts_from_the_node_map_when_the_pattern_does_not_match(run_cli, img, v
     shared = tree.root / "net" / "node002" / "data" / "L2"
     dh = variant(append=f"\n[data_levels.SHARED]\npath = '{shared}'\n")
     cfg = img(dh=dh, level="SHARED",
-              worker=f"run_on_file_host = true\nrun_on_file_host_pattern = '/nowhere/(node\\d{{3}})/'")
+              worker="run_on_file_host = true\nrun_on_file_host_pattern = '/nowhere/(node\\d{3})/'")
     jobs = plan_json(run_cli, cfg, "20231201_NT04:SW02")
     assert jobs[0]["ms"] == [tree.l2(N1[0], "SW02")]
     assert jobs[0]["host"] == "node002"
