@@ -23,11 +23,13 @@ import subprocess
 import sys
 import threading
 import time
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from .errors import ImgpipeError
 from .hosts import is_local
+from .joblog import last_rows
 from .plan import Job, Plan
 from . import status as st
 
@@ -332,12 +334,64 @@ def summary(plan: Plan, run_dir: Path, unreachable: dict[str, str], resume_hint:
         else:
             why = "not run"
         print(f"  {s.job.id:<6} {host:<12} {why:<50} {s.log or '-'}", file=out)
-        for line in st.tail(s.log, 3) if s.state == "failed" else []:
-            print(f"         | {line}", file=out)
+        if s.state == "failed":  # the end of its log; and of its stderr (a crash, a missing library...)
+            for line in st.tail(s.log, 3):
+                print(f"         | {line}", file=out)
+            for line in st.tail(f"{s.log}.err" if s.log else None, 3):
+                print(f"  stderr | {line}", file=out)
     print("To resume (runs only what is not done):", file=out)
     for hint in resume_hint:
         print(f"  {hint}", file=out)
     return 1
+
+
+def wait_engine(proc: subprocess.Popen, stopper: "Stopper", progress: "Progress") -> bool:
+    """Wait for the engine, ticking the progress line; False as soon as the user asks to stop."""
+    while proc.poll() is None:
+        if stopper.signal is not None:
+            return False
+        progress.tick()
+        try:
+            proc.wait(timeout=0.2)  # returns as soon as the engine exits
+        except subprocess.TimeoutExpired:
+            pass
+    return True
+
+
+class Retries:
+    """Which failed jobs run again, for both engines: connection failures up to
+    ``connection_retries`` times, WSClean failures (and signals, max_time) up to
+    ``retries`` times, anything else (env_file, set-up) never."""
+
+    def __init__(self, worker: dict) -> None:
+        self.limits = {"connection": worker.get("connection_retries", 3), "job": worker.get("retries", 0)}
+        self.tries: Counter = Counter()
+        self.final: set[str] = set()  # failed for good in this invocation
+
+    def after_round(self, rows) -> bool:
+        """Count the round's failures; True when some job is to run again."""
+        again = False
+        for jid, row in last_rows(rows).items():
+            if row.ok:
+                continue
+            failure, _ = st.classify(row)
+            kind = "connection" if failure == "connection" else (
+                "job" if failure in ("wsclean", "signal", "timeout") else None)
+            if kind is not None:
+                self.tries[kind, jid] += 1
+            if kind is not None and self.tries[kind, jid] <= self.limits[kind]:
+                again = True
+            else:
+                self.final.add(jid)
+        return again
+
+
+def drop_dead_nodes(live: list[str], ssh: list[str]) -> tuple[list[str], dict[str, str]]:
+    """After a round with failures: probe the nodes still in use; (nodes alive, newly unreachable)."""
+    newly = probe_hosts(live, ssh)
+    for host, why in newly.items():
+        print(f"imgpipe: warning: node {host} cannot be reached any more ({why})", file=sys.stderr)
+    return [n for n in live if n not in newly], newly
 
 
 def write_json(path: Path, data) -> None:

@@ -7,6 +7,9 @@
   slots with GNU parallel's ``sem``; make's ``-j`` is the total of all slots.
 - A pinned job runs on its node; the others are spread over the reachable nodes
   when the Makefile is generated (make cannot move a job between nodes).
+- Failures are retried as with the parallel engine (``connection_retries``,
+  ``retries``): make runs again for those jobs, in rounds, and the Makefile is
+  written again before each round, so unpinned jobs leave a node that died.
 - The recipe (``bin/imgpipe-make-job``) runs the same node-side wrapper as the
   parallel engine (over ssh, the script travels on stdin) and appends a row in
   GNU parallel's job-log format to ``joblog.tsv``: status reads both engines alike.
@@ -25,8 +28,9 @@ from collections import Counter
 from pathlib import Path
 
 from .engine import (
-    Progress, RunLock, Stopper, archive_logs, install_wrapper, installed_file, nodes_of, probe_hosts,
-    parallel_home, share_resources, ssh_command, stop_engine, summary, tag_of, wrapper_source,
+    Progress, Retries, RunLock, Stopper, archive_logs, drop_dead_nodes, install_wrapper, installed_file,
+    nodes_of, probe_hosts, parallel_home, share_resources, ssh_command, stop_engine, summary, tag_of,
+    wait_engine, wrapper_source,
 )
 from .errors import ImgpipeError
 from .hosts import is_local
@@ -76,7 +80,9 @@ def job_command(plan: Plan, job: Job, host: str, ssh: list[str], force: bool) ->
     args = wrapper_args(plan, job, force)
     if is_local(host):
         return "bash ./imgpipe-job " + shlex.join(args)
-    remote = "bash -s " + shlex.join(args)
+    # exec: the wrapper's parent is then sshd itself, whatever the login shell, so the wrapper
+    # sees its connection go (bin/imgpipe-job, watch_parent)
+    remote = "exec bash -s " + shlex.join(args)
     return shlex.join([*ssh, "-o", "BatchMode=yes", host, remote]) + " < ./imgpipe-job"
 
 
@@ -140,37 +146,40 @@ def run(plan: Plan, jobs_path: Path, *, force: bool = False, rerun: list[str] | 
         for jid, row in last_rows(read_rows(run_dir / st.JOBLOG)).items():
             if row.ok:  # done by any engine
                 (done_dir / jid).touch()
-        # the Makefile lists every job (by hand, `make` skips the done ones); imgpipe asks for the rest
-        hosts = assign_hosts(plan.jobs, live or nodes)
-        (run_dir / MAKEFILE).write_text(
-            render_makefile(plan, jobs_path.resolve(), run_dir, list(plan.jobs), hosts, ssh, force),
-            encoding="utf-8")
-        todo = [j for j in plan.jobs if live and not (done_dir / j.id).exists() and (j.host is None or j.host in live)]
-        if not todo:
-            return summary(plan, run_dir, unreachable, _hints(run_dir, rerun))
-        archive_logs(run_dir, (j.id for j in todo))
-        (run_dir / st.ROUND_IDS).write_text("\n".join(j.id for j in todo) + "\n")
-        # status reads this round's rows from joblog.tsv; jobs done before stay as they were
-        slots = plan.worker["max_concurrent"] * len(live)
+        progress = Progress(plan, run_dir)
+        retries = Retries(plan.worker)
         env = {**os.environ}
         env.setdefault("PARALLEL_HOME", parallel_home())
-        progress = Progress(plan, run_dir)
-        with open(run_dir / "make.stderr", "a") as err:
-            proc = subprocess.Popen(["make", "-C", str(run_dir), "-k", "-j", str(slots),
-                                     *(f"done/{j.id}" for j in todo)], env=env,
-                                    stdin=subprocess.DEVNULL, stdout=err, stderr=err, start_new_session=True)
-            while proc.poll() is None:
-                if stopper.signal is not None:
-                    return _stop(plan, run_dir, proc, live, ssh, progress, time.time())
-                progress.tick()
-                try:
-                    proc.wait(timeout=0.2)  # returns as soon as make exits
-                except subprocess.TimeoutExpired:
-                    pass
-        (run_dir / st.ROUND_IDS).unlink(missing_ok=True)
+        while True:
+            # the Makefile lists every job (by hand, `make` skips the done ones); imgpipe asks for the
+            # rest. Written again each round: unpinned jobs leave a node that died.
+            hosts = assign_hosts(plan.jobs, live or nodes)
+            (run_dir / MAKEFILE).write_text(
+                render_makefile(plan, jobs_path.resolve(), run_dir, list(plan.jobs), hosts, ssh, force),
+                encoding="utf-8")
+            todo = [j for j in plan.jobs if live and not (done_dir / j.id).exists()
+                    and j.id not in retries.final and (j.host is None or j.host in live)]
+            if not todo:
+                break
+            archive_logs(run_dir, (j.id for j in todo))
+            (run_dir / st.ROUND_IDS).write_text("\n".join(j.id for j in todo) + "\n")
+            # status reads this round's rows from joblog.tsv; jobs done before stay as they were
+            slots = plan.worker["max_concurrent"] * len(live)
+            with open(run_dir / "make.stderr", "a") as err:
+                proc = subprocess.Popen(["make", "-C", str(run_dir), "-k", "-j", str(slots),
+                                         *(f"done/{j.id}" for j in todo)], env=env,
+                                        stdin=subprocess.DEVNULL, stdout=err, stderr=err, start_new_session=True)
+            if not wait_engine(proc, stopper, progress):
+                return _stop(plan, run_dir, proc, live, ssh, progress, time.time())
+            (run_dir / st.ROUND_IDS).unlink(missing_ok=True)
+            if not retries.after_round(_merge_round(run_dir)):
+                break
+            live, newly = drop_dead_nodes(live, ssh)  # a node that died during the round
+            unreachable.update(newly)
         progress.tick(force=True)
         progress.close()
-        _merge_round(run_dir)
+        if not live:
+            print("imgpipe: no node can be reached", file=sys.stderr)
         return summary(plan, run_dir, unreachable, _hints(run_dir, rerun))
 
 
@@ -180,14 +189,16 @@ def _hints(run_dir: Path, rerun: list[str] | None) -> list[str]:
     return hints
 
 
-def _merge_round(run_dir: Path, before: float | None = None) -> None:
-    """Move the recipes' rows into joblog.tsv (dropping those of jobs stopped by a stop at ``before``)."""
+def _merge_round(run_dir: Path, before: float | None = None) -> list:
+    """Move the recipes' rows into joblog.tsv (dropping those of jobs stopped by a stop at ``before``);
+    return the rows moved."""
     round_log = run_dir / st.ROUND_JOBLOG
     rows = read_rows(round_log)
     if before is not None:
         rows = [r for r in rows if r.start + r.runtime <= before]
     append_rows(run_dir / st.JOBLOG, rows, {})
     round_log.unlink(missing_ok=True)
+    return rows
 
 
 def _stop(plan: Plan, run_dir: Path, proc: subprocess.Popen, live: list[str], ssh: list[str],

@@ -30,12 +30,11 @@ import signal
 import subprocess
 import sys
 import time
-from collections import Counter
 from pathlib import Path
 
 from .engine import (
-    Progress, RunLock, Stopper, archive_logs, install_wrapper, nodes_of, probe_hosts,
-    parallel_home, share_resources, ssh_command, stop_engine, summary, tag_of,
+    Progress, Retries, RunLock, Stopper, archive_logs, drop_dead_nodes, install_wrapper, nodes_of,
+    probe_hosts, parallel_home, share_resources, ssh_command, stop_engine, summary, tag_of, wait_engine,
 )
 from .errors import ImgpipeError
 from .hosts import is_local
@@ -150,14 +149,12 @@ def run(plan: Plan, jobs_path: Path, *, force: bool = False, rerun: list[str] | 
             print(f"imgpipe: warning: node {host} cannot be reached ({why}); its pinned jobs will not run, "
                   "the others go to the remaining nodes", file=sys.stderr)
         progress = Progress(plan, run_dir)
-        conn_tries: Counter = Counter()
-        ws_tries: Counter = Counter()
-        final: set[str] = set()  # failed for good in this invocation
+        retries = Retries(plan.worker)
         round_no = 0
         while live:
             done = {jid for jid, row in last_rows(read_rows(joblog)).items() if row.ok}
             todo = [j for j in plan.jobs
-                    if j.id not in done and j.id not in final and (j.host is None or j.host in live)]
+                    if j.id not in done and j.id not in retries.final and (j.host is None or j.host in live)]
             if not todo:
                 break
             round_no += 1
@@ -175,43 +172,17 @@ def run(plan: Plan, jobs_path: Path, *, force: bool = False, rerun: list[str] | 
             with open(err_path, "a") as err:
                 proc = subprocess.Popen(argv, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                                         stderr=err, start_new_session=True)
-            while proc.poll() is None:
-                if stopper.signal is not None:
-                    return _stop(plan, run_dir, proc, live, ssh, joblog, seq_of, progress, time.time())
-                progress.tick()
-                try:
-                    proc.wait(timeout=0.2)  # returns as soon as GNU parallel exits
-                except subprocess.TimeoutExpired:
-                    pass
+            if not wait_engine(proc, stopper, progress):
+                return _stop(plan, run_dir, proc, live, ssh, joblog, seq_of, progress, time.time())
             rows = read_rows(round_log)
             _report_parallel_failure(proc.returncode, todo, rows, err_path, err_start)
             append_rows(joblog, rows, seq_of)
             round_log.unlink(missing_ok=True)
-            retry = False
-            for jid, row in last_rows(rows).items():
-                if row.ok:
-                    continue
-                failure, _ = st.classify(row)
-                if failure == "connection":
-                    conn_tries[jid] += 1
-                    again = conn_tries[jid] <= plan.worker.get("connection_retries", 3)
-                elif failure in ("wsclean", "signal", "timeout"):
-                    ws_tries[jid] += 1
-                    again = ws_tries[jid] <= plan.worker.get("retries", 0)
-                else:
-                    again = False
-                if again:
-                    retry = True
-                else:
-                    final.add(jid)
-            if not retry:
+            if not retries.after_round(rows):
                 break
             # a node that died during the round: stop sending jobs there
-            newly = probe_hosts(live, ssh)
-            for host, why in newly.items():
-                print(f"imgpipe: warning: node {host} cannot be reached any more ({why})", file=sys.stderr)
+            live, newly = drop_dead_nodes(live, ssh)
             unreachable.update(newly)
-            live = [n for n in live if n not in newly]
         (run_dir / st.ROUND_IDS).unlink(missing_ok=True)
         (run_dir / ROUND_INPUT).unlink(missing_ok=True)
         progress.tick(force=True)

@@ -17,8 +17,16 @@ from pathlib import Path
 import pytest
 
 from msmaker import make_ms
+from sshcluster import SshCluster
 
 REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture
+def own_cluster(tmp_path):
+    """Two ssh "nodes" (node001, node002) of this test's own, for tests that stop or cut one."""
+    with SshCluster(tmp_path / "cluster", names=("node001", "node002")) as c:
+        yield c
 
 
 @pytest.fixture(scope="session")

@@ -151,6 +151,14 @@ def _alive(pid: int) -> bool:
     return stat[stat.rfind(b")") + 2 : stat.rfind(b")") + 3] != b"Z"
 
 
+def _comm(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/comm") as f:
+            return f.read().strip()
+    except OSError:
+        return ""
+
+
 def _quote_setenv(name: str, value: str) -> str:
     if not name.replace("_", "a").isalnum() or any(c in value for c in '"\\\n\r'):
         raise ValueError(f"cannot pass {name}={value!r} through sshd_config SetEnv")
@@ -320,6 +328,26 @@ class SshCluster:
         while any(_alive(pid) for pid in frozen) and time.monotonic() < deadline:
             time.sleep(0.01)
         self._close_master(name)
+
+    def drop_connections(self, name: str) -> set[int]:
+        """Cut every established connection to ``name``, as a network failure would: kill
+        its per-connection sshd processes, but not the listener (new logins still work)
+        and not the remote commands (they live on, re-parented, as on a real node).
+        Returns the pids of the remote commands that were running."""
+        self._check_name(name)
+        pid = self.pid(name)
+        if pid is None:
+            raise SshClusterError(f"{name} is stopped")
+        sessions = [p for p in _descendants(pid) if _comm(p).startswith("sshd")]
+        commands = set()
+        for p in sessions:
+            commands |= {c for c in _descendants(p) if not _comm(c).startswith("sshd")}
+        for p in sessions:
+            _signal(p, signal.SIGKILL)
+        deadline = time.monotonic() + 5
+        while any(_alive(p) for p in sessions) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        return commands
 
     def start_host(self, name: str) -> None:
         """(Re)start ``name``'s sshd on the same port and wait until it accepts a login."""

@@ -44,13 +44,6 @@ def cluster(tmp_path_factory):
         yield c
 
 
-@pytest.fixture
-def own_cluster(tmp_path):
-    """Two nodes of this test's own (it stops one)."""
-    with SshCluster(tmp_path / "cluster", names=NODES) as c:
-        yield c
-
-
 class Run:
     def __init__(self, code, out, err, elapsed):
         self.code, self.out, self.err, self.elapsed = code, out, err, elapsed

@@ -25,13 +25,6 @@ def cluster(tmp_path_factory):
         yield c
 
 
-@pytest.fixture
-def small_cluster(tmp_path):
-    """Two hosts of its own, for tests that kill hosts."""
-    with SshCluster(tmp_path / "cluster", names=("node001", "node002")) as c:
-        yield c
-
-
 def run(argv, env, **kw):
     return subprocess.run(argv, env=env, capture_output=True, text=True, timeout=60,
                           stdin=subprocess.DEVNULL, **kw)
@@ -110,8 +103,8 @@ def test_many_concurrent_sessions_on_one_host(cluster, tmp_path):
     assert [j["Exitval"] for j in read_joblog(joblog)] == ["0"] * 50
 
 
-def test_stop_host_makes_a_dead_node_and_start_host_revives_it(small_cluster, tmp_path):
-    c = small_cluster
+def test_stop_host_makes_a_dead_node_and_start_host_revives_it(own_cluster, tmp_path):
+    c = own_cluster
     port = c.ports["node002"]
     c.stop_host("node002")
     assert not c.is_running("node002")
@@ -136,9 +129,9 @@ def test_stop_host_makes_a_dead_node_and_start_host_revives_it(small_cluster, tm
     assert r.returncode == 0, r.stderr
 
 
-def test_stop_host_kills_running_jobs_and_multiplexed_sessions(small_cluster):
+def test_stop_host_kills_running_jobs_and_multiplexed_sessions(own_cluster):
     """A node dying mid-job: the job's ssh ends with 255, even through a ControlMaster."""
-    c = small_cluster
+    c = own_cluster
     assert c.master_pid("node001")  # start() left a ControlMaster behind
     job = subprocess.Popen(["ssh", "-F", str(c.ssh_config), "node001", "sleep 60"],
                            env=c.env(), stdin=subprocess.DEVNULL,
@@ -156,6 +149,28 @@ def test_stop_host_kills_running_jobs_and_multiplexed_sessions(small_cluster):
     finally:
         job.kill()
         job.communicate()
+
+
+def test_drop_connections_cuts_the_session_but_the_node_stays_up(own_cluster):
+    """A network drop: ssh ends with 255, the remote command lives on, a new login works."""
+    c = own_cluster
+    job = subprocess.Popen(["ssh", "-F", str(c.ssh_config), "node001", "sleep 60"],
+                           env=c.env(), stdin=subprocess.DEVNULL,
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 10
+        while not any(b"sleep" in _cmdline(p) for p in c.host_pids("node001")):
+            assert time.monotonic() < deadline, "remote sleep never started"
+            time.sleep(0.05)
+        left = c.drop_connections("node001")
+        assert job.wait(timeout=10) == 255
+        assert any(b"sleep" in _cmdline(p) for p in left)
+        assert all(_alive(p) for p in left)  # nothing told the remote command
+        assert c.ssh("node001", "echo back").stdout.strip() == "back"
+    finally:
+        job.kill()
+        job.communicate()
+        c.stop_host("node001")  # also ends the orphaned sleep
 
 
 def test_stop_removes_every_process_and_socket(tmp_path):
