@@ -10,7 +10,9 @@ It holds
   time, the busy time, how busy each node was;
 - a timeline: every attempt of every job (every row of the job log) as a bar on
   its node's slot lane, failed attempts in red, running jobs in blue; hovering a
-  bar shows the job id, the MS, the host, the runtime and the outcome;
+  bar shows the job id, the MS, the host, the runtime and the outcome. A long
+  stretch in which nothing ran (a run resumed hours later) is cut out and shown
+  as a narrow "idle" band, so the bars stay readable;
 - the failures first, each with why it failed and the last lines of its log;
 - the table of all jobs (failed, running, not started, done), with links to each
   log and image directory;
@@ -209,6 +211,31 @@ def _nice_step(span: float, target: int = 8) -> float:
     return 86400 * math.ceil(span / 86400 / target)
 
 
+IDLE_CUT = 600.0  # an idle stretch longer than this, and than a fifth of the working time, is cut out
+IDLE_W = 52  # px: the width of a cut-out idle stretch on the timeline
+
+
+def work_spans(intervals) -> list[tuple[float, float]]:
+    """The stretches of time in which jobs ran, split where nothing ran for long (a run resumed
+    hours later, say): idle gaps longer than IDLE_CUT and a fifth of the working time."""
+    merged: list[list[float]] = []
+    for start, end in sorted(intervals):
+        if merged and start <= merged[-1][1]:
+            merged[-1][1] = max(merged[-1][1], end)
+        else:
+            merged.append([start, end])
+    if not merged:
+        return []
+    cut = max(IDLE_CUT, sum(e - s for s, e in merged) / 5)
+    spans = [merged[0]]
+    for start, end in merged[1:]:
+        if start - spans[-1][1] > cut:
+            spans.append([start, end])
+        else:
+            spans[-1][1] = max(spans[-1][1], end)
+    return [(s, e) for s, e in spans]
+
+
 def timeline_svg(plan: Plan, bars: list[Bar], job_by_id: dict[str, Job]) -> str:
     """The Gantt chart: x = time, one lane per node slot; inline SVG, hover titles, labels when wide enough."""
     slots = int(plan.worker.get("max_concurrent", 1) or 1)
@@ -224,13 +251,22 @@ def timeline_svg(plan: Plan, bars: list[Bar], job_by_id: dict[str, Job]) -> str:
     lane_y = {key: i for i, key in enumerate(lanes)}
     width, left, right, top, lane_h, bar_h = 1200, 170, 16, 34, 20, 14
     height = top + lane_h * len(lanes) + 8
-    t0 = min((b.start for b in bars), default=0.0)
-    t1 = max((b.end for b in bars), default=t0 + 1.0)
-    span = max(t1 - t0, 1.0)
+    spans = work_spans((b.start, b.end) for b in bars) or [(0.0, 1.0)]
+    t0, t1 = spans[0][0], spans[-1][1]
+    span = max(sum(e - s for s, e in spans), 0.01)  # time drawn to scale: idle gaps are cut out
     plot_w = width - left - right
+    scale = (plot_w - IDLE_W * (len(spans) - 1)) / span
+    offsets = []  # x where each span starts
+    pos = float(left)
+    for s0, s1 in spans:
+        offsets.append(pos)
+        pos += (s1 - s0) * scale + IDLE_W
 
     def x(t: float) -> float:
-        return left + (t - t0) / span * plot_w
+        for (s0, s1), off in zip(spans, offsets):
+            if t <= s1 + 1e-6:
+                return off + (max(t, s0) - s0) * scale
+        return offsets[-1] + (spans[-1][1] - spans[-1][0]) * scale
 
     out = [f'<svg xmlns="http://www.w3.org/2000/svg" class="timeline" viewBox="0 0 {width} {height}" '
            f'width="{width}" height="{height}" role="img" aria-label="timeline of every job on every node slot">']
@@ -244,19 +280,30 @@ def timeline_svg(plan: Plan, bars: list[Bar], job_by_id: dict[str, Job]) -> str:
             out.append(f'<line x1="4" x2="{width - right}" y1="{y}" y2="{y}" stroke="#b8bcc4"/>')
         label = f"{h}  #{i + 1}" if used[h] else f"{h}  (ran no job)"
         out.append(f'<text x="{left - 6}" y="{y + lane_h - 6}" text-anchor="end" class="lane">{esc(label)}</text>')
-    # time axis
+    # time axis: ticks within each working stretch; between two, a band says how long nothing ran
     step = _nice_step(span)
-    k = math.ceil(t0 / step - 1e-9)
-    while k * step <= t1 + 1e-6:
-        t = k * step
-        k += 1
-        xx = x(t)
-        fmt = "%H:%M" if step >= 60 and step % 60 == 0 else "%H:%M:%S"
-        label = time.strftime(("%m-%d " if span > 86400 else "") + fmt, time.localtime(t))
-        if step < 1:
-            label += f".{int(round(t * 10)) % 10}"
-        out.append(f'<line x1="{xx:.1f}" x2="{xx:.1f}" y1="{top - 4}" y2="{height - 8}" stroke="#d5d8dd"/>')
-        out.append(f'<text x="{xx:.1f}" y="{top - 8}" text-anchor="middle" class="tick">{label}</text>')
+    for n, (s0, s1) in enumerate(spans):
+        k = math.ceil(s0 / step - 1e-9)
+        while k * step <= s1 + 1e-6:
+            t = k * step
+            k += 1
+            xx = x(t)
+            fmt = "%H:%M" if step >= 60 and step % 60 == 0 else "%H:%M:%S"
+            label = time.strftime(("%m-%d " if t1 - t0 > 86400 else "") + fmt, time.localtime(t))
+            if step < 1:
+                label += f".{int(round(t * 10)) % 10}"
+            out.append(f'<line x1="{xx:.1f}" x2="{xx:.1f}" y1="{top - 4}" y2="{height - 8}" stroke="#d5d8dd"/>')
+            out.append(f'<text x="{xx:.1f}" y="{top - 8}" text-anchor="middle" class="tick">{label}</text>')
+        if n + 1 < len(spans):
+            gx, idle = offsets[n + 1] - IDLE_W, spans[n + 1][0] - s1
+            tip = (f"nothing ran for {fmt_duration(idle)}: "
+                   f"{fmt_clock(s1, date=True)} to {fmt_clock(spans[n + 1][0], date=True)}")
+            out.append(f'<g class="idle"><title>{esc(tip)}</title>'
+                       f'<rect x="{gx + 4:.1f}" y="{top - 4}" width="{IDLE_W - 8}" height="{height - top - 4}" '
+                       'fill="#e9eaee" stroke="#b8bcc4" stroke-dasharray="3 3"/>'
+                       f'<text x="{gx + IDLE_W / 2:.1f}" y="{top + 12}" text-anchor="middle" class="tick">idle</text>'
+                       f'<text x="{gx + IDLE_W / 2:.1f}" y="{top + 24}" text-anchor="middle" class="tick">'
+                       f'{esc(fmt_duration(idle))}</text></g>')
     out.append(f'<text x="4" y="{top - 8}" class="tick">{esc(fmt_clock(t0, date=True)[:10])}</text>')
     # the bars
     for b in bars:
@@ -584,6 +631,8 @@ def render(plan: Plan, jobs_path: Path, run_dir: Path, states: list[st.JobState]
         t0 = min(r.start for r in finished)
         t1 = max(max(r.start + r.runtime for r in finished), max((b.end for b in bars), default=t0))
         wall = max(t1 - t0, 1e-9)
+        spans = work_spans([(r.start, r.start + r.runtime) for r in finished] + [(b.start, b.end) for b in bars])
+        working = max(sum(e - s for s, e in spans), 1e-9)  # wall time less long idle stretches (resumes)
         busy = sum(r.runtime for r in finished)
         lost = sum(r.runtime for r in finished if not r.ok)
         slots = int(plan.worker.get("max_concurrent", 1) or 1)
@@ -591,7 +640,12 @@ def render(plan: Plan, jobs_path: Path, run_dir: Path, states: list[st.JobState]
         add("<table>")
         add(f"<tr><th>first start</th><td>{esc(fmt_clock(t0, date=True))}</td></tr>")
         add(f"<tr><th>last end</th><td>{esc(fmt_clock(t1, date=True))}</td></tr>")
-        add(f"<tr><th>wall time</th><td>{esc(fmt_duration(wall))}</td></tr>")
+        if len(spans) > 1:
+            add(f"<tr><th>wall time</th><td>{esc(fmt_duration(wall))}, of which {esc(fmt_duration(working))} "
+                f"working in {len(spans)} stretches and {esc(fmt_duration(wall - working))} with nothing "
+                "running (the run was resumed later)</td></tr>")
+        else:
+            add(f"<tr><th>wall time</th><td>{esc(fmt_duration(wall))}</td></tr>")
         add(f"<tr><th>busy time</th><td>{esc(fmt_duration(busy))} in {len(finished)} attempt(s) on "
             f"{len(hosts_used)} node(s); {esc(fmt_duration(lost))} in failed attempts</td></tr>")
         ok_runtimes = [r.runtime for r in finished if r.ok]
@@ -602,13 +656,13 @@ def render(plan: Plan, jobs_path: Path, run_dir: Path, states: list[st.JobState]
         add("</table>")
         add('<h3>Where the time went, per node</h3><table class="hosts"><tr><th>node</th><th class="num">done</th>'
             f'<th class="num">failed attempts</th><th class="num">busy</th><th class="num">use of its {slots} slot(s)'
-            "</th></tr>")
+            + (" while working" if len(spans) > 1 else "") + "</th></tr>")
         for h in hosts_used:
             mine = [r for r in finished if host_of(r) == h]
             b = sum(r.runtime for r in mine)
             add(f'<tr><td>{esc(h)}</td><td class="num">{sum(r.ok for r in mine)}</td>'
                 f'<td class="num">{sum(not r.ok for r in mine)}</td><td class="num">{esc(fmt_duration(b))}</td>'
-                f'<td class="num">{100 * b / (slots * wall):.0f} %</td></tr>')
+                f'<td class="num">{100 * b / (slots * working):.0f} %</td></tr>')
         idle = [h for h in plan.worker.get("nodes", []) if h not in hosts_used]
         for h in idle:
             add(f'<tr><td>{esc(h)}</td><td class="num">0</td><td class="num">0</td><td class="num">-</td>'

@@ -361,3 +361,37 @@ def test_preview_of_a_big_non_square_image_with_blanks(tmp_path):
     assert 0.0018 < stats["rms"] < 0.0022 and stats["beam"] == "36\u2033 \u00d7 18\u2033"
     pixels = pytest.importorskip("matplotlib.image").imread(str(png))[..., :3]
     assert (pixels.sum(axis=2) > 2.5).sum() >= 1  # the source: a bright (yellow-white) pixel
+
+
+def test_work_spans_cut_out_long_idle_stretches():
+    # two runs of 20 min each, 5 h apart: two stretches; short pauses do not split
+    assert report.work_spans([(0, 600), (500, 1200), (1300, 1400)]) == [(0, 1400)]
+    assert report.work_spans([(0, 1200), (1200 + 5 * 3600, 2400 + 5 * 3600)]) == [
+        (0, 1200), (1200 + 5 * 3600, 2400 + 5 * 3600)]
+    # a pause longer than 10 min but short next to hours of work is kept in scale
+    assert report.work_spans([(0, 4 * 3600), (4 * 3600 + 900, 5 * 3600)]) == [(0, 5 * 3600)]
+    assert report.work_spans([]) == []
+
+
+def test_a_run_resumed_hours_later_keeps_a_readable_timeline(run, tmp_path):
+    # the job log of the real run, with its last attempt moved 6 hours later (a resume the next morning)
+    jobs = copy_of(run, tmp_path)
+    log = jobs.parent / "joblog.tsv"
+    header, *rows = log.read_text().splitlines()
+    last = rows[-1].split("\t")
+    last[2] = f"{float(last[2]) + 6 * 3600:.3f}"
+    log.write_text("\n".join([header, *rows[:-1], "\t".join(last)]) + "\n")
+    out = imgpipe("report", jobs, cwd=run.root, env=run.env)
+    assert out.returncode == 0, out.stderr
+    page = parse(jobs.parent / "report.html")
+    timeline = section(page, "timeline")
+    (band,) = [g for g in timeline.iter(f"{SVG}g") if g.get("class") == "idle"]
+    assert "idle" in text_of(band) and "6h00m" in text_of(band)
+    assert text_of(band.find(f"{SVG}title")).startswith("nothing ran for 6h00m")
+    # bars keep their width: a ~0.3 s job is not squashed to nothing on a 6-hour axis
+    assert all(float(b.get("width")) > 20 for b in svg_bars(page))
+    summary = text_of(section(page, "summary"))
+    assert "with nothing running (the run was resumed later)" in summary
+    hosts = section(page, "summary").find(".//table[@class='hosts']")
+    use = [text_of(tr.findall("td")[-1]) for tr in hosts.findall("tr")[1:] if text_of(tr.find("td")) == "localhost"]
+    assert int(use[0].rstrip(" %")) >= 10  # measured over the working time, not over 6 hours
