@@ -53,6 +53,14 @@ def stand_in(tmp_path: Path, first_call: str) -> Path:
     return env_file
 
 
+def cmdline(pid: int) -> bytes:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return f.read()
+    except OSError:
+        return b""
+
+
 def rows_of(rdir: Path) -> dict[str, list[int]]:
     """job id -> exit status of each attempt, in order (both engines write the same job log)."""
     out: dict[str, list[int]] = {}
@@ -108,3 +116,29 @@ def test_a_dropped_connection_stops_the_job_on_the_node_and_it_runs_again(own_cl
     assert image_of(tmp_path, ms).exists() and provenance_of(tmp_path, ms).exists()
     assert not job_processes(tmp_path), job_processes(tmp_path)
     assert not tmp_dirs_left(tmp_path)
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_a_node_dying_mid_run_sends_its_unpinned_job_to_the_other_node(own_cluster, tmp_path, ms_factory, engine):
+    cluster = own_cluster
+    env_file = stand_in(tmp_path, f'sleep 3; exec {shutil.which("wsclean")} "$@"  # a slow start')
+    ms = make_ms_set(ms_factory, tmp_path, 2)
+    cfg = config(tmp_path, cluster, worker={"env_file": toml_str(str(env_file)), "max_concurrent": "1"})
+    proc = start_imgpipe(cluster, tmp_path, "image", "--engine", engine, cfg, *ms)
+    try:
+        wait_for(lambda: any(b"stand-in/wsclean" in cmdline(p) for p in cluster.host_pids("node002")), 30,
+                 "a job to start on node002")
+        cluster.stop_host("node002")
+        out, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    r = expect(Run(proc.returncode, out, err, 0.0), 0)
+    assert "node node002 cannot be reached any more" in r.err, r
+    assert "all 2 job(s) done" in r.err, r
+    rows = read_rows(run_dir(tmp_path) / "joblog.tsv")
+    moved = [row.job_id for row in rows if row.exitval == 255]
+    assert len(moved) == 1, rows
+    assert [(row.host, row.exitval) for row in rows if row.job_id == moved[0]] == [("node002", 255), ("node001", 0)]
+    assert all(image_of(tmp_path, m).exists() for m in ms)
