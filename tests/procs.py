@@ -6,6 +6,15 @@ import os
 from pathlib import Path
 
 
+def cmdline(pid: int) -> bytes:
+    """The NUL-separated argv of ``pid`` (empty once it is gone)."""
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return f.read()
+    except OSError:
+        return b""
+
+
 def processes_mentioning(text: str) -> list[str]:
     """Command lines of live processes (not zombies) whose argv contains ``text``."""
     found = []

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from imgpipe.joblog import read_rows
-from procs import job_processes, processes_mentioning
+from procs import cmdline, job_processes, processes_mentioning
 from sshcluster import _alive
 from test_engine_parallel import (
     Run, config, expect, image_of, imgpipe, make_ms_set, provenance_of, run_dir, start_imgpipe,
@@ -53,12 +53,17 @@ def stand_in(tmp_path: Path, first_call: str) -> Path:
     return env_file
 
 
-def cmdline(pid: int) -> bytes:
+def run_while(cluster, tmp_path: Path, args: list, during) -> Run:
+    """Run imgpipe; call ``during()`` while it runs (it waits for its moment); return the Run."""
+    proc = start_imgpipe(cluster, tmp_path, *args)
     try:
-        with open(f"/proc/{pid}/cmdline", "rb") as f:
-            return f.read()
-    except OSError:
-        return b""
+        during()
+        out, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    return Run(proc.returncode, out, err, 0.0)
 
 
 def rows_of(rdir: Path) -> dict[str, list[int]]:
@@ -98,19 +103,15 @@ def test_a_dropped_connection_stops_the_job_on_the_node_and_it_runs_again(own_cl
     env_file = stand_in(tmp_path, 'exec -a "$0" sleep 60  # silent, like a long read of a large MS')
     (ms,) = make_ms_set(ms_factory, tmp_path, 1)
     cfg = config(tmp_path, cluster, worker={"env_file": toml_str(str(env_file)), "nodes": "'node001'"})
-    proc = start_imgpipe(cluster, tmp_path, "image", "--engine", engine, cfg, ms)
-    try:
+
+    def cut():
         quiet = wait_for(lambda: [int(p.split(":")[0]) for p in processes_mentioning(str(tmp_path))
                                   if p.split()[1].endswith("stand-in/wsclean")], 30, "the silent first call")
         cluster.drop_connections("node001")
         # nothing reaches the node but the lost connection: the job must stop itself there
         wait_for(lambda: not any(_alive(p) for p in quiet), 15, "the job on the node to stop itself")
-        out, err = proc.communicate(timeout=120)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
-    r = expect(Run(proc.returncode, out, err, 0.0), 0)
+
+    r = expect(run_while(cluster, tmp_path, ["image", "--engine", engine, cfg, ms], cut), 0)
     assert "all 1 job(s) done" in r.err, r
     assert rows_of(run_dir(tmp_path)) == {"0001": [255, 0]}  # the connection failure, then the retry
     assert image_of(tmp_path, ms).exists() and provenance_of(tmp_path, ms).exists()
@@ -124,17 +125,13 @@ def test_a_node_dying_mid_run_sends_its_unpinned_job_to_the_other_node(own_clust
     env_file = stand_in(tmp_path, f'sleep 3; exec {shutil.which("wsclean")} "$@"  # a slow start')
     ms = make_ms_set(ms_factory, tmp_path, 2)
     cfg = config(tmp_path, cluster, worker={"env_file": toml_str(str(env_file)), "max_concurrent": "1"})
-    proc = start_imgpipe(cluster, tmp_path, "image", "--engine", engine, cfg, *ms)
-    try:
+
+    def kill_node002():
         wait_for(lambda: any(b"stand-in/wsclean" in cmdline(p) for p in cluster.host_pids("node002")), 30,
                  "a job to start on node002")
         cluster.stop_host("node002")
-        out, err = proc.communicate(timeout=120)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
-    r = expect(Run(proc.returncode, out, err, 0.0), 0)
+
+    r = expect(run_while(cluster, tmp_path, ["image", "--engine", engine, cfg, *ms], kill_node002), 0)
     assert "node node002 cannot be reached any more" in r.err, r
     assert "all 2 job(s) done" in r.err, r
     rows = read_rows(run_dir(tmp_path) / "joblog.tsv")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import subprocess
 import sys
@@ -10,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from procs import cmdline
 from sshcluster import SshCluster, SshClusterError, missing_tools
 
 _missing = missing_tools() + ([] if shutil.which("parallel") else ["parallel"])
@@ -133,44 +135,24 @@ def test_stop_host_kills_running_jobs_and_multiplexed_sessions(own_cluster):
     """A node dying mid-job: the job's ssh ends with 255, even through a ControlMaster."""
     c = own_cluster
     assert c.master_pid("node001")  # start() left a ControlMaster behind
-    job = subprocess.Popen(["ssh", "-F", str(c.ssh_config), "node001", "sleep 60"],
-                           env=c.env(), stdin=subprocess.DEVNULL,
-                           stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    try:
-        deadline = time.monotonic() + 10
-        while not any(b"sleep" in _cmdline(p) for p in c.host_pids("node001")):
-            assert time.monotonic() < deadline, "remote sleep never started"
-            time.sleep(0.05)
+    with remote_sleep(c, "node001") as job:
         sessions = c.host_pids("node001")
         c.stop_host("node001")
         assert job.wait(timeout=10) == 255
         assert not any(_alive(p) for p in sessions)
         assert c.master_pid("node001") is None
-    finally:
-        job.kill()
-        job.communicate()
 
 
 def test_drop_connections_cuts_the_session_but_the_node_stays_up(own_cluster):
     """A network drop: ssh ends with 255, the remote command lives on, a new login works."""
     c = own_cluster
-    job = subprocess.Popen(["ssh", "-F", str(c.ssh_config), "node001", "sleep 60"],
-                           env=c.env(), stdin=subprocess.DEVNULL,
-                           stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    try:
-        deadline = time.monotonic() + 10
-        while not any(b"sleep" in _cmdline(p) for p in c.host_pids("node001")):
-            assert time.monotonic() < deadline, "remote sleep never started"
-            time.sleep(0.05)
+    with remote_sleep(c, "node001") as job:
         left = c.drop_connections("node001")
         assert job.wait(timeout=10) == 255
-        assert any(b"sleep" in _cmdline(p) for p in left)
+        assert any(b"sleep" in cmdline(p) for p in left)
         assert all(_alive(p) for p in left)  # nothing told the remote command
         assert c.ssh("node001", "echo back").stdout.strip() == "back"
-    finally:
-        job.kill()
-        job.communicate()
-        c.stop_host("node001")  # also ends the orphaned sleep
+    c.stop_host("node001")  # also ends the orphaned sleep
 
 
 def test_stop_removes_every_process_and_socket(tmp_path):
@@ -216,8 +198,17 @@ def _alive(pid: int) -> bool:
     return stat[stat.rfind(")") + 2] != "Z"
 
 
-def _cmdline(pid: int) -> bytes:
+@contextlib.contextmanager
+def remote_sleep(c, host: str):
+    """``ssh HOST sleep 60`` (the Popen), once the sleep runs on the host; killed at the end."""
+    job = subprocess.Popen(["ssh", "-F", str(c.ssh_config), host, "sleep 60"], env=c.env(),
+                           stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes()
-    except FileNotFoundError:
-        return b""
+        deadline = time.monotonic() + 10
+        while not any(b"sleep" in cmdline(p) for p in c.host_pids(host)):
+            assert time.monotonic() < deadline, "remote sleep never started"
+            time.sleep(0.05)
+        yield job
+    finally:
+        job.kill()
+        job.communicate()
