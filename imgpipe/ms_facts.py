@@ -81,7 +81,7 @@ def import_tables():
 
 
 def _read_one(path: str, column: str | None) -> MSFacts | str:
-    tables = import_tables()
+    from casacore import tables  # already imported by read_facts (import_tables): a lookup
 
     try:
         spw = tables.table(os.path.join(path, "SPECTRAL_WINDOW"), ack=False, readonly=True,

@@ -631,7 +631,7 @@ def render(plan: Plan, jobs_path: Path, run_dir: Path, states: list[st.JobState]
         t0 = min(r.start for r in finished)
         t1 = max(max(r.start + r.runtime for r in finished), max((b.end for b in bars), default=t0))
         wall = max(t1 - t0, 1e-9)
-        spans = work_spans([(r.start, r.start + r.runtime) for r in finished] + [(b.start, b.end) for b in bars])
+        spans = work_spans((b.start, b.end) for b in bars)  # a bar per job-log row, and per running job
         working = max(sum(e - s for s, e in spans), 1e-9)  # wall time less long idle stretches (resumes)
         busy = sum(r.runtime for r in finished)
         lost = sum(r.runtime for r in finished if not r.ok)
