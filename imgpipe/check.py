@@ -7,9 +7,9 @@ commands differ only in ``-name``, ``-temp-dir`` and the MS paths are checked on
 from __future__ import annotations
 
 import shutil
-import subprocess
 from concurrent.futures import ThreadPoolExecutor
 
+from .commands import run
 from .errors import PlanErrors
 from .plan import Plan
 
@@ -35,15 +35,13 @@ def _which(ids: list[str]) -> str:
 
 
 def _dry_run(argv: tuple[str, ...], wsclean: str) -> tuple[int, str]:
-    try:
-        proc = subprocess.run([wsclean, "-dry-run", *argv[1:]], stdin=subprocess.DEVNULL, capture_output=True,
-                              text=True, errors="replace", timeout=120)
-    except subprocess.TimeoutExpired:
-        return 255, "`wsclean -dry-run` did not answer within 120 s"
-    output = proc.stdout + proc.stderr
+    result = run([wsclean, "-dry-run", *argv[1:]], timeout=120)
+    if result.code is None:
+        return 255, f"`wsclean -dry-run` {result.error}"
+    output = result.stdout + result.stderr
     # WSClean 3.1 reports a parse error with exit 255, or in some builds prints it and exits 0
-    failed = proc.returncode != 0 or "An exception occured" in output or "An exception occurred" in output
-    return (proc.returncode or 255) if failed else 0, output
+    failed = result.code != 0 or "An exception occured" in output or "An exception occurred" in output
+    return (result.code or 255) if failed else 0, output
 
 
 def check_plan(plan: Plan, wsclean: str | None = None) -> int | None:

@@ -49,13 +49,20 @@ def _add_plan_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--debug", action="store_true", default=None, help="print every planned command")
 
 
+def _add_force_argument(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--force", action="store_true",
+                   help="make every job's images again, even those done, and replace images that another "
+                   "command made under the same names (their files are removed first)")
+
+
 def _add_run_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--engine", choices=("parallel", "make"), default="parallel",
+    from .engines import DEFAULT, names
+
+    p.add_argument("--engine", choices=names(), default=DEFAULT,
                    help="what runs the jobs: GNU parallel (default) or the generated Makefile")
     p.add_argument("--dry-run", action="store_true", default=None,
-                   help="print each job with its host; start nothing, write nothing")
-    p.add_argument("--force", action="store_true",
-                   help="recompute every job, even those already done")
+                   help="print each job with its host and whether it is done; start nothing, write nothing")
+    _add_force_argument(p)
 
 
 def _add_run_dir_argument(p: argparse.ArgumentParser) -> None:
@@ -82,6 +89,7 @@ def build_parser() -> argparse.ArgumentParser:
     plan.add_argument("--json", action="store_true", help="print the plan as JSON on stdout")
     plan.add_argument("--check", action="store_true",
                       help="also validate every distinct command with `wsclean -dry-run`")
+    _add_force_argument(plan)
 
     image = sub.add_parser(
         "image",
@@ -142,22 +150,60 @@ def _overrides(args: argparse.Namespace) -> dict:
     return {"worker": worker} if worker else {}
 
 
-def _print_summary(plan, jobs_path, out) -> None:
+def _image_states(plan, force: bool) -> dict:
+    """job id -> its image set; images of another command are a plan error unless ``force``."""
+    from .errors import PlanErrors
+    from .image_sets import FORCE_HINT, foreign_problems, image_sets
+
+    sets = image_sets(plan.jobs)
+    problems = foreign_problems(plan.jobs, sets)
+    if problems and not force:
+        raise PlanErrors(problems, hint=FORCE_HINT)
+    return sets
+
+
+def _job_state(image_set, force: bool) -> str:
+    if image_set.state == "foreign":
+        return "replaces"  # (only with --force: otherwise a plan error)
+    if image_set.done and not force:
+        return "done"
+    return "to run"
+
+
+def _totals(plan, sets, force: bool) -> str:
+    """'8 job(s): 6 done, 2 to run' (and how many replace images of another command)."""
+    from collections import Counter
+
+    c = Counter(_job_state(sets[j.id], force) for j in plan.jobs)
+    parts = [f"{c['done']} done", f"{c['to run'] + c['replaces']} to run"]
+    if c["replaces"]:
+        parts.append(f"{c['replaces']} of them replacing images of another command")
+    return f"{len(plan.jobs)} job(s): " + ", ".join(parts)
+
+
+def _print_summary(plan, jobs_path, sets, force, out) -> None:
     n_ms = sum(len(j.ms) for j in plan.jobs)
-    nodes = ",".join(plan.worker["nodes"])
+    nodes = ",".join(plan.worker.nodes)
     print(
         f"imgpipe: planned {len(plan.jobs)} job(s) for {n_ms} MS(s) from {plan.config_path}\n"
-        f"  nodes {nodes}, up to {plan.worker['max_concurrent']} job(s) per node",
+        f"  nodes {nodes}, up to {plan.worker.max_concurrent} job(s) per node",
         file=out,
     )
-    print(f"  {'job':<6} {'host':<12} {'chan':>5}  images (-name prefix) <- MS", file=out)
+    print(f"  {'job':<6} {'host':<12} {'state':<8} {'chan':>5}  images (-name prefix) <- MS", file=out)
     for job in plan.jobs[:SUMMARY_ROWS]:
         ms = os.path.basename(job.ms[0]) + (f" (+{len(job.ms) - 1} more)" if len(job.ms) > 1 else "")
         chans = str(job.channels_out) if job.channels_out is not None else "-"
-        print(f"  {job.id:<6} {job.host or '*':<12} {chans:>5}  {job.name} <- {ms}", file=out)
+        state = _job_state(sets[job.id], force)
+        print(f"  {job.id:<6} {job.host or '*':<12} {state:<8} {chans:>5}  {job.name} <- {ms}", file=out)
     if len(plan.jobs) > SUMMARY_ROWS:
         print(f"  ... and {len(plan.jobs) - SUMMARY_ROWS} more (all in the jobs file)", file=out)
+    print(f"  {_totals(plan, sets, force)}" + ("; nothing to do" if _nothing_left(plan, sets, force) else ""),
+          file=out)
     print(f"Jobs file: {jobs_path}", file=out)
+
+
+def _nothing_left(plan, sets, force: bool) -> bool:
+    return not force and all(sets[j.id].done for j in plan.jobs)
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
@@ -178,39 +224,45 @@ def cmd_plan(args: argparse.Namespace) -> int:
             print("imgpipe: warning: --check skipped: wsclean is not installed here", file=sys.stderr)
         else:
             print(f"imgpipe: wsclean -dry-run accepts all {checked} distinct command(s)", file=sys.stderr)
+    sets = _image_states(plan, args.force)
     path = args.jobs_file or jobs_file.default_path(plan)
     path = jobs_file.write(plan, path)
     if args.json:
         doc = plan.as_dict()
         doc["jobs_file"] = os.path.abspath(path)
+        for job in doc["jobs"]:
+            job["state"] = _job_state(sets[job["id"]], args.force)
         json.dump(doc, sys.stdout, indent=1, ensure_ascii=False)
         sys.stdout.write("\n")
     else:
-        _print_summary(plan, path, sys.stdout)
+        _print_summary(plan, path, sets, args.force, sys.stdout)
     return 0
 
 
-def _print_dry_run(plan) -> None:
+def _print_dry_run(plan, sets, force: bool) -> None:
     for job in plan.jobs:
-        print(f"[{job.id} on {job.host or 'any node'}] {job.command}")
-    print(f"imgpipe: dry run: {len(plan.jobs)} job(s) would run; nothing was started or written", file=sys.stderr)
+        state = _job_state(sets[job.id], force)
+        mark = "" if state == "to run" else f", {state}"
+        print(f"[{job.id} on {job.host or 'any node'}{mark}] {job.command}")
+    left = "nothing to do; " if _nothing_left(plan, sets, force) else ""
+    print(f"imgpipe: dry run: {_totals(plan, sets, force)}; {left}nothing was started or written", file=sys.stderr)
 
 
 def _run_engine(plan, path, args, rerun) -> int:
     from .errors import ImgpipeError
 
-    if plan.worker["nodes"] == ["slurm"]:
+    if plan.worker.nodes == ("slurm",):
         raise ImgpipeError(
             "nodes = 'slurm': running through Slurm is not implemented yet",
             where=plan.config_path,
             hint=f"list the nodes to use over ssh in [worker] nodes; the jobs file {path} is written and can be "
             "run by your own Slurm script (one line per job: ID, host, command)",
         )
-    if args.engine == "make":
-        from .engine_make import run
-    else:
-        from .engine_parallel import run
-    return run(plan, Path(path), force=args.force, rerun=rerun)
+    from .engines.loop import run
+    from .status import print_summary
+
+    outcome = run(plan, Path(path), engine=args.engine, force=args.force, rerun=rerun)
+    return print_summary(plan, outcome)
 
 
 def cmd_image(args: argparse.Namespace) -> int:
@@ -226,8 +278,9 @@ def cmd_image(args: argparse.Namespace) -> int:
     if config.worker.debug:
         for job in plan.jobs:
             print(f"[{job.id} @ {job.host or '*'}] {job.command}", file=sys.stderr)
+    sets = _image_states(plan, args.force)
     if config.worker.dry_run:
-        _print_dry_run(plan)
+        _print_dry_run(plan, sets, args.force)
         return 0
     path = jobs_file.write(plan, args.jobs_file or jobs_file.default_path(plan))
     n_ms = sum(len(j.ms) for j in plan.jobs)
@@ -239,8 +292,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     from . import jobs_file
 
     plan = jobs_file.read(args.jobs_file)
-    if args.dry_run or plan.worker.get("dry_run"):
-        _print_dry_run(plan)
+    if args.dry_run:
+        _print_dry_run(plan, _image_states(plan, args.force), args.force)
         return 0
     return _run_engine(plan, args.jobs_file, args, ["imgpipe", "run", args.jobs_file])
 
@@ -291,7 +344,7 @@ def find_run(arg: str | None) -> Path:
 
 
 def _last_activity(jobs: Path) -> float:
-    from .status import JOBLOG, ROUND_JOBLOG
+    from .run_dir import JOBLOG, ROUND_JOBLOG
 
     times = [jobs.stat().st_mtime]
     for name in (JOBLOG, ROUND_JOBLOG, "logs"):

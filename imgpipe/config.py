@@ -72,6 +72,58 @@ _EVERY_RE = re.compile(r"^every\s*(\d+)$")
 
 
 @dataclass(frozen=True)
+class RunSettings:
+    """The ``[worker]`` settings a run needs, typed: carried from the plan, through the jobs
+    file (its ``# worker:`` line, covered by the plan digest), to the engines."""
+
+    nodes: tuple[str, ...]
+    max_concurrent: int = 4
+    env_file: str = ""
+    max_time: float = 0
+    slurm_nodes: int = 0
+    slurm_options: str = ""
+    ssh: str = "ssh"
+    retries: int = 0
+    connection_retries: int = 3
+
+    def as_dict(self) -> dict[str, Any]:
+        """A stable JSON-able form (the jobs file's ``# worker:`` line; the digest is taken over it)."""
+        return {
+            "nodes": list(self.nodes),
+            "max_concurrent": self.max_concurrent,
+            "env_file": self.env_file,
+            "max_time": self.max_time,
+            "slurm_nodes": self.slurm_nodes,
+            "slurm_options": self.slurm_options,
+            "ssh": self.ssh,
+            "retries": self.retries,
+            "connection_retries": self.connection_retries,
+        }
+
+    @classmethod
+    def from_dict(cls, data: Any) -> "RunSettings":
+        """Read back ``as_dict``'s form; ValueError naming the key when it is not that form."""
+        if not isinstance(data, dict):
+            raise ValueError("the worker settings are not a JSON object")
+        unknown = sorted(set(data) - set(cls.__dataclass_fields__))
+        if unknown:
+            raise ValueError(f"unknown worker setting {unknown[0]!r}")
+        nodes = data.get("nodes")
+        if not isinstance(nodes, list) or not nodes or not all(isinstance(n, str) and n for n in nodes):
+            raise ValueError("worker 'nodes' is not a list of host names")
+        kinds = {"max_concurrent": _is_int, "slurm_nodes": _is_int, "retries": _is_int,
+                 "connection_retries": _is_int, "max_time": _is_number,
+                 "env_file": lambda v: isinstance(v, str), "slurm_options": lambda v: isinstance(v, str),
+                 "ssh": lambda v: isinstance(v, str) and bool(v.strip())}
+        for key, ok in kinds.items():
+            if key in data and not ok(data[key]):
+                raise ValueError(f"worker {key!r} has the wrong type: {data[key]!r}")
+        if data.get("max_concurrent", 4) < 1:
+            raise ValueError("worker 'max_concurrent' is less than 1")
+        return cls(**{**data, "nodes": tuple(nodes)})
+
+
+@dataclass(frozen=True)
 class WorkerConfig:
     nodes: tuple[str, ...]
     max_concurrent: int
@@ -87,19 +139,13 @@ class WorkerConfig:
     retries: int = 0
     connection_retries: int = 3
 
-    def as_dict(self) -> dict[str, Any]:
-        """The settings a run needs, in a stable JSON-able form."""
-        return {
-            "nodes": list(self.nodes),
-            "max_concurrent": self.max_concurrent,
-            "env_file": self.env_file,
-            "max_time": self.max_time,
-            "slurm_nodes": self.slurm_nodes,
-            "slurm_options": self.slurm_options,
-            "ssh": self.ssh,
-            "retries": self.retries,
-            "connection_retries": self.connection_retries,
-        }
+    def run_settings(self) -> RunSettings:
+        """What a run of the plan needs (planning-only keys such as debug and the pattern left out)."""
+        return RunSettings(
+            nodes=self.nodes, max_concurrent=self.max_concurrent, env_file=self.env_file,
+            max_time=self.max_time, slurm_nodes=self.slurm_nodes, slurm_options=self.slurm_options,
+            ssh=self.ssh, retries=self.retries, connection_retries=self.connection_retries,
+        )
 
 
 @dataclass(frozen=True)

@@ -19,9 +19,11 @@ from __future__ import annotations
 import json
 import os
 import shlex
+import stat
 import tempfile
 from pathlib import Path
 
+from .config import RunSettings
 from .errors import ImgpipeError
 from .plan import Job, Plan, plan_digest
 
@@ -36,7 +38,7 @@ def render(plan: Plan) -> str:
         FORMAT_LINE,
         f"# config: {plan.config_path}",
         f"# plan-digest: {plan.digest}",
-        "# worker: " + json.dumps(plan.worker, sort_keys=True, ensure_ascii=False),
+        "# worker: " + json.dumps(plan.worker.as_dict(), sort_keys=True, ensure_ascii=False),
         "# one job per line: ID <TAB> HOST <TAB> COMMAND   (HOST '*' = any node)",
     ]
     for job in plan.jobs:
@@ -56,11 +58,53 @@ def default_path(plan: Plan, base: str | os.PathLike = ".") -> Path:
     return Path(base) / RUNS_DIR / f"{stem}-{plan.digest[:12]}" / JOBS_FILE_NAME
 
 
+def umask_mode(mode: int = 0o666) -> int:
+    """``mode`` less this process's umask: the mode ``open`` gives a new file (every file of a run)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return mode & ~mask
+
+
+def _check_target(path: Path) -> None:
+    """Refuse anything at ``path`` but a jobs file: a directory, a device, a symlink, another file."""
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return
+    except OSError as e:
+        raise ImgpipeError(f"cannot write the jobs file: {e.strerror}", where=str(path)) from None
+    hint = "give --jobs-file the path of a new file, or of a jobs file written by imgpipe"
+    if stat.S_ISLNK(st.st_mode):
+        raise ImgpipeError(f"cannot write the jobs file: this is a symbolic link (to {os.readlink(path)}), "
+                           "and imgpipe does not write through links",
+                           where=str(path), hint="give the real path of the jobs file") from None
+    if stat.S_ISDIR(st.st_mode):
+        raise ImgpipeError("cannot write the jobs file: this is a directory", where=str(path),
+                           hint=f"give the path of a file in it, e.g. {path / JOBS_FILE_NAME}")
+    if not stat.S_ISREG(st.st_mode):
+        raise ImgpipeError("cannot write the jobs file: this is not a regular file (a device, a pipe or a socket)",
+                           where=str(path), hint=hint)
+    try:
+        with open(path, "rb") as f:
+            first = f.read(len(FORMAT_LINE) + 1)
+    except OSError as e:
+        raise ImgpipeError(f"cannot read the file already there: {e.strerror}", where=str(path), hint=hint) from None
+    if first not in (FORMAT_LINE.encode() + b"\n", b""):
+        raise ImgpipeError("cannot write the jobs file: a file that is not an imgpipe jobs file is there, "
+                           "and it is not replaced",
+                           where=str(path), hint=hint)
+
+
 def write(plan: Plan, path: str | os.PathLike) -> Path:
-    """Write atomically (a reader never sees half a file); unchanged content is left alone."""
+    """Write atomically (a reader never sees half a file); unchanged content is left alone.
+
+    Only a jobs file (or nothing) at ``path`` is replaced; the new file gets the mode any
+    file of the run gets (0666 less the umask), so colleagues read a shared run.
+    """
     path = Path(path)
     text = render(plan)
-    if path.is_file() and path.read_text(encoding="utf-8") == text:
+    _check_target(path)
+    if path.is_file() and path.read_text(encoding="utf-8", errors="replace") == text:
         return path
     tmp = None
     try:
@@ -68,11 +112,12 @@ def write(plan: Plan, path: str | os.PathLike) -> Path:
         fd, tmp = tempfile.mkstemp(prefix=".jobs-", dir=path.parent)
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(text)
+        os.chmod(tmp, umask_mode(0o666))
         os.replace(tmp, path)
     except OSError as e:
         if tmp is not None and os.path.lexists(tmp):
             os.unlink(tmp)  # a failed write leaves nothing behind
-        raise ImgpipeError(f"cannot write the jobs file: {e}", where=str(path)) from None
+        raise ImgpipeError(f"cannot write the jobs file: {e.strerror or e}", where=str(path)) from None
     return path
 
 
@@ -106,10 +151,12 @@ def read(path: str | os.PathLike) -> Plan:
             raise ImgpipeError(f"line {n} is not ID<TAB>HOST<TAB>COMMAND ({e})", where=str(path)) from None
         jobs.append(_job_from_argv(job_id, None if host == ANY_HOST else host, argv))
     try:
-        worker = json.loads(header["worker"])
+        worker = RunSettings.from_dict(json.loads(header["worker"]))
         digest = header["plan-digest"]
         config = header["config"]
-    except (KeyError, ValueError) as e:
+    except KeyError as e:
+        raise ImgpipeError(f"jobs file header is damaged (no {e.args[0]!r} line)", where=str(path)) from None
+    except ValueError as e:
         raise ImgpipeError(f"jobs file header is damaged ({e})", where=str(path)) from None
     plan = Plan(config_path=config, worker=worker, jobs=tuple(jobs), digest=digest)
     if plan_digest(worker, plan.jobs) != digest:

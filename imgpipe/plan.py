@@ -17,7 +17,7 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any
 
-from .config import Config, suggest
+from .config import Config, RunSettings, suggest
 from .errors import ImgpipeError, PlanErrors
 from .hosts import host_from_path, is_slurm, majority_host
 from .inputs import MSInput
@@ -68,23 +68,29 @@ class Job:
 @dataclass(frozen=True)
 class Plan:
     config_path: str
-    worker: dict[str, Any]
+    worker: RunSettings
     jobs: tuple[Job, ...]
     digest: str = field(default="")
+
+    @property
+    def tag(self) -> str:
+        """The mark each job's wrapper carries in its argv (``imgpipe-<digest12>``): how a job-log
+        row, a log line or a process is told to belong to this plan."""
+        return f"imgpipe-{self.digest[:12]}"
 
     def as_dict(self) -> dict[str, Any]:
         return {
             "config": self.config_path,
             "digest": self.digest,
-            "worker": self.worker,
+            "worker": self.worker.as_dict(),
             "jobs": [j.as_dict() for j in self.jobs],
         }
 
 
-def plan_digest(worker: dict[str, Any], jobs: tuple[Job, ...]) -> str:
+def plan_digest(worker: RunSettings, jobs: tuple[Job, ...]) -> str:
     """sha256 over what a run does: the worker settings and every job's id, host and argv."""
     payload = json.dumps(
-        {"worker": worker, "jobs": [[j.id, j.host, list(j.argv)] for j in jobs]},
+        {"worker": worker.as_dict(), "jobs": [[j.id, j.host, list(j.argv)] for j in jobs]},
         sort_keys=True,
         ensure_ascii=False,
         separators=(",", ":"),
@@ -460,7 +466,7 @@ def build_plan(
         if combine_obs_ids and not combine:
             hint = "--combine_obs_ids only takes effect with --combine; " + hint
         raise PlanErrors(collisions, hint=hint)
-    worker = config.worker.as_dict()
+    worker = config.worker.run_settings()
     frozen = tuple(jobs)
     return Plan(config_path=str(config.path), worker=worker, jobs=frozen, digest=plan_digest(worker, frozen))
 

@@ -44,8 +44,9 @@ from urllib.parse import quote
 from . import __version__
 from . import jobs_file as jf
 from . import status as st
-from .joblog import Row, read_rows
+from .joblog import attempts
 from .plan import Job, Plan
+from .run_dir import LOGS, Row, classify
 
 REPORT = "report.html"
 REPORT_DIR = "report"  # the preview PNGs (and their cached statistics), next to report.html
@@ -134,7 +135,7 @@ def host_namer(plan: Plan):
     """row -> node name: GNU parallel logs this machine as ':'; call it by the plan's name for it."""
     from .hosts import is_local
 
-    local = next((h for h in plan.worker.get("nodes", []) if is_local(h)), "localhost")
+    local = next((h for h in plan.worker.nodes if is_local(h)), "localhost")
 
     def name(row: Row) -> str:
         return local if row.host in (":", "localhost") else row.host
@@ -145,14 +146,6 @@ def host_namer(plan: Plan):
 def running_host(plan: Plan, s: st.JobState) -> str:
     """The node of a running job: its pinned node, else the host its wrapper names in its log."""
     return s.host or "(node not known yet)"
-
-
-def attempts(run_dir: Path) -> list[Row]:
-    """Every row of the job log (every attempt of every job), plus a round not yet merged into it."""
-    rows = read_rows(run_dir / st.JOBLOG)
-    seen = {(r.job_id, round(r.start, 3)) for r in rows}
-    rows += [r for r in read_rows(run_dir / st.ROUND_JOBLOG) if (r.job_id, round(r.start, 3)) not in seen]
-    return sorted(rows, key=lambda r: r.start)
 
 
 @dataclass
@@ -179,7 +172,7 @@ def timeline_bars(plan: Plan, states: list[st.JobState], rows: list[Row], now: f
     for r in rows:
         jid = r.job_id or "?"
         seen[jid] = seen.get(jid, 0) + 1
-        why = "" if r.ok else st.classify(r)[1]
+        why = "" if r.ok else classify(r.exitval, r.signal)[1]
         bars.append(Bar(jid, host_of(r), r.start, r.start + max(r.runtime, 0.0), "done" if r.ok else "failed",
                         why, seen[jid], n_of[jid]))
     for s in states:
@@ -238,8 +231,8 @@ def work_spans(intervals) -> list[tuple[float, float]]:
 
 def timeline_svg(plan: Plan, bars: list[Bar], job_by_id: dict[str, Job]) -> str:
     """The Gantt chart: x = time, one lane per node slot; inline SVG, hover titles, labels when wide enough."""
-    slots = int(plan.worker.get("max_concurrent", 1) or 1)
-    hosts = list(plan.worker.get("nodes", []))
+    slots = plan.worker.max_concurrent
+    hosts = list(plan.worker.nodes)
     for b in bars:
         if b.host not in hosts:
             hosts.append(b.host)
@@ -635,7 +628,7 @@ def render(plan: Plan, jobs_path: Path, run_dir: Path, states: list[st.JobState]
         working = max(sum(e - s for s, e in spans), 1e-9)  # wall time less long idle stretches (resumes)
         busy = sum(r.runtime for r in finished)
         lost = sum(r.runtime for r in finished if not r.ok)
-        slots = int(plan.worker.get("max_concurrent", 1) or 1)
+        slots = plan.worker.max_concurrent
         hosts_used = sorted({host_of(r) for r in finished})
         add("<table>")
         add(f"<tr><th>first start</th><td>{esc(fmt_clock(t0, date=True))}</td></tr>")
@@ -663,7 +656,7 @@ def render(plan: Plan, jobs_path: Path, run_dir: Path, states: list[st.JobState]
             add(f'<tr><td>{esc(h)}</td><td class="num">{sum(r.ok for r in mine)}</td>'
                 f'<td class="num">{sum(not r.ok for r in mine)}</td><td class="num">{esc(fmt_duration(b))}</td>'
                 f'<td class="num">{100 * b / (slots * working):.0f} %</td></tr>')
-        idle = [h for h in plan.worker.get("nodes", []) if h not in hosts_used]
+        idle = [h for h in plan.worker.nodes if h not in hosts_used]
         for h in idle:
             add(f'<tr><td>{esc(h)}</td><td class="num">0</td><td class="num">0</td><td class="num">-</td>'
                 '<td class="num muted">ran no job</td></tr>')
@@ -685,8 +678,8 @@ def render(plan: Plan, jobs_path: Path, run_dir: Path, states: list[st.JobState]
     if failed:
         add(f'<section id="failures"><h2>Failures ({len(failed)})</h2>')
         for s in sorted(failed, key=lambda s: s.job.id):
-            log = run_dir / st.LOGS / s.job.id
-            err = run_dir / st.LOGS / f"{s.job.id}.err"
+            log = run_dir / LOGS / s.job.id
+            err = run_dir / LOGS / f"{s.job.id}.err"
             add(f'<div class="failure" id="fail-{esc(s.job.id)}" data-job="{esc(s.job.id)}">')
             add(f"<h3>job {esc(s.job.id)} \u2014 {esc(ms_label(s.job))}</h3>")
             add(f'<div>{esc(s.why or "failed")} (class <b>{esc(s.failure or "-")}</b>, exit status '
@@ -711,8 +704,8 @@ def render(plan: Plan, jobs_path: Path, run_dir: Path, states: list[st.JobState]
         "<th>log</th><th>images</th><th class=\"num\">peak</th><th class=\"num\">RMS</th></tr></thead><tbody>")
     for s in sorted(states, key=lambda s: (order[s.state], s.job.id)):
         j = s.job
-        log = run_dir / st.LOGS / j.id
-        err = run_dir / st.LOGS / f"{j.id}.err"
+        log = run_dir / LOGS / j.id
+        err = run_dir / LOGS / f"{j.id}.err"
         why = s.why or ""
         if s.state == "not started":
             if j.host and j.host not in ran_hosts and rows:
@@ -777,7 +770,7 @@ def render(plan: Plan, jobs_path: Path, run_dir: Path, states: list[st.JobState]
     add(f'<tr><th>jobs file</th><td><a href="{href(jf.JOBS_FILE_NAME)}">{esc(jobs_path)}</a></td></tr>')
     add(f"<tr><th>config</th><td>{esc(plan.config_path)}</td></tr>")
     add(f"<tr><th>plan digest</th><td><code>{esc(plan.digest)}</code></td></tr>")
-    for key, value in sorted(plan.worker.items()):
+    for key, value in sorted(plan.worker.as_dict().items()):
         shown = ", ".join(map(str, value)) if isinstance(value, list) else json.dumps(value, ensure_ascii=False)
         add(f"<tr><th>worker {esc(key)}</th><td><code>{esc(shown)}</code></td></tr>")
     add("</table>")
@@ -800,7 +793,7 @@ def write_report(jobs_file: Path) -> Path:
     run_dir = Path(os.path.abspath(jobs_file.parent))
     now = time.time()
     states = st.job_states(plan, run_dir)
-    rows = attempts(run_dir)
+    rows = attempts(run_dir, plan.tag)
     libs = preview_libs()
     prev = previews(states, run_dir, libs)
     page = render(plan, Path(os.path.abspath(jobs_file)), run_dir, states, rows, prev, libs is not None, now)

@@ -1,37 +1,31 @@
-"""Status: each job's state, from the job log(s), the per-job logs and the provenance records.
+"""Status: each job's state, from its images (the rule), its attempts and its log.
 
 Nothing here contacts a node. A job is
-- ``done``: its last job-log row succeeded (or its provenance record says so),
-- ``failed``: its last row failed (with a failure class read from the exit code),
-- ``running``: a run holds the run directory and the job's log was started after its last row,
-- ``not started``: none of the above.
+
+- ``done``: its images say so (``image_sets``: record of its command, every image there),
+  whatever the job log says;
+- ``running``: a run holds the run directory, the job is in its round, and its log was
+  started (no row yet);
+- ``failed``: not done, and its last attempt failed (a failure class read from the exit code);
+- ``not started``: none of the above (never run, stopped, or its images are gone since).
+
+``print_summary`` is the end-of-run report of ``imgpipe run`` and ``imgpipe CONFIG ...``.
 """
 
 from __future__ import annotations
 
 import os
 import re
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from .joblog import Row, last_rows, read_rows
+from .hosts import is_local
+from .image_sets import ImageSet, image_sets
+from .joblog import attempts, last_rows
 from .plan import Job, Plan
-
-JOBLOG = "joblog.tsv"
-ROUND_JOBLOG = "joblog.round.tsv"
-ROUND_IDS = "round.ids"
-LOGS = "logs"
-LOCK = "run.lock"
-
-# exit status of bin/imgpipe-job (and ssh) -> failure class, human reason
-CLASSES = {
-    10: ("wsclean", "WSClean failed"),
-    11: ("env_file", "env_file could not be sourced"),
-    12: ("setup", "job set-up failed (directories, wsclean not found)"),
-    124: ("timeout", "max_time reached"),
-    255: ("connection", "ssh could not reach the node (or the connection dropped)"),
-}
+from .run_dir import LOGS, ROUND_IDS, ROUND_JOBLOG, Row, classify, read_rows, run_active
 
 
 @dataclass(frozen=True)
@@ -42,9 +36,10 @@ class JobState:
     start: float | None = None
     runtime: float | None = None
     exitval: int | None = None
-    failure: str | None = None  # wsclean | env_file | setup | timeout | connection | signal
+    failure: str | None = None  # wsclean | env_file | setup | record | busy | foreign | timeout | connection | signal
     why: str | None = None
     log: str | None = None
+    images: ImageSet | None = None
 
     def as_dict(self) -> dict:
         return {
@@ -60,80 +55,52 @@ class JobState:
             "log": self.log,
             "name": self.job.name,
             "ms": list(self.job.ms),
+            "images": self.images.state if self.images else None,
         }
 
 
-def classify(row: Row) -> tuple[str, str]:
-    """(failure class, reason) for a failed row."""
-    if row.signal:
-        return "signal", f"killed by signal {row.signal}"
-    if row.exitval in CLASSES:
-        return CLASSES[row.exitval]
-    if row.exitval == -1:
-        return "timeout", "stopped by GNU parallel's --timeout"
-    if row.exitval > 128:
-        sig = row.exitval - 128
-        extra = " (KILL: out of memory?)" if sig == 9 else ""
-        return "signal", f"WSClean killed by signal {sig}{extra}"
-    return "wsclean", f"exit status {row.exitval}"
-
-
-def run_active(run_dir: Path) -> bool:
-    """True while an imgpipe run holds the run directory's lock."""
-    import fcntl
-
-    try:
-        fd = os.open(run_dir / LOCK, os.O_RDONLY)
-    except OSError:
-        return False
-    try:
-        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-    except OSError:
-        return True
-    finally:
-        os.close(fd)
-    return False
-
-
 def log_path(run_dir: Path, job: Job) -> Path:
-    return run_dir / LOGS / job.id
-
-
-def provenance_path(job: Job) -> Path:
-    return Path(job.name + ".imgpipe.json")
+    return Path(run_dir) / LOGS / job.id
 
 
 def job_states(plan: Plan, run_dir: Path) -> list[JobState]:
     run_dir = Path(run_dir)
-    round_rows = last_rows(read_rows(run_dir / ROUND_JOBLOG))
-    rows = {**last_rows(read_rows(run_dir / JOBLOG)), **round_rows}
+    rows = last_rows(attempts(run_dir, plan.tag))
     in_round: set[str] = set()
     if run_active(run_dir):
         try:
             in_round = set((run_dir / ROUND_IDS).read_text().split())
         except OSError:
             pass
+        in_round -= {r.job_id for r in read_rows(run_dir / ROUND_JOBLOG) if r.tag == plan.tag}  # ended
+    sets = image_sets(plan.jobs)
     states = []
     for job in plan.jobs:
         log = log_path(run_dir, job)
         row = rows.get(job.id)
-        if job.id in in_round and job.id not in round_rows:
+        images = sets[job.id]
+        log_str = str(log) if log.exists() else None
+        if job.id in in_round:
             if log.exists():
                 states.append(JobState(job, "running", host=job.host or host_from_log(log, plan),
-                                       start=log.stat().st_ctime, log=str(log)))
+                                       start=log.stat().st_ctime, log=str(log), images=images))
             else:
-                states.append(JobState(job, "not started"))
-        elif row is not None and row.ok:
-            states.append(JobState(job, "done", host=_host(row), start=row.start, runtime=row.runtime,
-                                   exitval=0, log=str(log)))
-        elif row is not None:
-            failure, why = classify(row)
+                states.append(JobState(job, "not started", images=images))
+        elif images.done:
+            ok = row if row is not None and row.ok else None
+            states.append(JobState(job, "done", host=_host(ok) if ok else None, start=ok.start if ok else None,
+                                   runtime=ok.runtime if ok else None, exitval=0, log=log_str, images=images))
+        elif row is not None and not row.ok:
+            failure, why = classify(row.exitval, row.signal)
             states.append(JobState(job, "failed", host=_host(row), start=row.start, runtime=row.runtime,
-                                   exitval=row.exitval, failure=failure, why=why, log=str(log)))
-        elif provenance_path(job).is_file():
-            states.append(JobState(job, "done", log=str(log) if log.exists() else None))
+                                   exitval=row.exitval, failure=failure, why=why, log=log_str, images=images))
         else:
-            states.append(JobState(job, "not started"))
+            why = None
+            if images.state == "foreign":
+                why = "images of another command are there (--force replaces them)"
+            elif row is not None:  # it succeeded, but its images are not (all) there now
+                why = f"ran before, but its images are {'incomplete' if images.state == 'incomplete' else 'gone'}"
+            states.append(JobState(job, "not started", why=why, log=log_str, images=images))
     return states
 
 
@@ -142,8 +109,6 @@ _WRAPPER_LINE = re.compile(r"imgpipe-job \S+ \[(\S+) ")
 
 def host_from_log(log: Path, plan: Plan) -> str | None:
     """The node a running job's wrapper names in its log's first line, as the plan names it."""
-    from .hosts import is_local
-
     try:
         with open(log, "rb") as f:
             m = _WRAPPER_LINE.match(f.readline(4096).decode("utf-8", errors="replace"))
@@ -151,7 +116,7 @@ def host_from_log(log: Path, plan: Plan) -> str | None:
         return None
     if not m:
         return None
-    host, nodes = m.group(1), list(plan.worker.get("nodes", []))
+    host, nodes = m.group(1), list(plan.worker.nodes)
     if is_local(host):
         return next((h for h in nodes if is_local(h)), "localhost")
     short = host.split(".")[0]
@@ -195,6 +160,41 @@ def tail(path: str | None, n: int = 5) -> list[str]:
         return []
     lines = [ln.rstrip() for ln in text.splitlines() if ln.strip() and not set(ln.strip()) <= set("+ ")]
     return lines[-n:]
+
+
+def print_summary(plan: Plan, outcome, out=None) -> int:
+    """The end-of-run report of an engine run (``engines.loop.Outcome``); returns its exit code."""
+    out = out or sys.stderr
+    run_dir = outcome.run.path
+    if outcome.nothing_to_do or outcome.stopped:
+        return outcome.code  # (the loop said it)
+    total = len(plan.jobs)
+    if len(outcome.done) == total:
+        print(f"imgpipe: all {total} job(s) done. Run directory: {run_dir}", file=out)
+        return outcome.code
+    states = [s for s in job_states(plan, run_dir) if s.job.id not in outcome.done]
+    failed = [s for s in states if s.state == "failed"]
+    print(f"imgpipe: {len(outcome.done)} of {total} job(s) done, {len(failed)} failed, "
+          f"{total - len(outcome.done) - len(failed)} not run. Run directory: {run_dir}", file=out)
+    print(f"  {'job':<6} {'host':<12} {'why':<50} log", file=out)
+    for s in sorted(states, key=lambda s: (s.state != "failed", s.job.id)):
+        host = s.host or s.job.host or "-"
+        if s.state == "failed":
+            why = s.why or "failed"
+        elif s.job.host in outcome.unreachable:
+            why = f"not run: node {s.job.host} unreachable"
+        else:
+            why = s.why or "not run"
+        print(f"  {s.job.id:<6} {host:<12} {why:<50} {s.log or '-'}", file=out)
+        if s.state == "failed":  # the end of its log; and of its stderr (a crash, a missing library...)
+            for line in tail(s.log, 3):
+                print(f"         | {line}", file=out)
+            for line in tail(f"{s.log}.err" if s.log else None, 3):
+                print(f"  stderr | {line}", file=out)
+    print("To resume (runs only what is not done):", file=out)
+    for hint in outcome.hints:
+        print(f"  {hint}", file=out)
+    return outcome.code
 
 
 def now() -> float:

@@ -1,4 +1,4 @@
-"""What both engines share (imgpipe/engine.py): failed jobs run again as the config says.
+"""What both engines share (imgpipe/engines/loop.py): failed jobs run again as the config says.
 
 Real sshd "nodes" on loopback, real GNU parallel and make, real WSClean for every image.
 Two things cannot be made to happen on cue with a real WSClean, so for them a stand-in

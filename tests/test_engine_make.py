@@ -128,9 +128,17 @@ def test_make_by_hand_and_parallel_then_make_share_what_is_done(cluster, ms_fact
     before = {p: p.stat().st_mtime for p in (tmp_path / "images").rglob("img-image.fits")}
     r = imgpipe([cfg, *data, "--engine", "make"], tmp_path, cluster)
     assert r.returncode == 0, r.stderr
+    assert "nothing to do" in r.stderr
     assert {jid: len(rs) for jid, rs in rows_per_job(run_dir).items()} == {"0001": 1, "0002": 1}
     assert {p: p.stat().st_mtime for p in before} == before  # nothing recomputed
-    # the Makefile works by hand: remove one done marker, make redoes only that job
+    # the images of job 0002 removed: make remakes them, and only them
+    shutil.rmtree(tmp_path / "images" / data[1].name)
+    r = imgpipe([cfg, *data, "--engine", "make"], tmp_path, cluster)
+    assert r.returncode == 0, r.stderr
+    assert {jid: len(rs) for jid, rs in rows_per_job(run_dir).items()} == {"0001": 1, "0002": 2}
+    assert (tmp_path / "images" / data[1].name / "img-image.fits").is_file()
+    assert sorted(p.name for p in (run_dir / "done").iterdir()) == ["0001", "0002"]
+    # the Makefile works by hand: remove one done marker, make runs only that job, which finds it done
     (run_dir / "done" / "0002").unlink()
     env = cluster.env()
     proc = subprocess.run(["make", "-C", str(run_dir), "-k", "-j", "2"], env=env, capture_output=True, text=True,
@@ -138,7 +146,9 @@ def test_make_by_hand_and_parallel_then_make_share_what_is_done(cluster, ms_fact
     assert proc.returncode == 0, proc.stderr
     assert (run_dir / "done" / "0002").exists()
     log = (run_dir / "logs" / "0002").read_text()
-    assert "already done" in log  # the provenance record stops a recomputation even by hand
+    assert "already done" in log  # the record stops a recomputation even by hand
+    assert {p: p.stat().st_mtime for p in before if data[0].name in str(p)} == \
+        {p: t for p, t in before.items() if data[0].name in str(p)}
 
 
 def test_make_engine_ctrl_c_stops_every_job_and_a_rerun_finishes(cluster, ms_factory, tmp_path):

@@ -128,7 +128,7 @@ def test_read_round_trips(run_cli, write_config, two_ms, tmp_path):
     plan = jobs_file.read(jf)
     assert plan.digest == planned["digest"]
     assert plan.config_path == str(cfg)
-    assert plan.worker == planned["worker"]
+    assert plan.worker.as_dict() == planned["worker"]
     for job, want in zip(plan.jobs, planned["jobs"], strict=True):
         assert job.id == want["id"]
         assert job.host == want["host"]

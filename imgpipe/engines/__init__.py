@@ -1,0 +1,32 @@
+"""The engines that run a plan's jobs: existing tools behind one small interface.
+
+- ``base.Engine``: what an engine does (start a round of jobs on the live nodes, say how
+  to stop it, give the round's job-log rows, say how to resume by hand);
+- ``loop.run``: the one run loop every engine goes through (lock, what is left to do,
+  nodes, rounds, retries, dead nodes, progress, stop, guard);
+- ``control``: probing the nodes and stopping what runs there;
+- one module per engine, defining ``ENGINE``: ``parallel`` (GNU parallel), ``make``.
+
+Adding an engine means adding one module here: ``names()`` finds it.
+"""
+
+from __future__ import annotations
+
+import importlib
+import pkgutil
+
+SUPPORT = ("base", "loop", "control")  # the modules that are no engine
+DEFAULT = "parallel"
+
+
+def names() -> list[str]:
+    """The engines there are: every module of this package but the support modules."""
+    found = [m.name for m in pkgutil.iter_modules(__path__) if m.name not in SUPPORT]
+    return sorted(found, key=lambda n: (n != DEFAULT, n))
+
+
+def load(name: str):
+    """The Engine class of engine ``name``."""
+    if name not in names():
+        raise ValueError(f"no engine {name!r} (engines: {', '.join(names())})")
+    return importlib.import_module(f"{__name__}.{name}").ENGINE

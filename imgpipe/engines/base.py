@@ -1,0 +1,95 @@
+"""What an engine is: the small interface between the run loop and a tool that runs jobs.
+
+The run loop (``loop.run``) decides everything: which jobs are left (the images say),
+on which nodes, how many rounds, what to retry, when to stop. An engine only runs
+one round of jobs with its tool, on the nodes it is given, no more than
+``max_concurrent`` at once per node, each job through the node-side wrapper
+(``imgpipe-job``, called with ``run_dir.wrapper_args``), and leaves one row per
+attempt, in GNU parallel's job-log format, in ``joblog.round.tsv``.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import signal
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..plan import Job, Plan
+from ..run_dir import ROUND_JOBLOG, RunDir, read_rows, share_resources, wrapper_args
+
+
+def ssh_command(plan: Plan) -> list[str]:
+    """The ssh command: $IMGPIPE_SSH, else [worker] ssh (default 'ssh')."""
+    return shlex.split(os.environ.get("IMGPIPE_SSH") or plan.worker.ssh or "ssh")
+
+
+@dataclass(frozen=True)
+class Context:
+    """What every round of a run shares."""
+
+    plan: Plan
+    run: RunDir
+    jobs_path: Path
+    ssh: list[str]
+    force: bool
+    env: dict  # the environment engines start with (PARALLEL_HOME set)
+
+
+@dataclass(frozen=True)
+class Round:
+    number: int
+    todo: list[Job]  # the jobs to run, in plan order
+    nodes: list[str]  # the nodes that answer
+    done: frozenset[str]  # the jobs whose images are done (for engines that keep their own record of it)
+
+
+class Engine:
+    """One tool that runs jobs. Subclasses set the class attributes and implement ``start``."""
+
+    name = ""
+    tools: tuple[tuple[str, str], ...] = ()  # (program, Debian package) it needs here
+    hold = signal.SIGHUP  # the signal that stops it from starting jobs, keeping the running ones
+    output = "engine.stderr"  # where its own messages go, in the run directory
+
+    def __init__(self, ctx: Context) -> None:
+        self.ctx = ctx
+
+    # -- what each engine does
+    def prepare(self) -> None:
+        """Write the files that resume this plan by hand (parallel.sh, the Makefile...)."""
+
+    def start(self, rnd: Round) -> subprocess.Popen:
+        """Start running ``rnd.todo`` on ``rnd.nodes``; the process is waited for by the loop."""
+        raise NotImplementedError
+
+    def resume_hint(self) -> str:
+        """The command that resumes the run with the tool alone."""
+        raise NotImplementedError
+
+    # -- shared by the engines
+    def rows(self) -> list:
+        """The rows the round left (read once it ended or was stopped)."""
+        return read_rows(self.ctx.run / ROUND_JOBLOG)
+
+    def end_round(self) -> None:
+        """Remove the round's own files."""
+        (self.ctx.run / ROUND_JOBLOG).unlink(missing_ok=True)
+
+    def wrapper_words(self, job_id: str, command: str, *, share: bool) -> list[str]:
+        """``imgpipe-job`` and its arguments for one job (or for an engine's placeholders)."""
+        return ["imgpipe-job", *wrapper_args(self.ctx.plan, job_id, command, share=share, force=self.ctx.force,
+                                             run=self.ctx.run.label)]
+
+    def popen(self, argv: list[str], env: dict | None = None, cwd=None) -> subprocess.Popen:
+        """Start the engine's process in a session of its own (the loop stops it as a group);
+        its messages go to ``output`` in the run directory."""
+        with open(self.ctx.run / self.output, "a") as err:
+            return subprocess.Popen(argv, env=env or self.ctx.env, cwd=cwd, stdin=subprocess.DEVNULL, stdout=err,
+                                    stderr=err, start_new_session=True)
+
+    @staticmethod
+    def shares(jobs) -> bool:
+        return all(share_resources(j) for j in jobs)

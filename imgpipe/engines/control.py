@@ -1,0 +1,209 @@
+"""Reaching the nodes and stopping what runs there, for every engine.
+
+- ``probe``: which nodes answer ``ssh NODE true`` (all at once, FAN_OUT at a time).
+- ``signal_jobs`` / ``jobs_running``: the wrappers of one plan (their argv carries the
+  plan's tag) on every node, through ``pkill``/``pgrep`` there.
+- ``stop_engine``: the one stop procedure (Ctrl-C, SIGTERM, a killed imgpipe, a leftover).
+- ``Guard``: a small process forked by the run loop. It holds the run's lock with it and
+  watches a pipe from imgpipe; when the pipe closes without a goodbye (imgpipe was killed,
+  even by SIGKILL), it stops the engine and every job with ``stop_engine``, then lets the
+  lock go. So an engine never outlives imgpipe; if the guard was killed too, the next run
+  finds the engine from ``run.json`` (``leftover``) and stops it before it starts.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import signal
+import socket
+import sys
+import time
+from typing import Callable
+
+from ..commands import on_nodes
+from ..hosts import is_local
+from ..run_dir import STOPPING
+
+STOP_GRACE = 20.0  # seconds the node-side wrappers get to stop WSClean and clean up
+
+
+def probe(hosts, ssh: list[str], timeout: float = 15.0) -> dict[str, str]:
+    """host -> why it cannot be reached, for every remote host that fails ``ssh host true``."""
+    results = on_nodes([h for h in hosts if not is_local(h)], "true", ssh, timeout=timeout)
+    return {h: r.reason for h, r in results.items() if not r.ok}
+
+
+def wrapper_pattern(tag: str) -> str:
+    """The ``pkill -f`` regex of a running wrapper: ``imgpipe-job TAG ID ...``.
+
+    The brackets keep it from matching the shell that runs pkill; ``[^{]`` keeps it from
+    matching GNU parallel itself, whose command template says ``imgpipe-job TAG {id}``
+    (a TERM would make parallel kill its ssh clients, cutting the wrappers' output
+    before they have stopped WSClean).
+    """
+    return f"[i]mgpipe-job {tag} [^{{]"
+
+
+def signal_jobs(tag: str, hosts, ssh: list[str], sig: str = "TERM") -> None:
+    """Signal every wrapper carrying ``tag`` on every host (the wrapper stops WSClean and cleans up).
+
+    With ``KILL`` the wrappers' children (WSClean, or ``timeout`` and its process group) are
+    killed first: a KILLed wrapper cannot stop them, and they would run on, orphaned.
+    """
+    quoted = shlex.quote(wrapper_pattern(tag))
+    if sig == "KILL":
+        script = (f"for p in $(pgrep -f {quoted}); do for c in $(pgrep -P $p); do kill -KILL -- -$c $c; done; "
+                  "kill -KILL $p; done 2>/dev/null; true")
+    else:
+        script = f"pkill -{sig} -f {quoted}"
+    on_nodes(hosts, script, ssh, timeout=30)
+
+
+def jobs_running(tag: str, hosts, ssh: list[str]) -> list[str]:
+    """Hosts where a wrapper carrying ``tag`` still runs."""
+    results = on_nodes(hosts, f"pgrep -f {shlex.quote(wrapper_pattern(tag))}", ssh, timeout=30)
+    return [h for h, r in results.items() if r.ok]
+
+
+def process_start(pid: int) -> int | None:
+    """The start time of process ``pid`` (clock ticks since boot), None when it is gone or a zombie:
+    with the pid, it names one process for good (a pid alone may be reused)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read()
+    except OSError:
+        return None
+    fields = stat[stat.rfind(b")") + 2:].split()
+    if fields[0] == b"Z":
+        return None
+    return int(fields[19])
+
+
+def stop_engine(pid: int, alive: Callable[[], bool], hold: int, tag: str, nodes, ssh: list[str]) -> None:
+    """Stop the engine (process group ``pid``) and every job of the plan ``tag`` on every node.
+
+    1. ``hold`` stops the engine from starting jobs while it keeps its ssh clients, so the
+       wrappers' output still reaches logs/ (GNU parallel: SIGHUP; make: SIGSTOP).
+    2. The wrappers get TERM (again every 2 s: a job just starting has no wrapper to signal yet):
+       they stop WSClean, remove their temp dirs, let their claims go and exit. Killing the
+       engine first would not do: with ssh multiplexing (ControlMaster) remote jobs outlive
+       their ssh clients, and the wrappers would lose their output in the middle of stopping.
+    3. After STOP_GRACE, whatever is left gets KILL (the wrappers' children first), then the engine.
+    """
+    try:
+        os.kill(pid, hold)
+    except ProcessLookupError:
+        pass
+    deadline = time.time() + STOP_GRACE
+    next_term = 0.0
+    while alive() and time.time() < deadline:
+        if time.time() >= next_term:
+            signal_jobs(tag, nodes, ssh, "TERM")
+            next_term = time.time() + 2.0
+            if hold == signal.SIGSTOP and not jobs_running(tag, nodes, ssh):
+                break  # a stopped engine does not exit by itself
+        time.sleep(0.2)
+    if alive() or jobs_running(tag, nodes, ssh):
+        signal_jobs(tag, nodes, ssh, "KILL")
+    for sig in (signal.SIGTERM, signal.SIGCONT):
+        try:
+            os.killpg(pid, sig)
+        except (ProcessLookupError, PermissionError):
+            pass
+
+
+def engine_record(pid: int, hold: int, tag: str, nodes, name: str) -> dict:
+    """What run.json says of an engine while it runs: enough to find it and stop it later."""
+    return {"pid": pid, "start": process_start(pid), "host": socket.gethostname(), "hold": int(hold),
+            "tag": tag, "nodes": list(nodes), "name": name, "imgpipe": os.getpid()}
+
+
+def engine_alive(record: dict | None) -> bool:
+    """True when the engine a run.json record names still runs (on this machine, as the same process)."""
+    if not record or record.get("host") != socket.gethostname():
+        return False
+    pid = record.get("pid")
+    return isinstance(pid, int) and record.get("start") is not None and process_start(pid) == record["start"]
+
+
+def stop_leftover(record: dict, ssh: list[str]) -> None:
+    """Stop an engine that an earlier imgpipe left running, and its jobs (``engine_alive`` first)."""
+    pid = record["pid"]
+    stop_engine(pid, lambda: process_start(pid) == record["start"], int(record["hold"]), record["tag"],
+                record["nodes"], ssh)
+
+
+class Guard:
+    """Stops the engine and its jobs when imgpipe dies (any signal, SIGKILL included).
+
+    ``start()`` forks it (before any thread runs: the loop probes the nodes after). imgpipe
+    tells it each engine it starts (``watch``) and says goodbye at the end (``close``). The
+    guard holds the run lock with imgpipe (the same open file), so while it stops a killed
+    run's jobs a new run of the plan waits, and the lock's text says so.
+    """
+
+    def __init__(self, ssh: list[str], lock) -> None:
+        self.ssh, self.lock = ssh, lock
+        self.pid: int | None = None
+        self.fd: int | None = None
+
+    def start(self) -> "Guard":
+        r, w = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # the guard
+            code = 0
+            try:
+                os.close(w)
+                self._watch(r)
+            except BaseException:
+                code = 1
+            finally:
+                os._exit(code)
+        os.close(r)
+        self.pid, self.fd = pid, w
+        return self
+
+    def watch(self, record: dict | None) -> None:
+        """The engine now running (its run.json record), or None between rounds."""
+        self._send(json.dumps(record) + "\n")
+
+    def close(self) -> None:
+        """imgpipe ends as it should: the guard goes, doing nothing."""
+        if self.fd is None:
+            return
+        self._send("bye\n")
+        os.close(self.fd)
+        self.fd = None
+        try:
+            os.waitpid(self.pid, 0)
+        except ChildProcessError:
+            pass
+
+    def _send(self, text: str) -> None:
+        if self.fd is not None:
+            try:
+                os.write(self.fd, text.encode())
+            except OSError:  # the guard is gone (killed): the next run's leftover check stands in for it
+                pass
+
+    def _watch(self, fd: int) -> None:
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGPIPE):
+            signal.signal(sig, signal.SIG_IGN)  # Ctrl-C is imgpipe's to handle; the pipe decides
+        record = None
+        with os.fdopen(fd, "rb") as pipe:
+            for line in pipe:
+                if line == b"bye\n":
+                    return
+                record = json.loads(line)
+        # the pipe closed without a goodbye: imgpipe is gone
+        if record and engine_alive(record):
+            parent = record.get("imgpipe")
+            self.lock.say(f"imgpipe pid {parent} (gone): its guard pid {os.getpid()} is {STOPPING}")
+            try:
+                print(f"imgpipe: pid {parent} is gone: stopping its engine and jobs", file=sys.stderr, flush=True)
+            except OSError:
+                pass
+            stop_leftover(record, self.ssh)
+

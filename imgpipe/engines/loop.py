@@ -1,0 +1,329 @@
+"""The run loop: one for every engine.
+
+``run(plan, jobs_path, engine=...)``:
+
+1. takes the run directory's lock (waiting for an earlier run that is stopping its jobs),
+   makes the directory this plan's (``RunDir.adopt``), and stops an engine an earlier,
+   killed imgpipe left running;
+2. asks the images what is left (``image_sets``): images of another command are a plan
+   error unless ``force``; when nothing is left it says so and starts nothing;
+3. probes the nodes, starts the guard (the engine never outlives imgpipe), and runs
+   rounds: the engine runs the jobs left on the live nodes; connection failures, and
+   WSClean failures when ``retries`` says so, run again in the next round, away from
+   nodes that died;
+4. on Ctrl-C / SIGTERM stops every job on every node (``control.stop_engine``), keeps
+   the job log consistent and returns 130;
+5. returns an ``Outcome`` that ``status.print_summary`` tells the user.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..errors import ImgpipeError, PlanErrors
+from ..image_sets import foreign_problems, image_sets, FORCE_HINT
+from ..plan import Plan
+from ..run_dir import (
+    JOBLOG, LOGS, RETRY_CONNECTION, RETRY_JOB, ROUND_IDS, ROUND_JOBLOG, RunDir, append_rows, classify, read_rows,
+)
+from . import load
+from .base import Context, Round, ssh_command
+from .control import Guard, engine_alive, engine_record, probe, stop_engine, stop_leftover
+
+
+def parallel_home() -> str:
+    """One PARALLEL_HOME for all of this user's runs (apart from ~/.parallel and its config):
+    GNU parallel caches there the command-line length it otherwise probes at every start."""
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(base, "imgpipe", "parallel")
+
+
+@dataclass
+class Outcome:
+    code: int  # 0 every job done, 1 some not, 130 stopped
+    run: RunDir
+    done: set[str]  # jobs done: by their images at the start, or by their node during the run
+    unreachable: dict[str, str] = field(default_factory=dict)  # node -> why
+    hints: list[str] = field(default_factory=list)  # how to resume
+    nothing_to_do: bool = False
+    stopped: bool = False
+
+
+def say(text: str) -> None:
+    print(f"imgpipe: {text}", file=sys.stderr)
+
+
+class Stopper:
+    """Turns SIGINT/SIGTERM/SIGHUP into a flag the wait loop checks."""
+
+    def __init__(self):
+        self.signal: int | None = None
+        self._old: dict[int, object] = {}
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+                self._old[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        if self.signal is not None and signum == signal.SIGINT:
+            print("imgpipe: still stopping the jobs, please wait", file=sys.stderr)
+        self.signal = signum
+
+    def __exit__(self, *exc):
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
+
+
+class Progress:
+    """A live status line on a terminal; plain periodic lines otherwise (IMGPIPE_PROGRESS_INTERVAL)."""
+
+    def __init__(self, total: int, done: set[str], run: RunDir, stream=None):
+        self.total, self.run = total, run
+        self.done, self.failed = done, set()  # (the loop's own sets: done grows as rounds end)
+        self.before = len(done)
+        self.round_ids: list[str] = []
+        self.stream = stream or sys.stderr
+        self.tty = self.stream.isatty()
+        self.interval = float(os.environ.get("IMGPIPE_PROGRESS_INTERVAL", "1" if self.tty else "30"))
+        self.started = time.time()
+        self.last_print = 0.0
+        self.last_text = ""
+
+    def line(self) -> str:
+        rows = read_rows(self.run / ROUND_JOBLOG)
+        ok = {r.job_id for r in rows if r.ok}
+        ended = {r.job_id for r in rows}
+        done = len(self.done | ok)
+        failed = len((self.failed | (ended - ok)) - ok - self.done)
+        running = sum(1 for j in self.round_ids if j not in ended and (self.run / LOGS / j).exists())
+        waiting = self.total - done - failed - running
+        elapsed = time.time() - self.started
+        finished_here = done - self.before + failed
+        eta = ""
+        if finished_here and waiting + running:
+            eta = f", ETA {_duration(elapsed / finished_here * (waiting + running))}"
+        return (f"imgpipe: {done}/{self.total} done, {failed} failed, {running} running, {waiting} waiting, "
+                f"{_duration(elapsed)} elapsed{eta}")
+
+    def tick(self, force: bool = False) -> None:
+        now = time.time()
+        if not force and now - self.last_print < self.interval:
+            return
+        self.last_print = now
+        text = self.line()
+        if self.tty:
+            self.stream.write("\r\033[K" + text)
+        elif text != self.last_text or force:
+            self.stream.write(text + "\n")
+        self.last_text = text
+        self.stream.flush()
+
+    def close(self) -> None:
+        if self.tty:
+            self.stream.write("\n")
+            self.stream.flush()
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(seconds)
+    if seconds < 60:
+        return f"{seconds}s"
+    if seconds < 3600:
+        return f"{seconds // 60}m{seconds % 60:02d}s"
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+
+
+class Retries:
+    """Which failed jobs run again: connection failures up to ``connection_retries`` times,
+    WSClean failures (and signals, max_time) up to ``retries`` times, anything else never."""
+
+    def __init__(self, worker) -> None:
+        self.limits = {"connection": worker.connection_retries, "job": worker.retries}
+        self.tries: Counter = Counter()
+        self.final: set[str] = set()  # failed for good in this invocation
+
+    def after_round(self, rows) -> bool:
+        """Count the round's failures; True when some job is to run again."""
+        again = False
+        for row in rows:
+            if row.ok or row.job_id is None:
+                continue
+            failure, _ = classify(row.exitval, row.signal)
+            kind = "connection" if failure in RETRY_CONNECTION else ("job" if failure in RETRY_JOB else None)
+            if kind is not None:
+                self.tries[kind, row.job_id] += 1
+            if kind is not None and self.tries[kind, row.job_id] <= self.limits[kind]:
+                again = True
+            else:
+                self.final.add(row.job_id)
+        return again
+
+
+def _wait(proc: subprocess.Popen, stopper: Stopper, progress: Progress) -> bool:
+    """Wait for the engine, ticking the progress line; False as soon as the user asks to stop."""
+    while proc.poll() is None:
+        if stopper.signal is not None:
+            return False
+        progress.tick()
+        try:
+            proc.wait(timeout=0.2)  # returns as soon as the engine exits
+        except subprocess.TimeoutExpired:
+            pass
+    return True
+
+
+def _engine_said(path: Path, start: int, todo, rows, name: str) -> None:
+    """The engine ended without running some jobs (its own error): say so, with its messages."""
+    missing = {j.id for j in todo} - {r.job_id for r in rows}
+    if not missing:
+        return
+    try:
+        with open(path, "rb") as f:
+            f.seek(start)
+            text = f.read().decode(errors="replace")
+    except OSError:
+        text = ""
+    lines = [ln for ln in text.splitlines() if ln.strip()][-8:]
+    say(f"the {name} engine ended without running {len(missing)} job(s)" + ("; it said:" if lines else f"; see {path}"))
+    for line in lines:
+        print(f"  | {line}", file=sys.stderr)
+
+
+def check_tools(engine_cls) -> None:
+    for tool, package in engine_cls.tools:
+        if shutil.which(tool) is None:
+            raise ImgpipeError(f"{tool} is not installed (the {engine_cls.name} engine needs it)",
+                               hint=f"install it (Debian: apt-get install {package})")
+
+
+def run(plan: Plan, jobs_path: Path, *, engine: str = "parallel", force: bool = False,
+        rerun: list[str] | None = None) -> Outcome:
+    """Run every job of the plan that is not done (every job with ``force``)."""
+    engine_cls = load(engine)
+    check_tools(engine_cls)
+    run_dir = RunDir(jobs_path.parent)
+    ssh = ssh_command(plan)
+    with run_dir.lock() as lock, Stopper() as stopper:
+        moved = run_dir.adopt(plan)
+        if moved:
+            say(f"{run_dir.path} held the files of another plan: they are now in earlier/{moved[:12]}/")
+        left = run_dir.state().get("engine")
+        if engine_alive(left):
+            say(f"the {left['name']} engine of an earlier run (pid {left['pid']}, started by imgpipe pid "
+                f"{left['imgpipe']}, which is gone) is still running: stopping it and its jobs first")
+            stop_leftover(left, ssh)
+        run_dir.write_state(engine=None)
+        sets = image_sets(plan.jobs)
+        foreign = foreign_problems(plan.jobs, sets)
+        if foreign and not force:
+            raise PlanErrors(foreign, hint=FORCE_HINT)
+        done = set() if force else {jid for jid, s in sets.items() if s.done}
+        hints = [shlex.join(rerun) + "      # the same command again"] if rerun else []
+        (run_dir / LOGS).mkdir(exist_ok=True)
+        say(f"run directory {run_dir.path}")
+        if len(done) == len(plan.jobs):
+            say(f"nothing to do: all {len(plan.jobs)} job(s) done, their images are there")
+            return Outcome(0, run_dir, done, nothing_to_do=True)
+        env = dict(os.environ)
+        env.setdefault("PARALLEL_HOME", parallel_home())
+        eng = engine_cls(Context(plan, run_dir, Path(os.path.abspath(jobs_path)), ssh, force, env))
+        eng.prepare()
+        hints.append(eng.resume_hint())
+        guard = Guard(ssh, lock).start()  # forked before any thread runs
+        try:
+            return _rounds(plan, run_dir, eng, guard, stopper, done, hints)
+        finally:
+            guard.close()
+
+
+def _rounds(plan: Plan, run_dir: RunDir, eng, guard: Guard, stopper: Stopper, done: set[str],
+            hints: list[str]) -> Outcome:
+    ssh = eng.ctx.ssh
+    nodes = list(plan.worker.nodes)
+    unreachable = probe(nodes, ssh)
+    live = [n for n in nodes if n not in unreachable]
+    for host, why in unreachable.items():
+        say(f"warning: node {host} cannot be reached ({why}); its pinned jobs will not run, "
+            "the others go to the remaining nodes")
+    progress = Progress(len(plan.jobs), done, run_dir)
+    retries = Retries(plan.worker)
+    progress.failed = retries.final
+    seq_of = {j.id: n for n, j in enumerate(plan.jobs, start=1)}
+    number = 0
+    while live:
+        todo = [j for j in plan.jobs
+                if j.id not in done and j.id not in retries.final and (j.host is None or j.host in live)]
+        if not todo:
+            break
+        number += 1
+        run_dir.archive_logs(j.id for j in todo)
+        (run_dir / ROUND_IDS).write_text("\n".join(j.id for j in todo) + "\n")
+        output = run_dir / eng.output
+        output_start = output.stat().st_size if output.exists() else 0
+        proc = eng.start(Round(number, todo, list(live), frozenset(done)))
+        record = engine_record(proc.pid, eng.hold, plan.tag, live, eng.name)
+        run_dir.write_state(engine=record)
+        guard.watch(record)
+        progress.round_ids = [j.id for j in todo]
+        if not _wait(proc, stopper, progress):
+            return _stop(plan, run_dir, eng, guard, proc, live, progress, done, unreachable, hints)
+        rows = eng.rows()
+        _engine_said(output, output_start, todo, rows, eng.name)
+        _end_round(run_dir, eng, guard, rows, seq_of, done)
+        if not retries.after_round(rows):
+            break
+        # a node that died during the round: stop sending jobs there
+        newly = probe(live, ssh)
+        for host, why in newly.items():
+            say(f"warning: node {host} cannot be reached any more ({why})")
+        live = [n for n in live if n not in newly]
+        unreachable.update(newly)
+    progress.round_ids = []
+    progress.tick(force=True)
+    progress.close()
+    if not live:
+        say("no node can be reached")
+    return Outcome(0 if len(done) == len(plan.jobs) else 1, run_dir, done, unreachable, hints)
+
+
+def _end_round(run_dir: RunDir, eng, guard: Guard, rows, seq_of: dict[str, int], done: set[str]) -> None:
+    """The round's rows go to the job log (under the Seq of the full input); the engine is no more."""
+    append_rows(run_dir / JOBLOG, rows, seq_of)
+    eng.end_round()
+    (run_dir / ROUND_IDS).unlink(missing_ok=True)
+    run_dir.write_state(engine=None)
+    guard.watch(None)
+    # a row that succeeded is the node's word, a moment ago, that the job's images are done
+    done.update(r.job_id for r in rows if r.ok and r.job_id)
+
+
+def _stop(plan: Plan, run_dir: RunDir, eng, guard: Guard, proc: subprocess.Popen, live: list[str],
+          progress: Progress, done: set[str], unreachable: dict[str, str], hints: list[str]) -> Outcome:
+    """Ctrl-C / SIGTERM: stop the engine and every job on every node; keep the job log consistent."""
+    stopped_at = time.time()
+    progress.close()
+    say("stopping: telling every job to stop (WSClean is stopped, temp dirs removed)...")
+    stop_engine(proc.pid, lambda: proc.poll() is None, eng.hold, plan.tag, live, eng.ctx.ssh)
+    try:
+        proc.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    # rows of jobs that ended before the stop, or succeeded anyway, are kept; the stopped ones
+    # are dropped: they run again
+    rows = [r for r in eng.rows() if r.ok or r.start + r.runtime <= stopped_at]
+    _end_round(run_dir, eng, guard, rows, {j.id: n for n, j in enumerate(plan.jobs, start=1)}, done)
+    say(f"stopped. {len(done)} of {len(plan.jobs)} job(s) done; run the same command again to resume.")
+    return Outcome(130, run_dir, done, unreachable, hints, stopped=True)

@@ -1,0 +1,112 @@
+"""The GNU parallel engine: the jobs run through ``parallel --sshlogin N/host``.
+
+- Each node is a host group with ``max_concurrent`` slots (``-S @node/N/node``,
+  ``:`` for this machine); a job pinned to a node carries ``@node`` at the end
+  of its input line (``--hgrp``); an unpinned job may run on any node.
+- The input line is ``ID<TAB>COMMAND[@node]`` with ``@``/``%`` percent-encoded
+  in COMMAND, so an ``@`` in a path never reads as a host group; the wrapper
+  decodes it. The line is ONE argument, split by the replacement strings
+  ``{id}`` and ``{cmd}`` (``--rpl``): with ``--colsep``, GNU parallel 20221122
+  strips the ``@node`` from the line but takes the job's host groups from the
+  first column, so a pinned job would run on any node.
+- The node-side wrapper travels in the environment variable IMGPIPE_JOB
+  (``--env``): nothing needs to be installed on the nodes.
+- ``--joblog`` and ``--results logs/{id}`` keep the outcome and output of every
+  job in the run directory, whatever the nodes' file systems.
+
+A round runs the lines of its jobs only; its job-log rows are appended to
+``joblog.tsv`` under the Seq of the full input, so ``parallel --resume-failed``
+over the full input (``parallel.sh``, for resuming by hand) agrees with imgpipe.
+"""
+
+from __future__ import annotations
+
+import shlex
+from pathlib import Path
+
+from ..hosts import is_local
+from ..plan import Job
+from ..run_dir import JOBLOG, LOGS, ROUND_JOBLOG
+from .base import Engine, Round
+
+INPUT = "parallel-input.tsv"
+ROUND_INPUT = "parallel-input.round.tsv"
+SCRIPT = "parallel.sh"
+
+# {id} and {cmd}: the two halves of an input line (its @node already removed by --hgrp)
+RPL = ["--rpl", r"{id} s/\t.*//s", "--rpl", r"{cmd} s/^[^\t]*\t//s"]
+
+
+def encode(command: str) -> str:
+    return command.replace("%", "%25").replace("@", "%40")
+
+
+def input_line(job: Job) -> str:
+    line = f"{job.id}\t{encode(job.command)}"
+    return f"{line}@{job.host}" if job.host else line
+
+
+def sshlogins(nodes: list[str], slots: int) -> str:
+    return ",".join(f"@{n}/{slots}/{':' if is_local(n) else n}" for n in nodes)
+
+
+class Parallel(Engine):
+    name = "parallel"
+    tools = (("parallel", "parallel"),)
+    output = "parallel.stderr"
+
+    def template(self) -> str:
+        """The command template: the wrapper from $IMGPIPE_JOB, with {id} and {cmd} for each job."""
+        words = self.wrapper_words("{id}", "{cmd}", share=self.shares(self.ctx.plan.jobs))
+        quoted = [w if w in ("{id}", "{cmd}") else shlex.quote(w) for w in words]
+        return 'bash -c "$IMGPIPE_JOB" ' + " ".join(quoted)
+
+    def argv(self, nodes: list[str], input_file: Path, joblog: Path, *, resume: bool) -> list[str]:
+        run = self.ctx.run
+        argv = [
+            "parallel", "--will-cite", "--hgrp", "-S", sshlogins(nodes, self.ctx.plan.worker.max_concurrent),
+            "--ssh", shlex.join(self.ctx.ssh), "--env", "IMGPIPE_JOB", *RPL,
+            "--joblog", str(joblog), "--results", str(run / LOGS) + "/{id}",
+        ]
+        if resume:
+            argv.append("--resume-failed")
+        return argv + [self.template(), "::::", str(input_file)]
+
+    def prepare(self) -> None:
+        """parallel-input.tsv (byte-identical for the same plan) and parallel.sh, the by-hand resume."""
+        run = self.ctx.run
+        path = run / INPUT
+        text = "".join(input_line(j) + "\n" for j in self.ctx.plan.jobs)
+        if not path.is_file() or path.read_text(encoding="utf-8") != text:
+            path.write_text(text, encoding="utf-8")
+        wrapper = run.install_wrapper()
+        argv = self.argv(list(self.ctx.plan.worker.nodes), path, run / JOBLOG, resume=True)
+        script = run / SCRIPT
+        script.write_text(
+            "#!/usr/bin/env bash\n"
+            "# Resume this run with GNU parallel directly: runs the jobs whose last job-log row\n"
+            "# failed or that never ran; each job checks its images on its node first, so what is\n"
+            "# done is never made again. (`imgpipe run` also remakes images deleted since.)\n"
+            "export PARALLEL_HOME=${PARALLEL_HOME:-$HOME/.parallel}\n"
+            f"IMGPIPE_JOB=\"$(cat {shlex.quote(str(wrapper))})\" {shlex.join(argv)}\n",
+            encoding="utf-8",
+        )
+        script.chmod(0o755)
+
+    def start(self, rnd: Round):
+        run = self.ctx.run
+        round_input = run / ROUND_INPUT
+        round_input.write_text("".join(input_line(j) + "\n" for j in rnd.todo), encoding="utf-8")
+        (run / ROUND_JOBLOG).unlink(missing_ok=True)
+        env = {**self.ctx.env, "IMGPIPE_JOB": (run / "imgpipe-job").read_text()}
+        return self.popen(self.argv(rnd.nodes, round_input, run / ROUND_JOBLOG, resume=False), env=env)
+
+    def end_round(self) -> None:
+        super().end_round()
+        (self.ctx.run / ROUND_INPUT).unlink(missing_ok=True)
+
+    def resume_hint(self) -> str:
+        return f"bash {shlex.quote(str(self.ctx.run / SCRIPT))}      # or GNU parallel directly"
+
+
+ENGINE = Parallel

@@ -1,0 +1,194 @@
+"""A job's image set: its record, the one rule of "done", and its claim.
+
+A job writes its images under its ``-name`` prefix ``P`` (``P-image.fits``,
+``P-0001-dirty.fits``, ...): its image set. Next to them, on success only, the
+node-side wrapper (bin/imgpipe-job) writes the record ``P.imgpipe.json``: the
+WSClean command that made the set, the image files it made (as suffixes of ``P``),
+the node, start and end.
+
+**The rule**, ``image_set(job).done``: a job is done when its record exists, holds
+this job's command (the exact command line of the jobs file: not a job number, a
+run directory or a plan) and every image file it lists is there. Whatever a job
+log, a make target or a run directory says; a partial set is never done. Resume,
+``status``, ``report``, ``plan``, ``--dry-run`` and every engine ask this module;
+on the node, bin/imgpipe-job reads the same record the same way before it runs a
+job (tests/test_image_sets.py runs both on the same cases).
+
+**The claim** ``P.imgpipe-claim``: while a job works on its set, its wrapper holds
+a lock (flock) on this file, and so does WSClean, which inherits it; the file says
+who holds it. A second job that wants the same set waits for it a while, then
+fails naming the holder. A lock dies with the processes holding it: a claim whose
+holder is gone is free, and the next job takes it over and says so.
+
+The states of a set (``ImageSet.state``):
+
+- ``absent``: no record (nothing made yet, or a run was stopped before the end);
+- ``done``: the rule holds;
+- ``incomplete``: a record of this command, but some image it lists is gone;
+- ``foreign``: a record of another command (another plan, ``--combine`` against
+  per-MS, other options): planning refuses to touch it unless ``--force``;
+- ``damaged``: a record that cannot be read.
+
+All but ``done`` and ``foreign`` simply run: the wrapper removes what is left of
+the old set (record first) before WSClean starts, so sets are never mixed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from dataclasses import dataclass
+from typing import Iterable
+
+RECORD_SUFFIX = ".imgpipe.json"
+CLAIM_SUFFIX = ".imgpipe-claim"
+
+# the part of an image file name between the prefix and the kind: [-tNNNN][-NNNN|-MFS][-POL]
+# (bin/imgpipe-job's PRODUCT); a prefix that is another prefix plus such a part shares its files
+_PRODUCT_MIDDLE = re.compile(
+    r"(-t[0-9]{4,})?(-[0-9]{4,}|-MFS)?(-(I|Q|U|V|XX|XY|YX|YY|XYi|YXi|RR|RL|LR|LL|RLi|LRi))?")
+
+
+@dataclass(frozen=True)
+class Record:
+    path: str
+    command: str
+    images: tuple[str, ...]  # suffixes of the prefix
+    job: str | None = None
+    host: str | None = None
+    start: str | None = None
+    end: str | None = None
+    run: str | None = None
+    plan_digest: str | None = None
+
+
+@dataclass(frozen=True)
+class ImageSet:
+    prefix: str
+    state: str  # absent | done | incomplete | foreign | damaged
+    record: Record | None = None
+    missing: tuple[str, ...] = ()  # listed image files that are gone (full paths)
+    problem: str | None = None  # why a damaged record cannot be read
+
+    @property
+    def done(self) -> bool:
+        return self.state == "done"
+
+    def describe(self) -> str:
+        """One line for a user: what is on disk for this set."""
+        r = self.record
+        if self.state == "done":
+            return f"done ({len(r.images)} image file(s), made {r.end or '?'} on {r.host or '?'})"
+        if self.state == "incomplete":
+            return f"incomplete: {len(self.missing)} of its {len(r.images)} image file(s) are gone"
+        if self.state == "foreign":
+            return f"images of another command (made {r.end or '?'} on {r.host or '?'})"
+        if self.state == "damaged":
+            return f"its record cannot be read ({self.problem})"
+        return "not made yet"
+
+
+def record_path(prefix: str) -> str:
+    return prefix + RECORD_SUFFIX
+
+
+def claim_path(prefix: str) -> str:
+    return prefix + CLAIM_SUFFIX
+
+
+def read_record(path: str) -> Record:
+    """The record at ``path``; OSError when it cannot be read, ValueError when it is not a record."""
+    with open(path, "rb") as f:
+        data = json.loads(f.read().decode("utf-8"))
+    if not isinstance(data, dict):
+        raise ValueError("not a JSON object")
+    command, images = data.get("command"), data.get("images", [])
+    if not isinstance(command, str):
+        raise ValueError("no command in it")
+    if not isinstance(images, list) or not all(isinstance(i, str) for i in images):
+        raise ValueError("its image list is not a list of file names")
+
+    def text(key):
+        value = data.get(key)
+        return value if isinstance(value, str) else None
+
+    return Record(path=path, command=command, images=tuple(images), job=text("job"), host=text("host"),
+                  start=text("start"), end=text("end"), run=text("run"), plan_digest=text("plan_digest"))
+
+
+class _Listing:
+    """Directory listings, read once per directory however many sets live there."""
+
+    def __init__(self) -> None:
+        self._names: dict[str, frozenset[str] | None] = {}
+
+    def exists(self, path: str) -> bool:
+        folder, name = os.path.split(path)
+        if folder not in self._names:
+            try:
+                self._names[folder] = frozenset(os.listdir(folder or "."))
+            except OSError:
+                self._names[folder] = None
+        names = self._names[folder]
+        return os.path.isfile(path) if names is None else name in names
+
+
+def _image_set(prefix: str, command: str, listing: _Listing) -> ImageSet:
+    path = record_path(prefix)
+    try:
+        record = read_record(path)
+    except FileNotFoundError:
+        return ImageSet(prefix, "absent")
+    except (OSError, ValueError) as e:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
+        return ImageSet(prefix, "damaged", problem=getattr(e, "strerror", None) or str(e))
+    if record.command != command:
+        return ImageSet(prefix, "foreign", record)
+    missing = tuple(prefix + s for s in record.images if not listing.exists(prefix + s))
+    if missing or not record.images:
+        return ImageSet(prefix, "incomplete", record, missing)
+    return ImageSet(prefix, "done", record)
+
+
+def image_set(job) -> ImageSet:
+    """THE rule, for one job (anything with ``name``, the -name prefix, and ``command``)."""
+    return _image_set(job.name, job.command, _Listing())
+
+
+def image_sets(jobs: Iterable) -> dict[str, ImageSet]:
+    """job id -> its image set, for many jobs (each image directory listed once)."""
+    listing = _Listing()
+    return {job.id: _image_set(job.name, job.command, listing) for job in jobs}
+
+
+def shared_files(prefixes: Iterable[str]) -> list[tuple[str, str]]:
+    """Pairs of prefixes whose image sets share file names: ``img`` and ``img-0001`` (its
+    channel 1 is ``img-0001-image.fits``, the other's image is too). Planning refuses them."""
+    known = set(prefixes)
+    pairs = []
+    for b in sorted(known):
+        folder, base = os.path.split(b)
+        # every way of reading b as (another prefix a) + (a product middle part)
+        for i in range(1, len(base)):
+            if base[i] == "-" and _PRODUCT_MIDDLE.fullmatch(base[i:]):
+                a = os.path.join(folder, base[:i])
+                if a in known:
+                    pairs.append((a, b))
+    return pairs
+
+
+FORCE_HINT = ("these images were made by another plan or other options; to replace them, run again with --force "
+              "(their files are removed first), or change out-dir or name so that both sets are kept")
+
+
+def foreign_problems(jobs, sets: dict[str, ImageSet]) -> list[str]:
+    """One line per job whose image set holds the images of another command (a plan error)."""
+    problems = []
+    for job in jobs:
+        s = sets[job.id]
+        if s.state == "foreign":
+            r = s.record
+            made = f"job {r.job or '?'}" + (f" of run {r.run}" if r.run else "") + f", {r.end or '?'} on {r.host or '?'}"
+            problems.append(f"job {job.id}: its images {job.name}-* were made by another command "
+                            f"(record {r.path}: {made}): {r.command}")
+    return problems

@@ -1,0 +1,340 @@
+"""The run directory: its files, its lock, the job log's format, and the node-side wrapper's protocol.
+
+Each plan has a run directory, the jobs file's directory::
+
+    jobs.txt            the plan (imgpipe plan)
+    run.json            which plan the other files belong to, and the engine running it now
+    run.lock            held (flock) while a run is going; says by whom
+    joblog.tsv          GNU parallel's job log: one row per attempt (history, not truth)
+    joblog.round.tsv    the rows of the round going on (merged into joblog.tsv after it)
+    round.ids           the jobs of the round going on
+    logs/<id>           each job's output (WSClean's log and the wrapper's lines); logs/<id>.err
+    imgpipe-job         the node-side wrapper used by this run (a copy of bin/imgpipe-job)
+    parallel-input.tsv, parallel.sh, Makefile, done/ ...   the engines' own files
+    earlier/<digest12>/ the files of another plan that used this directory before
+
+Whether a job is done is not decided here but by its images (``image_sets``): a
+job-log row says what happened, never what is on disk now.
+
+The wrapper (bin/imgpipe-job) is called as ``imgpipe-job TAG ID SLOTS ENV_FILE
+MAX_TIME SHARE FORCE RUN COMMAND``: ``wrapper_args`` builds these words (the only
+place that knows their order) and ``FAILURES`` reads its exit status.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import socket
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import ImgpipeError
+from .jobs_file import umask_mode
+
+JOBLOG = "joblog.tsv"
+ROUND_JOBLOG = "joblog.round.tsv"
+ROUND_IDS = "round.ids"
+LOGS = "logs"
+LOCK = "run.lock"
+STATE = "run.json"
+EARLIER = "earlier"
+WRAPPER = "imgpipe-job"
+LOCK_WAIT = 90.0  # seconds a new run waits for an earlier one that is stopping its jobs
+STOPPING = "stopping its jobs"  # in the lock's holder text while a killed run's jobs are being stopped
+
+# ---------------------------------------------------------------- the wrapper's protocol
+
+# exit status of bin/imgpipe-job (and ssh) -> failure class, what it means in words
+FAILURES = {
+    10: ("wsclean", "WSClean failed"),
+    11: ("env_file", "env_file could not be sourced"),
+    12: ("setup", "job set-up failed (directories, wsclean not found)"),
+    13: ("record", "the record could not be written next to the images (disk full?)"),
+    14: ("busy", "another job was making the same images"),
+    15: ("foreign", "images of another command are in the way (--force replaces them)"),
+    124: ("timeout", "max_time reached"),
+    255: ("connection", "ssh could not reach the node (or the connection dropped)"),
+}
+# classes worth another attempt: the node or the network (connection), or the job itself
+RETRY_CONNECTION = ("connection",)
+RETRY_JOB = ("wsclean", "signal", "timeout")
+
+
+def classify(exitval: int, signal: int = 0) -> tuple[str, str]:
+    """(failure class, reason in words) of a failed attempt."""
+    if signal:
+        return "signal", f"killed by signal {signal}"
+    if exitval in FAILURES:
+        return FAILURES[exitval]
+    if exitval == -1:
+        return "timeout", "stopped by GNU parallel's --timeout"
+    if exitval > 128:
+        sig = exitval - 128
+        return "signal", f"WSClean killed by signal {sig}" + (" (KILL: out of memory?)" if sig == 9 else "")
+    return "wsclean", f"exit status {exitval}"
+
+
+def share_resources(job) -> bool:
+    """Split cores and memory between co-located jobs unless the user set -j/-mem/-abs-mem."""
+    return not any(flag in job.argv for flag in ("-j", "-mem", "-abs-mem"))
+
+
+def run_label(run_dir: Path) -> str:
+    """How a claim and a record name the run: ``host:/abs/run/dir``."""
+    return f"{socket.gethostname()}:{run_dir}"
+
+
+def wrapper_args(plan, job_id: str, command: str, *, share: bool, force: bool, run: str) -> list[str]:
+    """The words after ``imgpipe-job``; ``job_id`` and ``command`` may be an engine's placeholders."""
+    w = plan.worker
+    max_time = w.max_time or 0
+    return [
+        plan.tag, job_id, str(w.max_concurrent), w.env_file,
+        str(int(max_time)) if float(max_time).is_integer() else str(max_time),
+        "1" if share else "0", "1" if force else "0", run, command,
+    ]
+
+
+def installed_file(*parts: str) -> Path | None:
+    """A file of the source tree (``bin/...``, ``Makefile.in``), or its installed copy (scripts, share/imgpipe)."""
+    here = Path(__file__).resolve().parent.parent
+    candidates = [here.joinpath(*parts), Path(sys.prefix, "bin", parts[-1]), Path(sys.prefix, "share", "imgpipe", parts[-1])]
+    found = shutil.which(parts[-1])
+    if found:
+        candidates.append(Path(found))
+    return next((c for c in candidates if c.is_file()), None)
+
+
+def bin_file(name: str) -> Path:
+    """A piece of bin/ from the source tree or the installation."""
+    path = installed_file("bin", name)
+    if path is None:
+        raise ImgpipeError(f"bin/{name} is missing from the installation (reinstall imgpipe)")
+    return path
+
+
+# ---------------------------------------------------------------- the job log's format
+
+JOBLOG_HEADER = "Seq\tHost\tStarttime\tJobRuntime\tSend\tReceive\tExitval\tSignal\tCommand"
+_JOB_RE = re.compile(r"imgpipe-job (imgpipe-[0-9a-f]{12}) (\S+) ")
+
+
+@dataclass(frozen=True)
+class Row:
+    """One attempt, in GNU parallel's ``--joblog`` format. ``job_id`` and ``tag`` (the plan)
+    are read from the command, which runs ``imgpipe-job TAG ID ...``."""
+
+    seq: int
+    host: str
+    start: float
+    runtime: float
+    exitval: int
+    signal: int
+    command: str
+    job_id: str | None = None
+    tag: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.exitval == 0 and self.signal == 0
+
+
+def read_rows(path: str | os.PathLike) -> list[Row]:
+    """All rows, in file order; a missing file is an empty log. A half-written last line is skipped."""
+    try:
+        text = Path(path).read_text(encoding="utf-8", errors="replace")
+    except FileNotFoundError:
+        return []
+    rows = []
+    for line in text.split("\n")[1:]:
+        parts = line.split("\t", 8)
+        if len(parts) < 9:
+            continue
+        m = _JOB_RE.search(parts[8])
+        try:
+            rows.append(Row(seq=int(parts[0]), host=parts[1], start=float(parts[2]), runtime=float(parts[3]),
+                            exitval=int(parts[6]), signal=int(parts[7]), command=parts[8],
+                            job_id=m.group(2) if m else None, tag=m.group(1) if m else None))
+        except ValueError:
+            continue
+    return rows
+
+
+def append_rows(path: str | os.PathLike, rows: list[Row], seq_of: dict[str, int]) -> None:
+    """Append rows to a job log under the Seq of the full input (as --resume-failed would)."""
+    path = Path(path)
+    new = not path.exists() or path.stat().st_size == 0
+    with open(path, "a", encoding="utf-8") as f:
+        if new:
+            f.write(JOBLOG_HEADER + "\n")
+        for r in rows:
+            seq = seq_of.get(r.job_id or "", r.seq)
+            f.write(f"{seq}\t{r.host}\t{r.start:.3f}\t{r.runtime:10.3f}\t0\t0\t{r.exitval}\t{r.signal}\t{r.command}\n")
+
+
+# ---------------------------------------------------------------- the lock
+
+
+class RunLock:
+    """An exclusive lock on the run directory (flock on run.lock); its file says who holds it.
+
+    A lock dies with the processes holding it. A run killed outright leaves its jobs to a
+    guard process (engines/loop.py) that holds the lock while it stops them and says so
+    (``STOPPING``): a new run waits for it, up to LOCK_WAIT seconds, rather than refusing.
+    """
+
+    def __init__(self, run_dir: Path):
+        self.path = Path(run_dir) / LOCK
+        self.fd: int | None = None
+
+    def __enter__(self) -> "RunLock":
+        import fcntl
+
+        self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
+        said = False
+        deadline = time.time() + LOCK_WAIT
+        while True:
+            try:
+                fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except OSError:
+                holder = self.holder() or "another process"
+                if STOPPING not in holder or time.time() > deadline:
+                    os.close(self.fd)
+                    self.fd = None
+                    raise ImgpipeError(
+                        f"this plan is already being run by {holder}",
+                        where=str(self.path.parent),
+                        hint="wait for it to finish, or stop it (Ctrl-C, or kill that process) first",
+                    ) from None
+                if not said:
+                    print(f"imgpipe: waiting for the earlier run to finish stopping its jobs ({holder})",
+                          file=sys.stderr)
+                    said = True
+                time.sleep(0.5)
+        self.say(f"imgpipe pid {os.getpid()} on {socket.gethostname()} since {time.ctime()}")
+        return self
+
+    def holder(self) -> str:
+        try:
+            with open(self.path, encoding="utf-8", errors="replace") as f:
+                return f.read(4096).strip()
+        except OSError:
+            return ""
+
+    def say(self, text: str) -> None:
+        """Replace the holder text (the lock itself is unchanged)."""
+        if self.fd is not None:
+            os.ftruncate(self.fd, 0)
+            os.pwrite(self.fd, (text + "\n").encode(), 0)
+
+    def __exit__(self, *exc):
+        if self.fd is not None:
+            os.ftruncate(self.fd, 0)
+            os.close(self.fd)
+            self.fd = None
+
+
+def run_active(run_dir: Path) -> bool:
+    """True while a run (or the guard stopping a killed one) holds the run directory's lock."""
+    import fcntl
+
+    try:
+        fd = os.open(Path(run_dir) / LOCK, os.O_RDONLY)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except OSError:
+        return True
+    finally:
+        os.close(fd)
+    return False
+
+
+# ---------------------------------------------------------------- the directory
+
+
+class RunDir:
+    """One run directory: where its files are, and the few operations on them that engines share."""
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(os.path.abspath(path))
+
+    def __truediv__(self, name: str) -> Path:
+        return self.path / name
+
+    @property
+    def label(self) -> str:
+        return run_label(self.path)
+
+    def lock(self) -> RunLock:
+        return RunLock(self.path)
+
+    # run.json: which plan the files belong to, and which engine process runs it
+    def state(self) -> dict:
+        try:
+            data = json.loads((self / STATE).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return {}
+        return data if isinstance(data, dict) else {}
+
+    def write_state(self, **changes) -> None:
+        data = {**self.state(), **changes}
+        tmp = self / f".{STATE}.{os.getpid()}.tmp"
+        tmp.write_text(json.dumps(data, indent=1, sort_keys=True) + "\n", encoding="utf-8")
+        os.replace(tmp, self / STATE)
+
+    def adopt(self, plan) -> str | None:
+        """Make the directory this plan's: the files of another plan that used it (its job log,
+        logs, engine files) move to ``earlier/<its digest12>/``. Returns that digest, if any."""
+        before = self.state().get("digest")
+        if before is None:  # a directory older than run.json: its job log's rows say which plan
+            tags = {r.tag for r in read_rows(self / JOBLOG) if r.tag} - {plan.tag}
+            before = min(tags)[len("imgpipe-"):] if tags else None
+        if before is None or before == plan.digest:
+            self.write_state(digest=plan.digest)
+            return None
+        dest = self / EARLIER / before[:12]
+        dest.mkdir(parents=True, exist_ok=True)
+        for entry in sorted(self.path.iterdir()):
+            if entry.name in ("jobs.txt", LOCK, STATE, EARLIER) or entry.name.startswith("."):
+                continue
+            target = dest / entry.name
+            if target.exists():
+                target = dest / f"{entry.name}.{int(time.time())}"
+            entry.rename(target)
+        self.write_state(digest=plan.digest, engine=None)
+        return before
+
+    def archive_logs(self, job_ids) -> None:
+        """Keep the log of each earlier attempt (logs/ID -> logs/ID.1, .2, ...) before a job runs again."""
+        logs = self / LOGS
+        for jid in job_ids:
+            log = logs / jid
+            if not log.exists():
+                continue
+            n = 1
+            while (logs / f"{jid}.{n}").exists():
+                n += 1
+            log.rename(logs / f"{jid}.{n}")
+            err = logs / f"{jid}.err"
+            if err.exists():
+                err.rename(logs / f"{jid}.{n}.err")
+
+    def install_wrapper(self) -> Path:
+        """``imgpipe-job`` in the run directory: what the engines send to the nodes."""
+        return self.install(WRAPPER)
+
+    def install(self, name: str) -> Path:
+        dest = self / name
+        src = bin_file(name)
+        if not dest.exists() or dest.read_bytes() != src.read_bytes():
+            shutil.copyfile(src, dest)
+            dest.chmod(umask_mode(0o777))
+        return dest
