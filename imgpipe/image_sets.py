@@ -37,18 +37,11 @@ from __future__ import annotations
 
 import json
 import os
-import re
 from dataclasses import dataclass
 from typing import Iterable
 
 RECORD_SUFFIX = ".imgpipe.json"
 CLAIM_SUFFIX = ".imgpipe-claim"
-
-# the part of an image file name between the prefix and the kind: [-tNNNN][-NNNN|-MFS][-POL]
-# (bin/imgpipe-job's PRODUCT); a prefix that is another prefix plus such a part shares its files
-_PRODUCT_MIDDLE = re.compile(
-    r"(-t[0-9]{4,})?(-[0-9]{4,}|-MFS)?(-(I|Q|U|V|XX|XY|YX|YY|XYi|YXi|RR|RL|LR|LL|RLi|LRi))?")
-
 
 @dataclass(frozen=True)
 class Record:
@@ -159,22 +152,6 @@ def image_sets(jobs: Iterable) -> dict[str, ImageSet]:
     """job id -> its image set, for many jobs (each image directory listed once)."""
     listing = _Listing()
     return {job.id: _image_set(job.name, job.command, listing) for job in jobs}
-
-
-def shared_files(prefixes: Iterable[str]) -> list[tuple[str, str]]:
-    """Pairs of prefixes whose image sets share file names: ``img`` and ``img-0001`` (its
-    channel 1 is ``img-0001-image.fits``, the other's image is too). Planning refuses them."""
-    known = set(prefixes)
-    pairs = []
-    for b in sorted(known):
-        folder, base = os.path.split(b)
-        # every way of reading b as (another prefix a) + (a product middle part)
-        for i in range(1, len(base)):
-            if base[i] == "-" and _PRODUCT_MIDDLE.fullmatch(base[i:]):
-                a = os.path.join(folder, base[:i])
-                if a in known:
-                    pairs.append((a, b))
-    return pairs
 
 
 FORCE_HINT = ("these images were made by another plan or other options; to replace them, run again with --force "

@@ -416,6 +416,25 @@ def data_column_hint(config: Config) -> str:
     )
 
 
+# what WSClean puts between the -name prefix and the kind of image: [-tNNNN][-NNNN|-MFS][-POL]
+# (bin/imgpipe-job's PRODUCT)
+_PRODUCT_MIDDLE = re.compile(
+    r"(-t[0-9]{4,})?(-[0-9]{4,}|-MFS)?(-(I|Q|U|V|XX|XY|YX|YY|XYi|YXi|RR|RL|LR|LL|RLi|LRi))?")
+
+
+def shared_files(prefixes) -> list[tuple[str, str]]:
+    """Pairs of distinct prefixes whose images would have the same file names: ``img`` and
+    ``img-0001`` (channel 1 of the first is ``img-0001-image.fits``, the image of the second too)."""
+    known = set(prefixes)
+    pairs = []
+    for b in sorted(known):
+        folder, base = os.path.split(b)
+        for i in range(1, len(base)):  # every way of reading b as (a prefix) + (a middle part)
+            if base[i] == "-" and _PRODUCT_MIDDLE.fullmatch(base[i:]) and os.path.join(folder, base[:i]) in known:
+                pairs.append((os.path.join(folder, base[:i]), b))
+    return pairs
+
+
 def check_collisions(jobs: list[Job]) -> list[str]:
     by_name: dict[str, list[Job]] = defaultdict(list)
     for j in jobs:
@@ -425,6 +444,10 @@ def check_collisions(jobs: list[Job]) -> list[str]:
         if len(same) > 1:
             who = "; ".join(f"job {j.id} ({', '.join(os.path.basename(m) for m in j.ms)})" for j in same)
             problems.append(f"{len(same)} jobs would write the same images {name}-*: {who}")
+    for a, b in shared_files(by_name):
+        ja, jb = by_name[a][0], by_name[b][0]
+        problems.append(f"jobs {ja.id} and {jb.id} would write image files of the same names: {a}-* and {b}-* "
+                        f"({b}-image.fits is also what {a} names the images of one channel or interval)")
     return problems
 
 

@@ -204,7 +204,7 @@ class RunLock:
                 break
             except OSError:
                 holder = self.holder() or "another process"
-                if STOPPING not in holder or time.time() > deadline:
+                if not self._stopping(holder) or time.time() > deadline:
                     os.close(self.fd)
                     self.fd = None
                     raise ImgpipeError(
@@ -219,6 +219,23 @@ class RunLock:
                 time.sleep(0.5)
         self.say(f"imgpipe pid {os.getpid()} on {socket.gethostname()} since {time.ctime()}")
         return self
+
+    @staticmethod
+    def _stopping(holder: str) -> bool:
+        """The lock is held by the guard of a run that died: it said so, or the imgpipe it names
+        (on this machine) is gone and the guard has not said so yet."""
+        if STOPPING in holder:
+            return True
+        m = re.match(r"imgpipe pid (\d+) on (\S+) ", holder)
+        if not m or m.group(2) != socket.gethostname():
+            return False
+        try:
+            os.kill(int(m.group(1)), 0)
+        except ProcessLookupError:
+            return True
+        except PermissionError:
+            return False
+        return False
 
     def holder(self) -> str:
         try:

@@ -39,3 +39,50 @@ def job_processes(root: Path) -> list[str]:
     """WSClean processes and job wrappers whose command line names a path under ``root``."""
     return [p for p in processes_mentioning(str(root))
             if p.split()[1] in ("wsclean", "timeout") or "imgpipe-job imgpipe-" in p]
+
+
+def wsclean_prefixes() -> list[str]:
+    """The -name prefix of every live WSClean process (one entry per process)."""
+    names = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        argv = cmdline(int(entry)).split(b"\0")
+        if argv and os.path.basename(argv[0]) == b"wsclean" and b"-name" in argv[:-1]:
+            names.append(argv[argv.index(b"-name") + 1].decode(errors="replace"))
+    return names
+
+
+class WscleanSampler:
+    """Samples the process table in the background: the most WSClean processes ever seen at
+    once on one image set (-name prefix), which must never be more than 1."""
+
+    def __init__(self, under: str, interval: float = 0.05):
+        import threading
+
+        self.under, self.interval = under, interval
+        self.most: dict[str, int] = {}
+        self.samples = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        from collections import Counter
+
+        while not self._stop.is_set():
+            for name, n in Counter(p for p in wsclean_prefixes() if p.startswith(self.under)).items():
+                self.most[name] = max(self.most.get(name, 0), n)
+            self.samples += 1
+            self._stop.wait(self.interval)
+
+    def __enter__(self) -> "WscleanSampler":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    @property
+    def doubles(self) -> dict[str, int]:
+        return {name: n for name, n in self.most.items() if n > 1}

@@ -261,3 +261,59 @@ def test_render_refuses_a_newline(run_cli, write_config, ms_factory, tmp_path):
     job = replace(plan.jobs[0], argv=plan.jobs[0].argv[:-1] + ("/data/x\ntouch PWNED",))
     with pytest.raises(ImgpipeError, match="newline"):
         jobs_file.render(replace(plan, jobs=(job,)))
+
+
+@pytest.mark.parametrize("what", ["device", "symlink to a file", "dangling symlink", "directory", "another file",
+                                  "fifo"])
+def test_jobs_file_replaces_nothing_but_a_jobs_file(run_cli, write_config, ms_factory, tmp_path, what):
+    """--jobs-file only ever writes a regular file that is (or will be) a jobs file; as root too."""
+    cfg = write_config("[wsclean]\nname = 'img'\ndata-column = false\n")
+    ms = ms_factory("a.MS")
+    notes = tmp_path / "notes.txt"
+    notes.write_text("my observing notes\n")
+    target = tmp_path / "target"
+    if what == "device":
+        target = Path("/dev/null")
+    elif what == "symlink to a file":
+        target.symlink_to(notes)
+    elif what == "dangling symlink":
+        target.symlink_to(tmp_path / "elsewhere" / "jobs.txt")
+    elif what == "directory":
+        target.mkdir()
+    elif what == "another file":
+        target = notes
+    else:
+        os.mkfifo(target)
+    before = os.lstat(target)
+    r = run_cli("plan", cfg, ms, "--jobs-file", target)
+    assert r.code == 2, r
+    assert r.err.startswith(f"imgpipe: error: {target}: cannot write the jobs file: "), r
+    assert "Traceback" not in r.err
+    after = os.lstat(target)
+    assert (after.st_mode, after.st_ino, after.st_size) == (before.st_mode, before.st_ino, before.st_size)
+    assert notes.read_text() == "my observing notes\n"
+    assert not (tmp_path / "elsewhere").exists()
+    assert not list(tmp_path.glob(".jobs-*")) and not list(Path("/dev").glob(".jobs-*"))
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o002, 0o077])
+def test_the_jobs_file_gets_the_mode_of_the_runs_other_files(run_cli, write_config, ms_factory, tmp_path, umask):
+    cfg = write_config("[wsclean]\nname = 'img'\ndata-column = false\n")
+    old = os.umask(umask)
+    try:
+        r = run_cli("plan", cfg, ms_factory("a.MS"))
+        other = tmp_path / "other-file"
+        other.write_text("")
+    finally:
+        os.umask(old)
+    assert r.code == 0, r
+    (jobs,) = (tmp_path / "imgpipe-runs").glob("*/jobs.txt")
+    assert jobs.stat().st_mode & 0o777 == 0o666 & ~umask == other.stat().st_mode & 0o777
+
+
+def test_an_existing_jobs_file_is_replaced(run_cli, write_config, ms_factory, tmp_path):
+    cfg = write_config("[wsclean]\nname = 'img'\ndata-column = false\n")
+    jobs = tmp_path / "jobs.txt"
+    assert run_cli("plan", cfg, ms_factory("a.MS"), "--jobs-file", jobs).code == 0
+    assert run_cli("plan", cfg, ms_factory("b.MS"), "--jobs-file", jobs).code == 0
+    assert jobs_file.read(jobs).jobs[0].ms == (str(tmp_path / "b.MS"),)

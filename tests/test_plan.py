@@ -563,3 +563,22 @@ def test_an_image_name_cfitsio_would_misread_is_refused(run_cli, write_config, m
     ms = ms_factory("obs(1).MS")
     err = plan_error(run_cli, config(write_config, "out-dir = 'images/$ms_basename$'\n"), ms)
     assert "CFITSIO" in err and "'('" in err and "[wsclean] out-dir" in err
+
+
+def test_prefixes_whose_image_files_would_share_names_are_refused():
+    """'img' and 'img-0001' both name a file img-0001-image.fits (channel 1 of the first)."""
+    from imgpipe.plan import shared_files
+
+    assert shared_files(["/a/img", "/a/img-0001", "/a/img-deep", "/a/img-MFS-XX", "/b/img-0001",
+                         "/a/img-t0003-0002-I"]) == [("/a/img", "/a/img-0001"), ("/a/img", "/a/img-MFS-XX"),
+                                                      ("/a/img", "/a/img-t0003-0002-I")]
+    assert shared_files(["/a/img", "/a/img2", "/a/img-deep", "/a/imgdeep"]) == []
+
+
+def test_two_jobs_whose_image_files_would_share_names_are_a_plan_error(run_cli, write_config, ms_factory, tmp_path):
+    cfg = write_config("[wsclean]\ndata-column = false\nout-dir = 'images'\nname = '$ms_basename$'\n")
+    r = run_cli("plan", cfg, ms_factory("x"), ms_factory("x-0001"))
+    assert r.code == 2, r
+    assert "jobs 0001 and 0002 would write image files of the same names" in r.err, r
+    assert f"{tmp_path}/images/x-0001-image.fits is also what {tmp_path}/images/x names" in r.err, r
+    assert not (tmp_path / "imgpipe-runs").exists()

@@ -1,0 +1,285 @@
+"""The one rule of "done" and the claim of an image set (imgpipe/image_sets.py, bin/imgpipe-job).
+
+The rule is applied in two places: by the planner (Python, ``image_set``) and by the
+node-side wrapper before it runs a job (bash). Every case here puts the same image set
+on disk, asks both, and checks they agree, with the images on disk as the evidence.
+The wrapper runs as the engines run it (the arguments from ``run_dir.wrapper_args``),
+with real WSClean on a real MS, and the claim is a real flock.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import shlex
+import shutil
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import REPO, needs
+from imgpipe import jobs_file
+from imgpipe.image_sets import claim_path, image_set, image_sets, record_path
+from imgpipe.run_dir import wrapper_args, share_resources
+
+pytestmark = needs("wsclean")
+
+WRAPPER = REPO / "bin" / "imgpipe-job"
+CONFIG = """
+[worker]
+nodes = 'localhost'
+max_concurrent = 2
+[wsclean]
+name = 'img'
+out-dir = '{out}'
+size = '{size}'
+scale = '5arcmin'
+niter = {niter}
+data-column = 'DATA'
+no-update-model-required = true
+{extra}
+"""
+
+
+def plan_of(run_cli, tmp_path: Path, ms: Path, extra: str = "", name: str = "img.toml", size: str = "64 64",
+            niter: int = 10):
+    cfg = tmp_path / name
+    cfg.write_text(CONFIG.format(out=tmp_path / "images", extra=extra, size=size, niter=niter), encoding="utf-8")
+    jobs = tmp_path / f"run-{name}" / "jobs.txt"
+    r = run_cli("plan", cfg, ms, "--jobs-file", jobs, "--force")
+    assert r.code == 0, r
+    return jobs_file.read(jobs)
+
+
+def wrapper(plan, job, tmp_path: Path, *, force: bool = False, env: dict | None = None, wait: bool = True):
+    """Run bin/imgpipe-job for ``job`` here, as an engine would; (exit status, its log).
+
+    Its output goes to a file, not a pipe: a WSClean left running must not hold the test up."""
+    args = wrapper_args(plan, job.id, job.command, share=share_resources(job), force=force,
+                        run=f"test:{tmp_path}")
+    log = tmp_path / f"wrapper-{time.monotonic_ns()}.log"
+    with open(log, "w") as out:
+        proc = subprocess.Popen(["bash", str(WRAPPER), "imgpipe-job", *args], stdout=out, stderr=subprocess.STDOUT,
+                                stdin=subprocess.DEVNULL, env={**os.environ, **(env or {})})
+    if not wait:
+        return proc
+    proc.wait(timeout=120)
+    return proc.returncode, log.read_text()
+
+
+def files_of(job) -> dict[str, int]:
+    """The files of the job's image set now on disk -> their mtime (ns)."""
+    folder, base = os.path.split(job.name)
+    return {n: os.stat(os.path.join(folder, n)).st_mtime_ns for n in sorted(os.listdir(folder))
+            if n.startswith(base + "-") and n.endswith(".fits")}
+
+
+@pytest.fixture
+def made(run_cli, tmp_path, ms_factory):
+    """A job whose image set the wrapper has just made: (plan, job)."""
+    ms = ms_factory("obs.MS")
+    plan = plan_of(run_cli, tmp_path, ms)
+    (job,) = plan.jobs
+    assert image_set(job).state == "absent"
+    code, log = wrapper(plan, job, tmp_path)
+    assert code == 0, log
+    return plan, job
+
+
+def test_a_made_set_is_done_on_both_sides_and_its_record_lists_its_images(made, tmp_path):
+    plan, job = made
+    s = image_set(job)
+    assert s.state == "done" and s.done, s
+    record = json.loads(Path(record_path(job.name)).read_text())
+    assert record["command"] == job.command and record["job"] == job.id
+    assert sorted(record["images"]) == ["-dirty.fits", "-image.fits", "-model.fits", "-psf.fits", "-residual.fits"]
+    assert record["run"] == f"test:{tmp_path}" and record["plan_digest"] == plan.digest[:12]
+    assert not os.path.exists(claim_path(job.name))  # the claim is let go
+    before = files_of(job)
+    code, log = wrapper(plan, job, tmp_path)  # the node's rule agrees: nothing is made again
+    assert code == 0 and "already done" in log, log
+    assert files_of(job) == before
+
+
+def test_a_deleted_image_makes_the_set_incomplete_and_it_is_made_again(made, tmp_path):
+    plan, job = made
+    os.unlink(job.name + "-psf.fits")
+    s = image_set(job)
+    assert s.state == "incomplete" and s.missing == (job.name + "-psf.fits",), s
+    before = files_of(job)
+    code, log = wrapper(plan, job, tmp_path)
+    assert code == 0 and "are missing: making the set again" in log, log
+    after = files_of(job)
+    assert set(after) == set(before) | {"img-psf.fits"}
+    assert all(after[n] != t for n, t in before.items())  # the whole set is new, not patched
+    assert image_set(job).done
+
+
+def test_images_of_another_command_are_refused_then_replaced_with_force(run_cli, made, tmp_path):
+    plan, job = made
+    # another plan for the same images: two output channels (img-0000-..., img-MFS-...)
+    other_plan = plan_of(run_cli, tmp_path, Path(job.ms[0]), extra="channels-out = 2", name="other.toml")
+    (other,) = other_plan.jobs
+    assert other.name == job.name and other.command != job.command
+    s = image_set(other)
+    assert s.state == "foreign" and s.record.command == job.command, s
+    before = files_of(job)
+    code, log = wrapper(other_plan, other, tmp_path)
+    assert code == 15 and "were made by another command" in log, log
+    assert files_of(job) == before  # untouched
+
+    code, log = wrapper(other_plan, other, tmp_path, force=True)
+    assert code == 0 and "replacing the images of another command" in log, log
+    after = set(files_of(other))
+    assert "img-MFS-image.fits" in after and "img-0001-image.fits" in after
+    assert "img-image.fits" not in after  # the old set was removed first: never mixed with the new one
+    assert image_set(other).done and image_set(job).state == "foreign"
+
+
+@pytest.mark.parametrize("damage", ["truncated", "not json", "no images", "no command"])
+def test_a_damaged_record_is_not_done_on_either_side(made, tmp_path, damage):
+    plan, job = made
+    path = Path(record_path(job.name))
+    text = path.read_text()
+    record = json.loads(text)
+    path.write_text({"truncated": text[: len(text) // 2], "not json": "\x00\x01garbage",
+                     "no images": json.dumps({**record, "images": []}, indent=2),
+                     "no command": json.dumps({k: v for k, v in record.items() if k != "command"}, indent=2),
+                     }[damage])
+    s = image_set(job)
+    assert s.state in ("damaged", "incomplete") and not s.done, s
+    code, log = wrapper(plan, job, tmp_path)
+    assert code == 0 and "already done" not in log and "start: wsclean" in log, log
+    assert image_set(job).done
+
+
+def test_image_sets_reads_each_directory_once_and_agrees_with_image_set(made, tmp_path):
+    plan, job = made
+    assert image_sets(plan.jobs) == {job.id: image_set(job)}
+
+
+def hold_claim(job, text: str = "job 0009 of imgpipe-feedfeedfeed (run elsewhere:/x), wrapper pid 1 on nodeX"):
+    """Hold the job's claim from this test process, as another job's wrapper would."""
+    fd = os.open(claim_path(job.name), os.O_WRONLY | os.O_CREAT, 0o644)
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    os.write(fd, text.encode() + b"\n")
+    return fd
+
+
+def test_a_held_claim_keeps_a_second_job_off_the_images_and_names_the_holder(run_cli, tmp_path, ms_factory):
+    plan = plan_of(run_cli, tmp_path, ms_factory("obs.MS"))
+    (job,) = plan.jobs
+    os.makedirs(os.path.dirname(job.name), exist_ok=True)
+    fd = hold_claim(job)
+    try:
+        t0 = time.time()
+        code, log = wrapper(plan, job, tmp_path, env={"IMGPIPE_CLAIM_WAIT": "2"})
+        waited = time.time() - t0
+    finally:
+        os.close(fd)
+    assert code == 14, log
+    assert "being made by another job (job 0009 of imgpipe-feedfeedfeed (run elsewhere:/x)" in log, log
+    assert "waiting up to 2 s" in log and waited >= 2, (waited, log)
+    assert "start: wsclean" not in log and not files_of(job)
+
+
+def test_a_claim_let_go_while_waiting_is_taken_and_the_job_runs(run_cli, tmp_path, ms_factory):
+    plan = plan_of(run_cli, tmp_path, ms_factory("obs.MS"))
+    (job,) = plan.jobs
+    os.makedirs(os.path.dirname(job.name), exist_ok=True)
+    fd = hold_claim(job)
+
+    def let_go():
+        time.sleep(1.5)
+        os.unlink(claim_path(job.name))  # as a wrapper lets go: the file goes first, then the lock
+        os.close(fd)
+
+    t = threading.Thread(target=let_go)
+    t.start()
+    code, log = wrapper(plan, job, tmp_path, env={"IMGPIPE_CLAIM_WAIT": "20"})
+    t.join()
+    assert code == 0 and "waiting up to" in log and "start: wsclean" in log, log
+    assert "took over" not in log  # it was let go properly
+    assert image_set(job).done and not os.path.exists(claim_path(job.name))
+
+
+def test_a_claim_left_by_a_dead_holder_is_taken_over_and_says_so(run_cli, tmp_path, ms_factory):
+    plan = plan_of(run_cli, tmp_path, ms_factory("obs.MS"))
+    (job,) = plan.jobs
+    os.makedirs(os.path.dirname(job.name), exist_ok=True)
+    # a wrapper KILLed with its WSClean: the claim file stays, nobody holds its lock
+    Path(claim_path(job.name)).write_text("job 0001 of imgpipe-0123456789ab (run vm:/old), wrapper pid 99999\n")
+    code, log = wrapper(plan, job, tmp_path)
+    assert code == 0, log
+    assert "took over the claim on" in log and "left by job 0001 of imgpipe-0123456789ab" in log, log
+    assert image_set(job).done
+
+
+def test_wsclean_holds_the_claim_as_long_as_it_runs(run_cli, tmp_path, ms_factory):
+    """A wrapper KILLed mid-job leaves WSClean running: WSClean still holds the claim, so no other
+    job starts on the same images until WSClean has ended."""
+    plan = plan_of(run_cli, tmp_path, ms_factory("obs.MS"), size="1024 1024", niter=100000)
+    (job,) = plan.jobs
+    proc = wrapper(plan, job, tmp_path, wait=False)
+    try:
+        deadline = time.time() + 30
+        while time.time() < deadline and not _wsclean_of(job):
+            time.sleep(0.1)
+        (ws,) = _wsclean_of(job)
+        proc.kill()  # the wrapper only: WSClean runs on, orphaned
+        proc.wait()
+        code, log = wrapper(plan, job, tmp_path, env={"IMGPIPE_CLAIM_WAIT": "1"})
+        assert code == 14 and "being made by another job" in log, log
+        assert _wsclean_of(job) == [ws]  # still the one WSClean
+    finally:
+        for pid in _wsclean_of(job):
+            os.kill(pid, 9)
+
+
+def _wsclean_of(job) -> list[int]:
+    from procs import cmdline
+
+    out = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            argv = cmdline(int(entry)).split(b"\0")
+            if argv and os.path.basename(argv[0]) == b"wsclean" and job.name.encode() in argv:
+                out.append(int(entry))
+    return out
+
+
+def test_a_wsclean_that_writes_no_image_fails_the_job(run_cli, tmp_path, ms_factory):
+    """WSClean 3.1 exits 0 having written nothing in some cases (-pol it does not know): not done."""
+    plan = plan_of(run_cli, tmp_path, ms_factory("obs.MS"))
+    (job,) = plan.jobs
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    (bindir / "wsclean").write_text("#!/bin/sh\n# stand-in: WSClean exiting 0 without an image\nexit 0\n")
+    (bindir / "wsclean").chmod(0o755)
+    code, log = wrapper(plan, job, tmp_path, env={"PATH": f"{bindir}:{os.environ['PATH']}"})
+    assert code == 10 and "wrote no image" in log, log
+    assert image_set(job).state == "absent"
+
+
+def test_the_wrapper_is_valid_bash():
+    assert subprocess.run(["bash", "-n", str(WRAPPER)]).returncode == 0
+    if shutil.which("shellcheck"):
+        subprocess.run(["shellcheck", "-S", "error", str(WRAPPER)], check=True)
+
+
+def test_job_commands_with_hostile_names_are_compared_exactly(run_cli, tmp_path, ms_factory):
+    """The node reads the record's command as text: quotes, backslashes, tabs and $ must not fool it."""
+    ms = ms_factory('a "b" \\c\t$HOME `x`.MS')
+    plan = plan_of(run_cli, tmp_path, ms)
+    (job,) = plan.jobs
+    code, log = wrapper(plan, job, tmp_path)
+    assert code == 0, log
+    assert image_set(job).done
+    assert json.loads(Path(record_path(job.name)).read_text())["command"] == job.command
+    assert shlex.split(job.command)[-1] == str(ms)
+    code, log = wrapper(plan, job, tmp_path)
+    assert code == 0 and "already done" in log, log

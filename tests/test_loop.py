@@ -1,0 +1,292 @@
+"""The images are the truth (imgpipe/engines/loop.py, image_sets.py, run_dir.py), as a user meets it.
+
+Each test is one situation in which imgpipe used to answer wrongly with exit 0, run
+with real WSClean on real MSs over real sshd "nodes" and real GNU parallel and make.
+The evidence is what a user would look at: the images on disk, their records, the
+exit code and the message; and, for the races, the process table, sampled every
+50 ms for two WSClean processes writing the same image set (never allowed).
+
+Two tests put a stand-in ``wsclean`` first on PATH through ``env_file`` (it says so):
+one that fills the disk after the real WSClean wrote its images (a disk cannot be made
+to fill on cue otherwise), none elsewhere.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from procs import WscleanSampler, job_processes
+from sshcluster import SshCluster
+from test_engine_parallel import (
+    NODES, Run, config, expect, image_of, imgpipe, make_ms_set, provenance_of, run_dir, start_imgpipe,
+    tmp_dirs_left, toml_str, wait_for,
+)
+
+ENGINES = ("parallel", "make")
+SLOW = {"size": "'512 512'", "niter": "3000"}  # a few seconds per job: long enough to be caught running
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    with SshCluster(tmp_path_factory.mktemp("loop-cluster"), names=NODES) as c:
+        yield c
+
+
+def mtimes(tmp_path: Path, ms) -> dict:
+    return {m.name: image_of(tmp_path, m).stat().st_mtime_ns for m in ms}
+
+
+def rows(rdir: Path) -> dict[str, int]:
+    from imgpipe.run_dir import read_rows
+
+    out: dict[str, int] = {}
+    for r in read_rows(rdir / "joblog.tsv"):
+        out[r.job_id] = out.get(r.job_id, 0) + 1
+    return out
+
+
+# ---------------------------------------------------------------- 1. deleted images are made again
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_deleted_images_are_made_again(cluster, tmp_path, ms_factory, engine):
+    ms = make_ms_set(ms_factory, tmp_path, 3)
+    cfg = config(tmp_path, cluster)
+    expect(imgpipe(cluster, tmp_path, "image", "--engine", engine, cfg, *ms), 0)
+    before = mtimes(tmp_path, ms)
+    shutil.rmtree(tmp_path / "images" / ms[1].name)  # one MS's image directory, gone
+    status = json.loads(expect(imgpipe(cluster, tmp_path, "status", "--json"), 0).out)
+    assert [(j["state"], j["images"]) for j in status["jobs"]] == [
+        ("done", "done"), ("not started", "absent"), ("done", "done")], status
+    assert status["jobs"][1]["why"] == "ran before, but its images are gone"
+
+    r = expect(imgpipe(cluster, tmp_path, "image", "--engine", engine, cfg, *ms), 0)
+    assert "all 3 job(s) done" in r.err, r
+    assert image_of(tmp_path, ms[1]).is_file() and provenance_of(tmp_path, ms[1]).is_file()
+    after = mtimes(tmp_path, ms)
+    assert after[ms[0].name] == before[ms[0].name] and after[ms[2].name] == before[ms[2].name]  # not remade
+    assert rows(run_dir(tmp_path)) == {"0001": 1, "0002": 2, "0003": 1}
+
+    # one image file of a set deleted: a partial set is not done either
+    os.unlink(tmp_path / "images" / ms[2].name / "img-psf.fits")
+    r = expect(imgpipe(cluster, tmp_path, "image", "--engine", engine, cfg, *ms), 0)
+    assert (tmp_path / "images" / ms[2].name / "img-psf.fits").is_file()
+    assert rows(run_dir(tmp_path)) == {"0001": 1, "0002": 2, "0003": 2}
+
+
+# ---------------------------------------------------------------- 2. a reused run directory
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_a_reused_jobs_file_images_the_new_plan(cluster, tmp_path, ms_factory, engine):
+    a, b = make_ms_set(ms_factory, tmp_path, 2)
+    cfg = config(tmp_path, cluster)
+    jobs = tmp_path / "r" / "jobs.txt"
+    expect(imgpipe(cluster, tmp_path, "plan", cfg, a, "--jobs-file", jobs), 0)
+    expect(imgpipe(cluster, tmp_path, "run", "--engine", engine, jobs), 0)
+    assert image_of(tmp_path, a).is_file()
+
+    expect(imgpipe(cluster, tmp_path, "plan", cfg, b, "--jobs-file", jobs), 0)  # job 0001 again, another MS
+    r = expect(imgpipe(cluster, tmp_path, "run", "--engine", engine, jobs), 0)
+    assert "all 1 job(s) done" in r.err, r
+    assert image_of(tmp_path, b).is_file() and provenance_of(tmp_path, b).is_file(), r
+    earlier = list((jobs.parent / "earlier").iterdir())
+    assert len(earlier) == 1 and (earlier[0] / "joblog.tsv").is_file(), earlier  # the old plan's history, kept
+    assert "held the files of another plan" in r.err, r
+    status = json.loads(expect(imgpipe(cluster, tmp_path, "status", "--json", jobs), 0).out)
+    assert [(j["ms"], j["state"]) for j in status["jobs"]] == [([str(b)], "done")]
+
+
+# ---------------------------------------------------------------- 3. one plan over another's images
+
+
+def test_combine_over_per_ms_images_is_refused_then_replaced_with_force(cluster, tmp_path, ms_factory):
+    ms = make_ms_set(ms_factory, tmp_path, 4)
+    cfg = config(tmp_path, cluster)
+    expect(imgpipe(cluster, tmp_path, cfg, *ms), 0)  # one by one
+    per_ms = provenance_of(tmp_path, ms[-1]).read_text()
+    runs_before = sorted(p.name for p in (tmp_path / "imgpipe-runs").iterdir())
+
+    # --combine names its images after the last MS: the same images as that MS's own job
+    r = expect(imgpipe(cluster, tmp_path, cfg, *ms, "--combine"), 2)
+    last = tmp_path / "images" / ms[-1].name
+    assert "were made by another command" in r.err and f"{last}/img-*" in r.err, r
+    assert f"record {last}/img.imgpipe.json" in r.err and json.loads(per_ms)["command"] in r.err, r
+    assert "--force" in r.err, r
+    assert sorted(p.name for p in (tmp_path / "imgpipe-runs").iterdir()) == runs_before  # nothing written
+    assert provenance_of(tmp_path, ms[-1]).read_text() == per_ms
+    r = expect(imgpipe(cluster, tmp_path, "plan", cfg, *ms, "--combine"), 2)  # the plan alone says so too
+    assert "were made by another command" in r.err, r
+
+    r = expect(imgpipe(cluster, tmp_path, cfg, *ms, "--combine", "--force"), 0)
+    combined = json.loads(provenance_of(tmp_path, ms[-1]).read_text())
+    assert all(str(m) in combined["command"] for m in ms)  # the combined image, from all four MSs
+
+    # and the per-MS plan no longer takes the combined images for its own
+    r = expect(imgpipe(cluster, tmp_path, cfg, *ms), 2)
+    assert "job 0004: its images" in r.err and "were made by another command" in r.err, r
+
+
+# ---------------------------------------------------------------- 4. a killed imgpipe
+
+
+def kill_and_restart(cluster, tmp_path: Path, args: list, *, also_guard: bool) -> tuple[Run, WscleanSampler]:
+    """Start imgpipe, SIGKILL it (and its guard) once two WSClean run, start the same command at once."""
+    import sys
+
+    from test_engine_parallel import env_for
+
+    with WscleanSampler(str(tmp_path)) as sampler, open(tmp_path / "first.out", "w") as out:
+        # (output to a file: the first run's guard holds it while it stops the jobs)
+        first = subprocess.Popen([sys.executable, "-m", "imgpipe.cli", *map(str, args)], cwd=tmp_path,
+                                 env=env_for(cluster, tmp_path), stdout=out, stderr=out, stdin=subprocess.DEVNULL)
+        wait_for(lambda: len([p for p in job_processes(tmp_path) if p.split()[1] == "wsclean"]) >= 2, 60,
+                 "two running WSClean")
+        victims = [first.pid]
+        if also_guard:
+            children = open(f"/proc/{first.pid}/task/{first.pid}/children").read().split()
+            victims += [int(p) for p in children if b"imgpipe.cli" in open(f"/proc/{p}/cmdline", "rb").read()]
+            assert len(victims) == 2, victims  # imgpipe and its guard (a fork of it)
+        for pid in victims:
+            os.kill(pid, signal.SIGKILL)
+        first.wait()
+        second = imgpipe(cluster, tmp_path, *args, timeout=240)
+    return second, sampler
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_a_killed_imgpipe_takes_its_engine_with_it_and_the_same_command_finishes(cluster, tmp_path, ms_factory,
+                                                                                  engine):
+    ms = make_ms_set(ms_factory, tmp_path, 4)
+    cfg = config(tmp_path, cluster, worker={"max_concurrent": "1"}, wsclean=SLOW)
+    r, sampler = kill_and_restart(cluster, tmp_path, ["image", "--engine", engine, cfg, *ms], also_guard=False)
+    expect(r, 0)
+    assert "all 4 job(s) done" in r.err, r
+    assert sampler.samples > 20 and not sampler.doubles, sampler.most
+    assert all(image_of(tmp_path, m).is_file() for m in ms)
+    assert not job_processes(tmp_path) and not tmp_dirs_left(tmp_path)
+
+
+def test_an_engine_left_running_is_found_and_stopped_by_the_next_run(cluster, tmp_path, ms_factory):
+    ms = make_ms_set(ms_factory, tmp_path, 4)
+    cfg = config(tmp_path, cluster, worker={"max_concurrent": "1"}, wsclean=SLOW)
+    r, sampler = kill_and_restart(cluster, tmp_path, [cfg, *ms], also_guard=True)
+    expect(r, 0)
+    assert "engine of an earlier run (pid" in r.err and "is still running: stopping it" in r.err, r
+    assert "all 4 job(s) done" in r.err, r
+    assert sampler.samples > 20 and not sampler.doubles, sampler.most
+    assert all(image_of(tmp_path, m).is_file() for m in ms)
+    assert not job_processes(tmp_path) and not tmp_dirs_left(tmp_path)
+
+
+# ---------------------------------------------------------------- 5. two working directories
+
+
+def test_the_same_images_from_two_directories_are_made_once(cluster, tmp_path, ms_factory):
+    ms = make_ms_set(ms_factory, tmp_path, 4)
+    cfg = config(tmp_path, cluster, wsclean=SLOW)
+    here, there = tmp_path / "alice", tmp_path / "bob"
+    here.mkdir()
+    there.mkdir()
+    with WscleanSampler(str(tmp_path)) as sampler:
+        one = start_imgpipe(cluster, here, cfg, *ms)
+        two = start_imgpipe(cluster, there, cfg, *ms)
+        results = [Run(p.wait(timeout=240), *p.communicate(), 0) for p in (one, two)]
+    for r in results:
+        expect(r, 0)
+        assert "all 4 job(s) done" in r.err, r
+    assert sampler.samples > 20 and not sampler.doubles, sampler.most
+    logs = [p.read_text() for d in (here, there) for p in (run_dir(d) / "logs").glob("000?")]
+    assert sum("record " in text for text in logs) == 4, logs  # each image set made once, by one of the two
+    for text in logs:
+        if "record " not in text:  # the other run's job: it waited for the holder, or found the set done
+            assert "already done" in text, text
+            assert "waiting up to" not in text or "held by job 000" in text, text
+    runs = {f"{d}/{run_dir(d).relative_to(d)}" for d in (here, there)}
+    assert {json.loads(provenance_of(tmp_path, m).read_text())["run"].split(":", 1)[1] for m in ms} <= runs
+
+
+# ---------------------------------------------------------------- 6. a full disk
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 2 MB tmpfs (root only): a disk that fills."""
+    mount = tmp_path / "small-disk"
+    mount.mkdir()
+    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mount)],
+                                           capture_output=True).returncode != 0:
+        pytest.skip("cannot mount a tmpfs here (needs root)")
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], capture_output=True)
+
+
+def test_a_record_that_cannot_be_written_fails_the_job(cluster, tmp_path, ms_factory, small_disk):
+    (ms,) = make_ms_set(ms_factory, tmp_path, 1)
+    bindir = tmp_path / "stand-in"
+    bindir.mkdir()
+    (bindir / "wsclean").write_text(
+        "#!/usr/bin/env bash\n"
+        "# stand-in for WSClean, written by tests/test_loop.py: the real WSClean, then the disk fills up\n"
+        f"[[ $1 == --version ]] && exec {shutil.which('wsclean')} --version\n"
+        f"{shutil.which('wsclean')} \"$@\" || exit\n"
+        f"dd if=/dev/zero of={small_disk}/filler bs=64k 2> /dev/null\n"
+        "exit 0\n")
+    (bindir / "wsclean").chmod(0o755)
+    env_file = tmp_path / "env.sh"
+    env_file.write_text(f"export PATH={bindir}:$PATH\n")
+    cfg = config(tmp_path, cluster, worker={"env_file": toml_str(str(env_file)), "nodes": "'node001'"},
+                 wsclean={"out-dir": toml_str(f"{small_disk}/$ms_basename$")})
+    r = expect(imgpipe(cluster, tmp_path, cfg, ms), 1)
+    out = small_disk / ms.name
+    assert (out / "img-image.fits").is_file()  # the images were written...
+    assert not (out / "img.imgpipe.json").exists()  # ...but not their record: not done
+    assert not list(out.glob("*.tmp.*")) and not list(out.glob("*.imgpipe-claim")), list(out.iterdir())
+    row = [ln for ln in r.err.splitlines() if ln.strip().startswith("0001")]
+    assert row and "the record could not be written" in row[0], r
+    assert "cannot write the record" in r.err and "No space left on device" in r.err, r
+    assert "free on" in r.err, r
+
+    (small_disk / "filler").unlink()  # space again: the job runs again and is done
+    (bindir / "wsclean").unlink()
+    r = expect(imgpipe(cluster, tmp_path, cfg, ms), 0)
+    assert json.loads((out / "img.imgpipe.json").read_text())["images"]
+
+
+# ---------------------------------------------------------------- 8. what plan and dry run say
+
+
+def test_plan_and_dry_run_say_what_is_done_and_nothing_runs_when_all_is(cluster, tmp_path, ms_factory):
+    ms = make_ms_set(ms_factory, tmp_path, 4)
+    cfg = config(tmp_path, cluster)
+    expect(imgpipe(cluster, tmp_path, cfg, *ms[:2]), 0)
+
+    r = expect(imgpipe(cluster, tmp_path, cfg, *ms, "--dry-run"), 0)
+    assert "dry run: 4 job(s): 2 done, 2 to run; nothing was started or written" in r.err, r
+    marks = [ln.split("]")[0] for ln in r.out.splitlines()]
+    assert marks == ["[0001 on any node, done", "[0002 on any node, done", "[0003 on any node", "[0004 on any node"]
+    r = expect(imgpipe(cluster, tmp_path, "plan", cfg, *ms), 0)
+    assert "4 job(s): 2 done, 2 to run" in r.out, r
+    states = [ln.split()[2] for ln in r.out.splitlines() if ln.strip()[:4] in ("0001", "0002", "0003", "0004")]
+    assert states == ["done", "done", "to", "to"], r.out
+
+    r = expect(imgpipe(cluster, tmp_path, cfg, *ms), 0)
+    rdir = Path(r.err.split("run directory ", 1)[1].split()[0])
+    r = expect(imgpipe(cluster, tmp_path, cfg, *ms, "--dry-run"), 0)
+    assert "4 job(s): 4 done, 0 to run; nothing to do" in r.err, r
+    before = (rdir / "joblog.tsv").read_text()
+    t0 = time.time()
+    r = expect(imgpipe(cluster, tmp_path, cfg, *ms), 0)
+    assert "nothing to do: all 4 job(s) done" in r.err, r
+    assert (rdir / "joblog.tsv").read_text() == before  # no engine was asked
+    assert "cannot be reached" not in r.err and time.time() - t0 < 10, r

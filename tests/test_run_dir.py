@@ -1,0 +1,105 @@
+"""The run directory (imgpipe/run_dir.py): its lock, whose files it holds, the job log's format,
+the wrapper's protocol."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+
+import pytest
+
+from imgpipe import jobs_file
+from imgpipe.errors import ImgpipeError
+from imgpipe.run_dir import (
+    EARLIER, FAILURES, JOBLOG, STOPPING, RunDir, RunLock, append_rows, classify, read_rows, wrapper_args,
+)
+
+
+def hold_lock(run_dir, holder: str) -> subprocess.Popen:
+    """Another process holding the run lock with ``holder`` as its text, until killed."""
+    code = textwrap.dedent(f"""
+        import fcntl, os, sys, time
+        fd = os.open({str(run_dir / 'run.lock')!r}, os.O_RDWR | os.O_CREAT)
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        os.ftruncate(fd, 0); os.write(fd, {holder!r}.encode())
+        print("held", flush=True)
+        time.sleep(float(sys.argv[1]))
+    """)
+    proc = subprocess.Popen([sys.executable, "-c", code, "2.0"], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "held"
+    return proc
+
+
+def test_a_live_run_holding_the_lock_is_named_and_refused(tmp_path):
+    holder = hold_lock(tmp_path, f"imgpipe pid {os.getpid()} on {socket.gethostname()} since now")
+    try:
+        with pytest.raises(ImgpipeError, match=f"already being run by imgpipe pid {os.getpid()}"):
+            with RunLock(tmp_path):
+                pass
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+@pytest.mark.parametrize("holder", [f"imgpipe pid 1234 (gone): its guard pid 99 is {STOPPING}",
+                                    f"imgpipe pid 999999999 on {socket.gethostname()} since then"])
+def test_a_new_run_waits_for_a_killed_run_that_is_stopping_its_jobs(tmp_path, capsys, holder):
+    proc = hold_lock(tmp_path, holder)  # lets go after 2 s
+    t0 = time.time()
+    with RunLock(tmp_path) as lock:
+        waited = time.time() - t0
+        assert f"imgpipe pid {os.getpid()}" in lock.holder()
+    proc.wait()
+    assert 1.0 < waited < 30, waited
+    assert "waiting for the earlier run to finish stopping its jobs" in capsys.readouterr().err
+
+
+def plan_in(run_cli, write_config, ms_factory, tmp_path, *names):
+    cfg = write_config("[wsclean]\nname = 'img'\ndata-column = false\nout-dir = 'images/$ms_basename$'\n")
+    jobs = tmp_path / "run" / "jobs.txt"
+    assert run_cli("plan", cfg, *(ms_factory(n) for n in names), "--jobs-file", jobs).code == 0
+    return jobs_file.read(jobs), RunDir(jobs.parent)
+
+
+def test_adopt_moves_the_files_of_another_plan_aside(run_cli, write_config, ms_factory, tmp_path):
+    plan_a, run = plan_in(run_cli, write_config, ms_factory, tmp_path, "a.MS")
+    assert run.adopt(plan_a) is None  # a new directory: nothing to move
+    (run / "logs").mkdir()
+    (run / "logs" / "0001").write_text("the log of a.MS's job\n")
+    (run / JOBLOG).write_text(f"Seq\tHost\tStarttime\tJobRuntime\tSend\tReceive\tExitval\tSignal\tCommand\n"
+                              f"1\t:\t1.0\t2.0\t0\t0\t0\t0\tbash -c x imgpipe-job {plan_a.tag} 0001 2\n")
+    assert run.adopt(plan_a) is None  # the same plan again: nothing moves
+    assert (run / JOBLOG).exists()
+
+    plan_b, _ = plan_in(run_cli, write_config, ms_factory, tmp_path, "b.MS")
+    assert run.adopt(plan_b) == plan_a.digest
+    aside = run / EARLIER / plan_a.digest[:12]
+    assert (aside / "logs" / "0001").read_text() == "the log of a.MS's job\n"
+    assert (aside / JOBLOG).exists() and not (run / JOBLOG).exists()
+    assert (run / "jobs.txt").exists() and run.state()["digest"] == plan_b.digest
+
+
+def test_rows_carry_their_job_and_plan(tmp_path):
+    path = tmp_path / "joblog.tsv"
+    append_rows(path, [], {})
+    with open(path, "a") as f:
+        f.write("3\tnode001\t1700000000.5\t 12.250\t0\t0\t10\t0\tbash -c \"$IMGPIPE_JOB\" imgpipe-job "
+                "imgpipe-0123456789ab 0007 2 '' 0 1 0 vm:/r 'wsclean ...'\n")
+        f.write("4\tnode001\t17000")  # a half-written last line
+    (row,) = read_rows(path)
+    assert (row.seq, row.host, row.exitval, row.job_id, row.tag) == (3, "node001", 10, "0007", "imgpipe-0123456789ab")
+    assert not row.ok and classify(row.exitval, row.signal) == FAILURES[10]
+
+
+def test_wrapper_arguments_are_in_the_order_the_wrapper_reads_them(run_cli, write_config, ms_factory, tmp_path):
+    plan, run = plan_in(run_cli, write_config, ms_factory, tmp_path, "a.MS")
+    job = plan.jobs[0]
+    args = wrapper_args(plan, job.id, job.command, share=True, force=False, run=run.label)
+    # bin/imgpipe-job: TAG ID SLOTS ENV_FILE MAX_TIME SHARE FORCE RUN COMMAND
+    assert args == [plan.tag, job.id, "4", "", "0", "1", "0", run.label, job.command]
+    wrapper = open(os.path.join(os.path.dirname(__file__), "..", "bin", "imgpipe-job")).read()
+    assert "tag=$1 id=$2 slots=$3 env_file=$4 max_time=$5 share=$6 force=$7 run=$8 command=$9" in wrapper
