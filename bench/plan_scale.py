@@ -180,12 +180,12 @@ def breakdown(workdir: str, n: int) -> dict:
     t0 = time.perf_counter()
     plan_digest(plan.worker, plan.jobs)
     extra.append(("  of build_plan: the plan digest alone", time.perf_counter() - t0))
-    problem = getattr(ms_facts, "_problem", None)
-    if problem is not None:
-        t0 = time.perf_counter()
-        for p in paths:
-            problem(p)
-        extra.append(("  of MS facts: existence/readability checks (serial, re-timed)", time.perf_counter() - t0))
+    from imgpipe.inputs import ms_problem
+
+    t0 = time.perf_counter()
+    for p in paths:
+        ms_problem(p)
+    extra.append(("  of MS facts: existence/readability checks (serial, re-timed)", time.perf_counter() - t0))
     t0 = time.perf_counter()
     ms_facts._read_chunk((paths[:1000], data_column(config)))
     per = (time.perf_counter() - t0) / min(n, 1000)

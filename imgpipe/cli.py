@@ -112,7 +112,7 @@ def build_parser() -> argparse.ArgumentParser:
         "status",
         help="what finished, what failed and why, what runs (reads the run directory only)",
         description="Show each job's state (done, failed, running, not started), host, start, runtime, "
-        "why it failed and its log, from the job log and the provenance records; contacts no node. "
+        "why it failed and its log, from the image records and the job log; contacts no node. "
         "With no argument, the most recent run under ./imgpipe-runs.",
     )
     _add_run_dir_argument(status)
@@ -301,7 +301,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_inputs(args: argparse.Namespace) -> int:
     from .config import load_config
     from .errors import ImgpipeError
-    from .data_handler import describe_inputs
+    from .inputs import describe_inputs
 
     config = load_config(args.config)
     if config.data_handler is None:

@@ -4,7 +4,7 @@ A NenuFAR ``data_handler.toml`` (the file nenucal's tools share) says which
 spectral windows (SWs) exist, on which node each obs_id keeps each SW, and
 where the MSs of each data level are. This module reads that file, unchanged,
 and turns patterns such as ``"202312*_NT04"`` or ``"20231201_NT04:SW0[12]"``
-into ``MSInput``s (absolute path, obs_id, SW, node).
+into entries (absolute path, obs_id, SW, node), which ``inputs`` makes the MS inputs.
 
 Layers, as in the rest of the package:
 
@@ -13,8 +13,7 @@ Layers, as in the rest of the package:
 - ``split_pattern``, ``select``, ``dir_path``, ``resolve``: pure resolution.
   The only file-system look-up needed, listing the time chunks of N2 obs_ids
   (and of LST levels), is a function passed in (``list_chunks``).
-- ``load_data_handler``, ``resolve_patterns``, ``describe_inputs``: the file
-  I/O around them.
+- ``load_data_handler``, ``resolve_patterns``, ``selected``: the file I/O around them.
 
 The file
 --------
@@ -110,7 +109,6 @@ from typing import Any, Callable
 from .config import DataHandlerConfig, read_toml, suggest
 from .errors import ImgpipeError, PlanErrors
 from .hosts import parse_nodes
-from .inputs import MSInput, check_path_text, dedupe
 
 PATH_TOKENS = ("NODE", "OBS_ID", "N1_OBS_ID", "YEAR", "MONTH")
 _PATH_TOKEN_RE = re.compile(r"%([A-Z][A-Z0-9_]*)%")
@@ -621,13 +619,15 @@ def load_data_handler(path: str | os.PathLike) -> DataHandler:
     return parse_data_handler(data, str(path), str(path.parent))
 
 
-def _resolved(dhc: DataHandlerConfig, patterns: list[str]) -> tuple[list[Entry], list[str]]:
+def selected(dhc: DataHandlerConfig, patterns: list[str]) -> list[Entry]:
+    """Every MS the patterns select, each once, in order (a chunk look-up that found nothing is an
+    entry too, ``found`` False, its path the pattern looked for). Raises the patterns' problems."""
     dh = load_data_handler(dhc.config_file)
     level = get_level(dh, dhc.data_level)
     entries, problems = resolve(dh, level, list(patterns))
-    for e in entries:
-        check_path_text(e.path)
-    return entries, problems
+    if problems:
+        _raise(problems)
+    return _dedupe_entries(entries)
 
 
 def _raise(problems: list[str]) -> None:
@@ -645,15 +645,16 @@ def _dedupe_entries(entries: list[Entry]) -> list[Entry]:
     return out
 
 
-def resolve_patterns(dh: DataHandlerConfig, patterns: list[str]) -> list[MSInput]:
-    """The MS inputs that obs_id patterns select, each once, in order.
+def resolve_patterns(dh: DataHandlerConfig, patterns: list[str]) -> list[Entry]:
+    """The MSs that obs_id patterns select, each once, in order.
 
     Raises ImgpipeError / PlanErrors (all problems together) for the data handler's and the
     patterns' mistakes. Whether each MS exists is the planner's check (it lists every missing one),
     except for time chunks, which are found by listing directories: an N2 obs_id and SW with no
     chunk on any node is an error here.
     """
-    entries, problems = _resolved(dh, patterns)
+    dhf = load_data_handler(dh.config_file)
+    entries, problems = resolve(dhf, get_level(dhf, dh.data_level), list(patterns))
     for e in entries:
         if not e.found:
             text = f"obs_id {e.obs_id}, SW {e.sw}: no MS {e.path} (no time chunk found there)"
@@ -661,28 +662,4 @@ def resolve_patterns(dh: DataHandlerConfig, patterns: list[str]) -> list[MSInput
                 problems.append(text)
     if problems:
         _raise(problems)
-    return dedupe([MSInput(path=e.path, obs_id=e.obs_id, sw=e.sw, node=e.node) for e in entries])
-
-
-def describe_inputs(dh: DataHandlerConfig, patterns: list[str]) -> list[dict[str, Any]]:
-    """One row per selected MS (obs_id, sw, node, path, exists, readable), in the order resolved.
-
-    A chunk look-up that found nothing is a row too, its path the pattern looked for (exists False).
-    """
-    from .ms_facts import _problem
-
-    entries, problems = _resolved(dh, patterns)
-    if problems:
-        _raise(problems)
-    rows = []
-    for e in _dedupe_entries(entries):
-        exists = e.found and os.path.exists(e.path)
-        rows.append({
-            "obs_id": e.obs_id,
-            "sw": e.sw,
-            "node": e.node,
-            "path": e.path,
-            "exists": exists,
-            "readable": exists and _problem(e.path) is None,
-        })
-    return rows
+    return _dedupe_entries(entries)

@@ -68,8 +68,35 @@ def resolve_inputs(config: Config, args: list[str]) -> list[MSInput]:
     if config.data_handler is not None:
         from .data_handler import resolve_patterns
 
-        resolved = resolve_patterns(config.data_handler, args)
-        for item in resolved:
-            check_path_text(item.path)
+        resolved = []
+        for e in resolve_patterns(config.data_handler, args):
+            check_path_text(e.path)
+            resolved.append(MSInput(path=e.path, obs_id=e.obs_id, sw=e.sw, node=e.node))
         return dedupe(resolved)
     return from_paths(args)
+
+
+def ms_problem(path: str) -> str | None:
+    """Why ``path`` is not a readable Measurement Set, or None (no casacore needed)."""
+    if not os.path.exists(path):
+        return f"{path}: does not exist"
+    if not os.path.isdir(path) or not os.path.isfile(os.path.join(path, "table.dat")):
+        return f"{path}: is not a Measurement Set (no casacore table.dat in it)"
+    if not os.access(path, os.R_OK | os.X_OK) or not os.access(os.path.join(path, "table.dat"), os.R_OK):
+        return f"{path}: is not readable (permission denied)"
+    if not os.path.isfile(os.path.join(path, "SPECTRAL_WINDOW", "table.dat")):
+        return f"{path}: has no SPECTRAL_WINDOW subtable"
+    return None
+
+
+def describe_inputs(dh, patterns: list[str]) -> list[dict]:
+    """``imgpipe inputs``: one row per MS the patterns select (obs_id, sw, node, path, exists,
+    readable), in the order resolved; a chunk look-up that found nothing is a row too."""
+    from .data_handler import selected
+
+    rows = []
+    for e in selected(dh, patterns):
+        exists = e.found and os.path.exists(e.path)
+        rows.append({"obs_id": e.obs_id, "sw": e.sw, "node": e.node, "path": e.path, "exists": exists,
+                     "readable": exists and ms_problem(e.path) is None})
+    return rows

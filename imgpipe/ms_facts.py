@@ -19,6 +19,8 @@ import os
 import struct
 from dataclasses import dataclass
 
+from .inputs import ms_problem
+
 PARALLEL_MIN = 400  # below this, a worker pool costs more than it saves
 
 
@@ -33,18 +35,6 @@ class MSFacts:
     @property
     def nchan(self) -> int:
         return len(self.chan_freqs)
-
-
-def _problem(path: str) -> str | None:
-    if not os.path.exists(path):
-        return f"{path}: does not exist"
-    if not os.path.isdir(path) or not os.path.isfile(os.path.join(path, "table.dat")):
-        return f"{path}: is not a Measurement Set (no casacore table.dat in it)"
-    if not os.access(path, os.R_OK | os.X_OK) or not os.access(os.path.join(path, "table.dat"), os.R_OK):
-        return f"{path}: is not readable (permission denied)"
-    if not os.path.isfile(os.path.join(path, "SPECTRAL_WINDOW", "table.dat")):
-        return f"{path}: has no SPECTRAL_WINDOW subtable"
-    return None
 
 
 def _name_in_table_dat(path: str, column: str) -> bool:
@@ -113,7 +103,7 @@ def _checked_read(path: str, column: str | None) -> MSFacts | str:
     """_read_one; the path checks (several syscalls an MS) only when it fails, to say why in plain words."""
     result = _read_one(path, column)
     if isinstance(result, str) or (column is None and not os.path.isfile(os.path.join(path, "table.dat"))):
-        return _problem(path) or result
+        return ms_problem(path) or result
     return result
 
 

@@ -17,7 +17,6 @@ import nenufar_tree as nt
 from imgpipe.config import DataHandlerConfig
 from imgpipe.data_handler import (
     chunk_index,
-    describe_inputs,
     dir_path,
     get_level,
     parse_data_handler,
@@ -25,6 +24,7 @@ from imgpipe.data_handler import (
     split_pattern,
 )
 from imgpipe.errors import ImgpipeError
+from imgpipe.inputs import describe_inputs
 
 if sys.version_info >= (3, 11):
     import tomllib
