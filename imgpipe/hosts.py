@@ -1,4 +1,5 @@
-"""Host names: the ``[worker] nodes`` syntax, and which node a job runs on.
+"""Host names: the ``[worker] nodes`` syntax (Slurm's, read and written by python-hostlist),
+and which node a job runs on.
 
 Pure functions, no I/O but ``socket.gethostname``.
 """
@@ -12,7 +13,15 @@ from collections import Counter
 LOCAL_NAMES = ("localhost",)
 SLURM = "slurm"
 
-_RANGE_RE = re.compile(r"^(\d+)\s*-\s*(\d+)$")
+MAX_NODES = 10_000  # more hosts than any cluster imgpipe runs on: a typo such as node[1-9999999]
+_BRACKETS = re.compile(r"\[[^\]]*\]")
+_HOSTNAME = re.compile(r"[A-Za-z0-9_.@][A-Za-z0-9_.@-]*")
+_REASONS = {  # python-hostlist's words, said for a user
+    "start > stop": "the range goes backwards (write the smaller number first, e.g. [1-3])",
+    "bad range": "a range is whole numbers, e.g. [1-3], [08-11] or [1,5]",
+    "range too large": f"more than {MAX_NODES:,} hosts",
+    "results too large": f"more than {MAX_NODES:,} hosts",
+}
 
 
 def _split_outside_brackets(text: str) -> list[str]:
@@ -35,54 +44,51 @@ def _split_outside_brackets(text: str) -> list[str]:
     return parts
 
 
-def _expand_one(item: str) -> list[str]:
-    m = re.fullmatch(r"([^\[\]]*)\[([^\[\]]*)\]([^\[\]]*)", item)
-    if not m:
-        if "[" in item or "]" in item:
-            raise ValueError(f"cannot read host range {item!r} (one [...] per host name, e.g. 'node[1-3]')")
-        return [item]
-    prefix, inner, suffix = m.groups()
-    names = []
-    for piece in inner.split(","):
-        piece = piece.strip()
-        if not piece:
-            raise ValueError(f"empty entry in the brackets of {item!r}")
-        r = _RANGE_RE.match(piece)
-        if r:
-            lo, hi = r.groups()
-            if int(lo) > int(hi):
-                raise ValueError(f"range [{piece}] in {item!r} goes backwards")
-            width = len(lo) if lo.startswith("0") and len(lo) > 1 else 0
-            names.extend(f"{prefix}{n:0{width}d}{suffix}" for n in range(int(lo), int(hi) + 1))
-        elif "-" in piece:  # 'a-c', '1--3', '1-': only numeric ranges exist
-            raise ValueError(f"cannot read range [{piece}] in {item!r}: a range is two whole numbers, e.g. [1-3]")
-        elif re.fullmatch(r"[\w.]+", piece):
-            names.append(f"{prefix}{piece}{suffix}")
-        else:
-            raise ValueError(f"cannot read {piece!r} in host range {item!r}")
-    return names
+def _expand(item: str) -> list[str]:
+    """One comma-free item, e.g. 'node[001-003,007]', expanded by python-hostlist (Slurm's syntax)."""
+    import hostlist
+
+    try:
+        return hostlist.expand_hostlist(item)
+    except hostlist.BadHostlist as e:
+        for group in _BRACKETS.findall(item):  # which [...] it was: ask hostlist of each alone
+            try:
+                hostlist.expand_hostlist("h" + group)
+            except hostlist.BadHostlist as alone:
+                raise ValueError(f"cannot read {group} in {item!r}: {_REASONS.get(str(alone), alone)}") from None
+        raise ValueError(f"cannot read host range {item!r}: {_REASONS.get(str(e), e)}") from None
 
 
 def parse_nodes(text: str) -> tuple[str, ...]:
     """'node[1-3], node[08-09],nancep5' -> ('node1','node2','node3','node08','node09','nancep5').
 
-    Order is kept, spaces are stripped, duplicates are dropped.
+    Slurm's host list syntax (python-hostlist expands it). Order is kept, spaces are
+    stripped, duplicates are dropped; more than MAX_NODES hosts is refused.
     """
-    out: list[str] = []
+    out: dict[str, None] = {}
     for raw in _split_outside_brackets(text):
-        item = raw.strip()
+        item = _BRACKETS.sub(lambda m: re.sub(r"\s", "", m.group()), raw.strip())  # spaces inside [...] go
         if not item:
             continue
-        if re.search(r"\s", re.sub(r"\[[^\]]*\]", "[]", item)):  # spaces inside [...] are fine
+        if re.search(r"\s", item):
             raise ValueError(f"host name {item!r} contains a space (separate hosts with commas)")
-        for name in _expand_one(item):
-            if not re.fullmatch(r"[A-Za-z0-9_.@-]+", name):
-                raise ValueError(f"{name!r} is not a valid host name")
-            if name not in out:
-                out.append(name)
+        for name in _expand(item):
+            if not _HOSTNAME.fullmatch(name):
+                why = "starts with '-'" if name.startswith("-") else "holds a character a host name cannot"
+                raise ValueError(f"{name!r} is not a valid host name ({why})")
+            out[name] = None
+            if len(out) > MAX_NODES:
+                raise ValueError(f"nodes names more than {MAX_NODES:,} hosts ({text[:60]!r}...): a typo?")
     if not out:
         raise ValueError("no host given")
     return tuple(out)
+
+
+def print_nodes(hosts) -> str:
+    """The shortest host list naming ``hosts`` ('node[001-003,007]'), as Slurm prints them."""
+    import hostlist
+
+    return hostlist.collect_hostlist(list(hosts))
 
 
 def is_local(host: str) -> bool:

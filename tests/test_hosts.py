@@ -36,6 +36,7 @@ from imgpipe.hosts import host_from_path, is_local, is_slurm, majority_host, par
         ("node[1-2], node[2-3]", ("node1", "node2", "node3")),
         ("a,,b,", ("a", "b")),
         ("node[3-3]", ("node3",)),
+        ("rack[1-2]n[1-2]", ("rack1n1", "rack1n2", "rack2n1", "rack2n2")),  # Slurm's syntax, as python-hostlist reads it
         ("gpu.cluster.org", ("gpu.cluster.org",)),
         ("slurm", ("slurm",)),
     ],
@@ -52,16 +53,18 @@ def test_parse_nodes(text, nodes):
         ("node[1-3", ["unbalanced '['", "'node[1-3'"]),
         ("node1-3]", ["unbalanced ']'", "'node1-3]'"]),
         ("node[3-1]", ["[3-1]", "goes backwards"]),
-        ("node[a-c]", ["[a-c]", "two whole numbers"]),
-        ("node[1--3]", ["[1--3]", "two whole numbers"]),
-        ("node[1-]", ["[1-]", "two whole numbers"]),
-        ("node[]", ["empty entry", "'node[]'"]),
-        ("node[1,]", ["empty entry", "'node[1,]'"]),
-        ("node[1-2][1-2]", ["cannot read host range", "one [...] per host name"]),
+        ("node[a-c]", ["cannot read [a-c] in 'node[a-c]'", "whole numbers"]),
+        ("node[1--3]", ["[1--3]", "whole numbers"]),
+        ("node[1-]", ["[1-]", "whole numbers"]),
+        ("node[]", ["cannot read [] in 'node[]'"]),
+        ("node[1,]", ["cannot read [1,] in 'node[1,]'"]),
         ("node 1", ["'node 1'", "contains a space", "separate hosts with commas"]),
-        ("node[1;2]", ["cannot read '1;2'"]),
+        ("node[1;2]", ["cannot read [1;2]"]),
         ("no/de", ["'no/de' is not a valid host name"]),
         ("a,$HOST", ["'$HOST' is not a valid host name"]),
+        ("-Efoo", ["'-Efoo' is not a valid host name (starts with '-')"]),  # ssh would read it as an option
+        ("n[1-9999999]", ["more than 10,000 hosts"]),
+        ("a[1-6000],b[1-6000]", ["more than 10,000 hosts"]),
     ],
 )
 def test_parse_nodes_errors(text, parts):
