@@ -58,8 +58,9 @@ def _add_force_argument(p: argparse.ArgumentParser) -> None:
 def _add_run_arguments(p: argparse.ArgumentParser) -> None:
     from .engines import DEFAULT, names
 
-    p.add_argument("--engine", choices=names(), default=DEFAULT,
-                   help="what runs the jobs: GNU parallel (default) or the generated Makefile")
+    p.add_argument("--engine", choices=names(), default=None,
+                   help=f"what runs the jobs: GNU parallel over ssh ({DEFAULT}, the default), the generated "
+                   "Makefile (make), or Slurm (slurm; the default when [worker] nodes = 'slurm')")
     p.add_argument("--dry-run", action="store_true", default=None,
                    help="print each job with its host and whether it is done; start nothing, write nothing")
     _add_force_argument(p)
@@ -248,20 +249,26 @@ def _print_dry_run(plan, sets, force: bool) -> None:
     print(f"imgpipe: dry run: {_totals(plan, sets, force)}; {left}nothing was started or written", file=sys.stderr)
 
 
-def _run_engine(plan, path, args, rerun) -> int:
+def _engine_name(plan, args) -> str:
+    """--engine, else Slurm for nodes = 'slurm' (nenucal's spelling), else GNU parallel."""
+    from .engines import DEFAULT
     from .errors import ImgpipeError
 
-    if plan.worker.nodes == ("slurm",):
+    slurm = plan.worker.nodes == ("slurm",)
+    if args.engine is None:
+        return "slurm" if slurm else DEFAULT
+    if slurm and args.engine != "slurm":
         raise ImgpipeError(
-            "nodes = 'slurm': running through Slurm is not implemented yet",
-            where=plan.config_path,
-            hint=f"list the nodes to use over ssh in [worker] nodes; the jobs file {path} is written and can be "
-            "run by your own Slurm script (one line per job: ID, host, command)",
-        )
+            f"nodes = 'slurm' runs the jobs through Slurm; --engine {args.engine} needs the nodes by name",
+            where=plan.config_path, hint="leave out --engine, or list the nodes in [worker] nodes")
+    return args.engine
+
+
+def _run_engine(plan, path, args, rerun) -> int:
     from .engines.loop import run
     from .status import print_summary
 
-    outcome = run(plan, Path(path), engine=args.engine, force=args.force, rerun=rerun)
+    outcome = run(plan, Path(path), engine=_engine_name(plan, args), force=args.force, rerun=rerun)
     return print_summary(plan, outcome)
 
 
@@ -382,11 +389,14 @@ def cmd_status(args: argparse.Namespace) -> int:
         sys.stdout.write("\n")
         return 0
     print(f"run {path.parent.resolve()}")
-    print(f"{'job':<6} {'host':<12} {'state':<12} {'start':<15} {'runtime':>8}  {'why':<34} log")
+    slurm = any(s.slurm for s in states)  # a run through Slurm: its job (and step) ids too
+    print(f"{'job':<6} {'host':<12} " + (f"{'slurm id':<10} " if slurm else "")
+          + f"{'state':<12} {'start':<15} {'runtime':>8}  {'why':<34} log")
     order = {"failed": 0, "running": 1, "not started": 2, "done": 3}
     for s in sorted(states, key=lambda s: (order[s.state], s.job.id)):
-        print(f"{s.job.id:<6} {s.host or s.job.host or '-':<12} {s.state:<12} {_fmt_time(s.start):<15} "
-              f"{_fmt_runtime(s.runtime):>8}  {(s.why or ''):<34} {s.log or '-'}")
+        print(f"{s.job.id:<6} {s.host or s.job.host or '-':<12} " + (f"{s.slurm or '-':<10} " if slurm else "")
+              + f"{s.state:<12} {_fmt_time(s.start):<15} {_fmt_runtime(s.runtime):>8}  {(s.why or ''):<34} "
+              f"{s.log or '-'}")
     for host, h in sorted(host_summary(states).items()):
         print(f"host {host:<12} {h['done']} done, {h['failed']} failed, busy {_fmt_runtime(h['busy'])}")
     print(f"total: {c['done']}/{c['total']} done, {c['failed']} failed, {c['running']} running, "

@@ -9,7 +9,8 @@ and says in one line what went wrong, as plumbum's ``ProcessExecutionError`` doe
 urllib and http.client, for what these forty lines do.)
 
 ``on_node(host, script, ssh)`` is the argv that runs a shell script on a node: ``sh -c``
-here, ssh elsewhere, with option parsing ended before the host name.
+here, ssh elsewhere, with option parsing ended before the host name. ``on_nodes`` runs one
+on many nodes at once, through any such "shell" (ssh, or a Slurm step).
 """
 
 from __future__ import annotations
@@ -94,22 +95,20 @@ def on_node(host: str, script: str, ssh: list[str]) -> list[str]:
     return [*ssh, *SSH_OPTIONS, "--", host, script]
 
 
-def on_nodes(hosts, script: str, ssh: list[str], timeout: float = 30.0) -> dict[str, Result]:
-    """Run ``script`` on every host at once (at most FAN_OUT connections opening together); this
-    machine once, however many of its names are listed."""
-    targets: dict[str, str] = {}
-    local_seen = False
-    for h in hosts:
-        if is_local(h):
-            if local_seen:
-                continue
-            local_seen = True
-        targets[h] = h
-    if not targets:
+def ssh_shell(ssh: list[str]):
+    """A shell on the nodes through ssh: ``shell(host, script) -> argv``."""
+    return lambda host, script: on_node(host, script, ssh)
+
+
+def on_nodes(hosts, script: str, shell, timeout: float = 30.0) -> dict[str, Result]:
+    """Run ``script`` on every host at once through ``shell(host, script) -> argv`` (at most
+    FAN_OUT connections opening together)."""
+    hosts = list(dict.fromkeys(hosts))
+    if not hosts:
         return {}
 
     def one(host: str) -> tuple[str, Result]:
-        return host, run(on_node(host, script, ssh), host=host, timeout=timeout)
+        return host, run(shell(host, script), host=host, timeout=timeout)
 
-    with ThreadPoolExecutor(max_workers=min(FAN_OUT, len(targets))) as pool:
-        return dict(pool.map(one, targets))
+    with ThreadPoolExecutor(max_workers=min(FAN_OUT, len(hosts))) as pool:
+        return dict(pool.map(one, hosts))

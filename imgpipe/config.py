@@ -17,6 +17,7 @@ from __future__ import annotations
 import difflib
 import os
 import re
+import shlex
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,6 +44,7 @@ WORKER_DEFAULTS: dict[str, Any] = {
     "max_time": 0,
     "slurm_nodes": 0,
     "slurm_options": "",
+    "resources": {},
     "ssh": "ssh",
     "retries": 0,
     "connection_retries": 3,
@@ -85,10 +87,14 @@ class RunSettings:
     ssh: str = "ssh"
     retries: int = 0
     connection_retries: int = 3
+    slurm_cpus: int = 0  # CPUs per job asked of Slurm ([worker.resources.heavy] cpus); 0: the node's share
+    slurm_mem_mb: int = 0  # memory per job asked of Slurm, MB ([worker.resources.heavy] mem); 0: the node's share
 
     def as_dict(self) -> dict[str, Any]:
-        """A stable JSON-able form (the jobs file's ``# worker:`` line; the digest is taken over it)."""
-        return {
+        """A stable JSON-able form (the jobs file's ``# worker:`` line; the digest is taken over it).
+        Settings added since format 1 appear only when set, so earlier plans keep their digest."""
+        extra = {k: getattr(self, k) for k in ("slurm_cpus", "slurm_mem_mb") if getattr(self, k)}
+        return {**extra, **{
             "nodes": list(self.nodes),
             "max_concurrent": self.max_concurrent,
             "env_file": self.env_file,
@@ -98,7 +104,7 @@ class RunSettings:
             "ssh": self.ssh,
             "retries": self.retries,
             "connection_retries": self.connection_retries,
-        }
+        }}
 
     @classmethod
     def from_dict(cls, data: Any) -> "RunSettings":
@@ -112,7 +118,8 @@ class RunSettings:
         if not isinstance(nodes, list) or not nodes or not all(isinstance(n, str) and n for n in nodes):
             raise ValueError("worker 'nodes' is not a list of host names")
         kinds = {"max_concurrent": _is_int, "slurm_nodes": _is_int, "retries": _is_int,
-                 "connection_retries": _is_int, "max_time": _is_number,
+                 "connection_retries": _is_int, "max_time": _is_number, "slurm_cpus": _is_int,
+                 "slurm_mem_mb": _is_int,
                  "env_file": lambda v: isinstance(v, str), "slurm_options": lambda v: isinstance(v, str),
                  "ssh": lambda v: isinstance(v, str) and bool(v.strip())}
         for key, ok in kinds.items():
@@ -138,6 +145,8 @@ class WorkerConfig:
     ssh: str = "ssh"
     retries: int = 0
     connection_retries: int = 3
+    slurm_cpus: int = 0
+    slurm_mem_mb: int = 0
 
     def run_settings(self) -> RunSettings:
         """What a run of the plan needs (planning-only keys such as debug and the pattern left out)."""
@@ -145,6 +154,7 @@ class WorkerConfig:
             nodes=self.nodes, max_concurrent=self.max_concurrent, env_file=self.env_file,
             max_time=self.max_time, slurm_nodes=self.slurm_nodes, slurm_options=self.slurm_options,
             ssh=self.ssh, retries=self.retries, connection_retries=self.connection_retries,
+            slurm_cpus=self.slurm_cpus, slurm_mem_mb=self.slurm_mem_mb,
         )
 
 
@@ -335,6 +345,15 @@ def _build_worker(table: dict[str, Any], where) -> WorkerConfig:
         raise _type_error(where("max_time"), "a number of seconds (0 = no limit)", w["max_time"])
     if not _is_int(w["slurm_nodes"]) or w["slurm_nodes"] < 0:
         raise _type_error(where("slurm_nodes"), "a whole number, at least 0", w["slurm_nodes"])
+    slurm_options = w["slurm_options"] or os.environ.get("LIBPIPE_SLURM_OPTIONS", "")  # nenucal's fallback
+    try:
+        shlex.split(slurm_options)
+    except ValueError as e:
+        raise ImgpipeError(f"cannot read slurm_options {slurm_options!r}: {e}",
+                           where=where("slurm_options") + ("" if w["slurm_options"] else " ($LIBPIPE_SLURM_OPTIONS)"),
+                           hint="write the options as on the sbatch command line, e.g. "
+                           "'--partition=imaging --time=12:00:00'") from None
+    cpus, mem_mb = _resources(w["resources"], where)
     pattern = None
     if w["run_on_file_host_pattern"]:
         try:
@@ -361,11 +380,45 @@ def _build_worker(table: dict[str, Any], where) -> WorkerConfig:
         run_on_file_host_pattern=pattern,
         max_time=w["max_time"],
         slurm_nodes=w["slurm_nodes"],
-        slurm_options=w["slurm_options"],
+        slurm_options=slurm_options,
+        slurm_cpus=cpus,
+        slurm_mem_mb=mem_mb,
         ssh=w["ssh"],
         retries=w["retries"],
         connection_retries=w["connection_retries"],
     )
+
+
+_MEM_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]?)B?\s*$", re.IGNORECASE)
+_MEM_MB = {"K": 1 / 1024, "M": 1, "G": 1024, "T": 1024 * 1024, "": 1024}  # a bare number is in GB
+
+
+def _resources(table: Any, where) -> tuple[int, int]:
+    """nenucal's ``[worker.resources]``: ``{category: {cpus, mem}}``; imaging asks for the category
+    'heavy' (as nenucal's imaging did). Returns (CPUs, memory in MB) per job, 0 when not set."""
+    if not isinstance(table, dict) or not all(isinstance(v, dict) for v in table.values()):
+        raise _type_error(where("resources"), "tables of {cpus, mem}, e.g. [worker.resources.heavy] cpus = 8, "
+                          "mem = '30G'", table)
+    heavy = table.get("heavy", {})
+    unknown = sorted(set(heavy) - {"cpus", "mem"})
+    if unknown:
+        close = suggest(unknown[0], ("cpus", "mem"))
+        raise ImgpipeError(f"unknown key '{unknown[0]}' in [worker.resources.heavy]", where=where("resources"),
+                           hint=f"did you mean '{close}'?" if close else "its keys are cpus and mem")
+    cpus = heavy.get("cpus", 0)
+    if not _is_int(cpus) or cpus < 0:
+        raise _type_error(where("resources") + ".heavy cpus", "a whole number of CPUs per job", cpus)
+    mem = heavy.get("mem", 0)
+    mem_mb = 0
+    if _is_number(mem) and mem >= 0:
+        mem_mb = int(mem * 1024)
+    elif isinstance(mem, str) and _MEM_RE.match(mem):
+        number, unit = _MEM_RE.match(mem).groups()
+        mem_mb = int(float(number) * _MEM_MB[unit.upper()])
+    else:
+        raise _type_error(where("resources") + ".heavy mem", "an amount of memory per job, e.g. '30G' or '500M'",
+                          mem)
+    return cpus, mem_mb
 
 
 def _build_data_handler(naming_file: Path, table: dict[str, Any] | None, where) -> DataHandlerConfig | None:

@@ -46,7 +46,7 @@ from . import jobs_file as jf
 from . import status as st
 from .joblog import attempts
 from .plan import Job, Plan
-from .run_dir import LOGS, Row, classify
+from .run_dir import LOGS, SLURM_PLACED, Row, classify
 
 REPORT = "report.html"
 REPORT_DIR = "report"  # the preview PNGs (and their cached statistics), next to report.html
@@ -131,13 +131,17 @@ def rel(path: str | os.PathLike, start: Path) -> str:
 # ----------------------------------------------------------------- the job log: every attempt
 
 
-def host_namer(plan: Plan):
-    """row -> node name: GNU parallel logs this machine as ':'; call it by the plan's name for it."""
+def host_namer(plan: Plan, states: list[st.JobState] = ()):
+    """row -> node name: GNU parallel logs this machine as ':', and a job Slurm placed as 'slurm'
+    (its node is in its log: the job's state has it)."""
     from .hosts import is_local
 
     local = next((h for h in plan.worker.nodes if is_local(h)), "localhost")
+    placed = {s.job.id: s.host for s in states if s.host}
 
     def name(row: Row) -> str:
+        if row.host == SLURM_PLACED:
+            return placed.get(row.job_id or "", row.host)
         return local if row.host in (":", "localhost") else row.host
 
     return name
@@ -167,7 +171,7 @@ def timeline_bars(plan: Plan, states: list[st.JobState], rows: list[Row], now: f
     for r in rows:
         n_of[r.job_id or "?"] = n_of.get(r.job_id or "?", 0) + 1
     seen: dict[str, int] = {}
-    host_of = host_namer(plan)
+    host_of = host_namer(plan, states)
     bars = []
     for r in rows:
         jid = r.job_id or "?"
@@ -618,7 +622,7 @@ def render(plan: Plan, jobs_path: Path, run_dir: Path, states: list[st.JobState]
                        ("not started", "not started"), ("total", "jobs")):
         add(f'<div class="count c-{key.replace(" ", "")}" data-state="{esc(key)}"><b>{c[key]}</b>{esc(label)}</div>')
     add("</div>")
-    host_of = host_namer(plan)
+    host_of = host_namer(plan, states)
     finished = rows
     if finished:
         t0 = min(r.start for r in finished)
@@ -714,6 +718,8 @@ def render(plan: Plan, jobs_path: Path, run_dir: Path, states: list[st.JobState]
                 why = "not run yet"
         p = prev.get(j.id)
         host = running_host(plan, s) if s.state == "running" else (s.host or j.host or "-")
+        if s.slurm:
+            host += f" (Slurm {s.slurm})"
         links = _link(log, run_dir, "log")
         if err.is_file() and err.stat().st_size:
             links += " " + _link(err, run_dir, "stderr")

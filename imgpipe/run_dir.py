@@ -57,12 +57,18 @@ FAILURES = {
     13: ("record", "the record could not be written next to the images (disk full?)"),
     14: ("busy", "another job was making the same images"),
     15: ("foreign", "images of another command are in the way (--force replaces them)"),
+    # from bin/imgpipe-srun (the Slurm engine), which reads what srun's exit status does not say
+    16: ("node", "the Slurm node failed"),
+    17: ("memory", "out of memory: Slurm stopped it past the memory it asked for"),
+    18: ("time-limit", "Slurm's time limit was reached"),
+    19: ("slurm", "Slurm ended it (its allocation ended, or its step was refused or cancelled)"),
     124: ("timeout", "max_time reached"),
     255: ("connection", "ssh could not reach the node (or the connection dropped)"),
 }
-# classes worth another attempt: the node or the network (connection), or the job itself
-RETRY_CONNECTION = ("connection",)
-RETRY_JOB = ("wsclean", "signal", "timeout")
+# classes worth another attempt: the node, the network or Slurm (connection_retries), or the
+# job itself (retries)
+RETRY_CONNECTION = ("connection", "node", "slurm")
+RETRY_JOB = ("wsclean", "signal", "timeout", "memory", "time-limit")
 
 
 def classify(exitval: int, signal: int = 0) -> tuple[str, str]:
@@ -89,14 +95,18 @@ def run_label(run_dir: Path) -> str:
     return f"{socket.gethostname()}:{run_dir}"
 
 
-def wrapper_args(plan, job_id: str, command: str, *, share: bool, force: bool, run: str) -> list[str]:
-    """The words after ``imgpipe-job``; ``job_id`` and ``command`` may be an engine's placeholders."""
+def wrapper_args(plan, job_id: str, command: str, *, share: str, force: bool, run: str) -> list[str]:
+    """The words after ``imgpipe-job``; ``job_id`` and ``command`` may be an engine's placeholders.
+
+    ``share``: '0' WSClean as the user set it; '1' split the node's cores and memory by
+    max_concurrent; 'THREADS/GB' the cores and memory Slurm granted the job.
+    """
     w = plan.worker
     max_time = w.max_time or 0
     return [
         plan.tag, job_id, str(w.max_concurrent), w.env_file,
         str(int(max_time)) if float(max_time).is_integer() else str(max_time),
-        "1" if share else "0", "1" if force else "0", run, command,
+        share, "1" if force else "0", run, command,
     ]
 
 
@@ -121,6 +131,7 @@ def bin_file(name: str) -> Path:
 # ---------------------------------------------------------------- the job log's format
 
 JOBLOG_HEADER = "Seq\tHost\tStarttime\tJobRuntime\tSend\tReceive\tExitval\tSignal\tCommand"
+SLURM_PLACED = "slurm"  # the Host of a job Slurm placed (its node is in its log: see status)
 _JOB_RE = re.compile(r"imgpipe-job (imgpipe-[0-9a-f]{12}) (\S+) ")
 
 

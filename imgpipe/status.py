@@ -25,7 +25,7 @@ from .hosts import is_local
 from .image_sets import ImageSet, image_sets
 from .joblog import attempts, last_rows
 from .plan import Job, Plan
-from .run_dir import LOGS, ROUND_IDS, ROUND_JOBLOG, Row, classify, read_rows, run_active
+from .run_dir import LOGS, ROUND_IDS, ROUND_JOBLOG, SLURM_PLACED, Row, classify, read_rows, run_active
 
 
 @dataclass(frozen=True)
@@ -40,6 +40,7 @@ class JobState:
     why: str | None = None
     log: str | None = None
     images: ImageSet | None = None
+    slurm: str | None = None  # its Slurm job (and step) id, 'JOB' or 'JOB.STEP', when it ran through Slurm
 
     def as_dict(self) -> dict:
         return {
@@ -56,6 +57,7 @@ class JobState:
             "name": self.job.name,
             "ms": list(self.job.ms),
             "images": self.images.state if self.images else None,
+            "slurm": self.slurm,
         }
 
 
@@ -74,26 +76,30 @@ def job_states(plan: Plan, run_dir: Path) -> list[JobState]:
             pass
         in_round -= {r.job_id for r in read_rows(run_dir / ROUND_JOBLOG) if r.tag == plan.tag}  # ended
     sets = image_sets(plan.jobs)
+    slurm = (run_dir / "slurm.sh").exists()  # (this run went through Slurm: its logs name jobs and steps)
     states = []
     for job in plan.jobs:
         log = log_path(run_dir, job)
         row = rows.get(job.id)
         images = sets[job.id]
         log_str = str(log) if log.exists() else None
+        ids = slurm_ids(log) if slurm and log_str else None
         if job.id in in_round:
             if log.exists():
                 states.append(JobState(job, "running", host=job.host or host_from_log(log, plan),
-                                       start=log.stat().st_ctime, log=str(log), images=images))
+                                       start=log.stat().st_ctime, log=str(log), images=images, slurm=ids))
             else:
                 states.append(JobState(job, "not started", images=images))
         elif images.done:
             ok = row if row is not None and row.ok else None
-            states.append(JobState(job, "done", host=_host(ok) if ok else None, start=ok.start if ok else None,
-                                   runtime=ok.runtime if ok else None, exitval=0, log=log_str, images=images))
+            states.append(JobState(job, "done", host=_host(ok, log, plan) if ok else None,
+                                   start=ok.start if ok else None, runtime=ok.runtime if ok else None, exitval=0,
+                                   log=log_str, images=images, slurm=ids))
         elif row is not None and not row.ok:
             failure, why = classify(row.exitval, row.signal)
-            states.append(JobState(job, "failed", host=_host(row), start=row.start, runtime=row.runtime,
-                                   exitval=row.exitval, failure=failure, why=why, log=log_str, images=images))
+            states.append(JobState(job, "failed", host=_host(row, log, plan), start=row.start, runtime=row.runtime,
+                                   exitval=row.exitval, failure=failure, why=why, log=log_str, images=images,
+                                   slurm=ids))
         else:
             why = None
             if images.state == "foreign":
@@ -102,6 +108,22 @@ def job_states(plan: Plan, run_dir: Path) -> list[JobState]:
                 why = f"ran before, but its images are {'incomplete' if images.state == 'incomplete' else 'gone'}"
             states.append(JobState(job, "not started", why=why, log=log_str, images=images))
     return states
+
+
+_SLURM_LINE = re.compile(rb"Slurm job (\d+)(?: step (\d+))?")
+
+
+def slurm_ids(log: Path) -> str | None:
+    """'JOB.STEP' (or 'JOB') of the last Slurm job a job's log names (the wrapper says it first thing)."""
+    try:
+        with open(log, "rb") as f:
+            found = _SLURM_LINE.findall(f.read(16384))
+    except OSError:
+        return None
+    if not found:
+        return None
+    job, step = found[-1]
+    return f"{job.decode()}.{step.decode()}" if step else job.decode()
 
 
 _WRAPPER_LINE = re.compile(r"imgpipe-job \S+ \[(\S+) ")
@@ -123,8 +145,14 @@ def host_from_log(log: Path, plan: Plan) -> str | None:
     return next((h for h in nodes if h == host or h.split(".")[0] == short), host)
 
 
-def _host(row: Row) -> str:
-    return "localhost" if row.host == ":" else row.host
+def _host(row: Row, log: Path, plan: Plan) -> str:
+    """The node of an attempt: GNU parallel's ':' is this machine; a job Slurm placed names its node
+    in its log."""
+    if row.host == ":":
+        return "localhost"
+    if row.host == SLURM_PLACED:
+        return host_from_log(log, plan) or row.host
+    return row.host
 
 
 def counts(states: list[JobState]) -> dict[str, int]:

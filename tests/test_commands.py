@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from imgpipe.commands import CommandFailed, on_node, on_nodes, run
+from imgpipe.commands import CommandFailed, on_node, on_nodes, run, ssh_shell
 
 
 def test_a_command_that_succeeds():
@@ -38,6 +38,8 @@ def test_a_host_is_never_read_as_an_ssh_option(tmp_path):
     assert not r.ok and not pwned.exists(), r
 
 
-def test_this_machine_runs_once_however_many_of_its_names_are_listed():
-    results = on_nodes(["localhost", "localhost"], "echo here", ["ssh"])
+def test_a_script_runs_on_every_node_once():
+    results = on_nodes(["localhost", "localhost"], "echo here", ssh_shell(["ssh"]))
     assert list(results) == ["localhost"] and results["localhost"].stdout == "here\n"
+    seen = on_nodes(["n1", "n2"], "x", lambda host, script: ["echo", host, script])
+    assert {h: r.stdout for h, r in seen.items()} == {"n1": "n1 x\n", "n2": "n2 x\n"}

@@ -59,7 +59,7 @@ def wrapper(plan, job, tmp_path: Path, *, force: bool = False, env: dict | None 
     """Run bin/imgpipe-job for ``job`` here, as an engine would; (exit status, its log).
 
     Its output goes to a file, not a pipe: a WSClean left running must not hold the test up."""
-    args = wrapper_args(plan, job.id, job.command, share=share_resources(job), force=force,
+    args = wrapper_args(plan, job.id, job.command, share="1" if share_resources(job) else "0", force=force,
                         run=f"test:{tmp_path}")
     log = tmp_path / f"wrapper-{time.monotonic_ns()}.log"
     with open(log, "w") as out:

@@ -98,7 +98,7 @@ def test_rows_carry_their_job_and_plan(tmp_path):
 def test_wrapper_arguments_are_in_the_order_the_wrapper_reads_them(run_cli, write_config, ms_factory, tmp_path):
     plan, run = plan_in(run_cli, write_config, ms_factory, tmp_path, "a.MS")
     job = plan.jobs[0]
-    args = wrapper_args(plan, job.id, job.command, share=True, force=False, run=run.label)
+    args = wrapper_args(plan, job.id, job.command, share="1", force=False, run=run.label)
     # bin/imgpipe-job: TAG ID SLOTS ENV_FILE MAX_TIME SHARE FORCE RUN COMMAND
     assert args == [plan.tag, job.id, "4", "", "0", "1", "0", run.label, job.command]
     wrapper = open(os.path.join(os.path.dirname(__file__), "..", "bin", "imgpipe-job")).read()

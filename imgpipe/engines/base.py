@@ -6,6 +6,11 @@ one round of jobs with its tool, on the nodes it is given, no more than
 ``max_concurrent`` at once per node, each job through the node-side wrapper
 (``imgpipe-job``, called with ``run_dir.wrapper_args``), and leaves one row per
 attempt, in GNU parallel's job-log format, in ``joblog.round.tsv``.
+
+An engine says which nodes there are and which answer (by default the ``[worker]
+nodes``, probed over ssh), what run.json must record to stop it, and how it is
+stopped (by default ``control.stop_engine`` over ssh); ``waiting`` says what it
+waits for, if anything (a Slurm allocation pending).
 """
 
 from __future__ import annotations
@@ -17,8 +22,10 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..commands import ssh_shell
 from ..plan import Job, Plan
 from ..run_dir import ROUND_JOBLOG, RunDir, read_rows, share_resources, wrapper_args
+from . import control
 
 
 def ssh_command(plan: Plan) -> list[str]:
@@ -58,6 +65,14 @@ class Engine:
         self.ctx = ctx
 
     # -- what each engine does
+    def nodes(self) -> list[str]:
+        """The nodes jobs may run on."""
+        return list(self.ctx.plan.worker.nodes)
+
+    def probe(self, nodes: list[str]) -> dict[str, str]:
+        """node -> why it cannot take jobs now, for each of ``nodes`` that cannot."""
+        return control.probe(nodes, self.ctx.ssh)
+
     def prepare(self) -> None:
         """Write the files that resume this plan by hand (parallel.sh, the Makefile...)."""
 
@@ -69,6 +84,20 @@ class Engine:
         """The command that resumes the run with the tool alone."""
         raise NotImplementedError
 
+    def waiting(self) -> str | None:
+        """What the engine waits for before its jobs can start, in words (None: nothing)."""
+        return None
+
+    def record(self, proc: subprocess.Popen, nodes: list[str]) -> dict:
+        """What run.json records of the engine running a round: what ``stop`` needs, later, elsewhere."""
+        return control.engine_record(proc.pid, self.hold, self.ctx.plan.tag, nodes, self.name, ssh=self.ctx.ssh)
+
+    @classmethod
+    def stop(cls, record: dict, alive) -> None:
+        """Stop the engine a record names, and every job it runs (Ctrl-C, a killed imgpipe, a leftover)."""
+        control.stop_engine(record["pid"], alive, record["hold"], record["tag"], record["nodes"],
+                            ssh_shell(record["ssh"]))
+
     # -- shared by the engines
     def rows(self) -> list:
         """The rows the round left (read once it ended or was stopped)."""
@@ -78,7 +107,7 @@ class Engine:
         """Remove the round's own files."""
         (self.ctx.run / ROUND_JOBLOG).unlink(missing_ok=True)
 
-    def wrapper_words(self, job_id: str, command: str, *, share: bool) -> list[str]:
+    def wrapper_words(self, job_id: str, command: str, *, share: str) -> list[str]:
         """``imgpipe-job`` and its arguments for one job (or for an engine's placeholders)."""
         return ["imgpipe-job", *wrapper_args(self.ctx.plan, job_id, command, share=share, force=self.ctx.force,
                                              run=self.ctx.run.label)]

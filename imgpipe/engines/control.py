@@ -2,13 +2,15 @@
 
 - ``probe``: which nodes answer ``ssh NODE true`` (all at once, FAN_OUT at a time).
 - ``signal_jobs`` / ``jobs_running``: the wrappers of one plan (their argv carries the
-  plan's tag) on every node, through ``pkill``/``pgrep`` there.
-- ``stop_engine``: the one stop procedure (Ctrl-C, SIGTERM, a killed imgpipe, a leftover).
+  plan's tag) on every node, through ``pkill``/``pgrep`` there, run by a "shell" (ssh, or
+  a Slurm step: ``commands.on_nodes``).
+- ``stop_engine``: the one stop procedure (Ctrl-C, SIGTERM, a killed imgpipe, a leftover);
+  an engine's ``stop`` calls it with its own shell (and adds what its tool needs).
 - ``Guard``: a small process forked by the run loop. It holds the run's lock with it and
   watches a pipe from imgpipe; when the pipe closes without a goodbye (imgpipe was killed,
-  even by SIGKILL), it stops the engine and every job with ``stop_engine``, then lets the
-  lock go. So an engine never outlives imgpipe; if the guard was killed too, the next run
-  finds the engine from ``run.json`` (``leftover``) and stops it before it starts.
+  even by SIGKILL), it stops the engine and every job with the engine's ``stop``, then
+  lets the lock go. So an engine never outlives imgpipe; if the guard was killed too, the
+  next run finds the engine from ``run.json`` (``engine_alive``) and stops it first.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ import sys
 import time
 from typing import Callable
 
-from ..commands import on_nodes
+from ..commands import on_nodes, ssh_shell
 from ..hosts import is_local
 from ..run_dir import STOPPING
 
@@ -31,7 +33,7 @@ STOP_GRACE = 20.0  # seconds the node-side wrappers get to stop WSClean and clea
 
 def probe(hosts, ssh: list[str], timeout: float = 15.0) -> dict[str, str]:
     """host -> why it cannot be reached, for every remote host that fails ``ssh host true``."""
-    results = on_nodes([h for h in hosts if not is_local(h)], "true", ssh, timeout=timeout)
+    results = on_nodes([h for h in hosts if not is_local(h)], "true", ssh_shell(ssh), timeout=timeout)
     return {h: r.reason for h, r in results.items() if not r.ok}
 
 
@@ -46,7 +48,7 @@ def wrapper_pattern(tag: str) -> str:
     return f"[i]mgpipe-job {tag} [^{{]"
 
 
-def signal_jobs(tag: str, hosts, ssh: list[str], sig: str = "TERM") -> None:
+def signal_jobs(tag: str, hosts, shell, sig: str = "TERM") -> None:
     """Signal every wrapper carrying ``tag`` on every host (the wrapper stops WSClean and cleans up).
 
     With ``KILL`` the wrappers' children (WSClean, or ``timeout`` and its process group) are
@@ -58,12 +60,12 @@ def signal_jobs(tag: str, hosts, ssh: list[str], sig: str = "TERM") -> None:
                   "kill -KILL $p; done 2>/dev/null; true")
     else:
         script = f"pkill -{sig} -f {quoted}"
-    on_nodes(hosts, script, ssh, timeout=30)
+    on_nodes(hosts, script, shell, timeout=30)
 
 
-def jobs_running(tag: str, hosts, ssh: list[str]) -> list[str]:
+def jobs_running(tag: str, hosts, shell) -> list[str]:
     """Hosts where a wrapper carrying ``tag`` still runs."""
-    results = on_nodes(hosts, f"pgrep -f {shlex.quote(wrapper_pattern(tag))}", ssh, timeout=30)
+    results = on_nodes(hosts, f"pgrep -f {shlex.quote(wrapper_pattern(tag))}", shell, timeout=30)
     return [h for h, r in results.items() if r.ok]
 
 
@@ -81,11 +83,13 @@ def process_start(pid: int) -> int | None:
     return int(fields[19])
 
 
-def stop_engine(pid: int, alive: Callable[[], bool], hold: int, tag: str, nodes, ssh: list[str]) -> None:
+def stop_engine(pid: int, alive: Callable[[], bool], hold: int, tag: str, nodes, shell,
+                hold_pid: int | None = None) -> None:
     """Stop the engine (process group ``pid``) and every job of the plan ``tag`` on every node.
 
     1. ``hold`` stops the engine from starting jobs while it keeps its ssh clients, so the
-       wrappers' output still reaches logs/ (GNU parallel: SIGHUP; make: SIGSTOP).
+       wrappers' output still reaches logs/ (GNU parallel: SIGHUP; make: SIGSTOP); it goes
+       to ``hold_pid`` when that is not the group's leader (GNU parallel inside salloc).
     2. The wrappers get TERM (again every 2 s: a job just starting has no wrapper to signal yet):
        they stop WSClean, remove their temp dirs, let their claims go and exit. Killing the
        engine first would not do: with ssh multiplexing (ControlMaster) remote jobs outlive
@@ -93,20 +97,20 @@ def stop_engine(pid: int, alive: Callable[[], bool], hold: int, tag: str, nodes,
     3. After STOP_GRACE, whatever is left gets KILL (the wrappers' children first), then the engine.
     """
     try:
-        os.kill(pid, hold)
+        os.kill(hold_pid or pid, hold)
     except ProcessLookupError:
         pass
     deadline = time.time() + STOP_GRACE
     next_term = 0.0
     while alive() and time.time() < deadline:
         if time.time() >= next_term:
-            signal_jobs(tag, nodes, ssh, "TERM")
+            signal_jobs(tag, nodes, shell, "TERM")
             next_term = time.time() + 2.0
-            if hold == signal.SIGSTOP and not jobs_running(tag, nodes, ssh):
+            if hold == signal.SIGSTOP and not jobs_running(tag, nodes, shell):
                 break  # a stopped engine does not exit by itself
         time.sleep(0.2)
-    if alive() or jobs_running(tag, nodes, ssh):
-        signal_jobs(tag, nodes, ssh, "KILL")
+    if alive() or jobs_running(tag, nodes, shell):
+        signal_jobs(tag, nodes, shell, "KILL")
     for sig in (signal.SIGTERM, signal.SIGCONT):
         try:
             os.killpg(pid, sig)
@@ -114,10 +118,10 @@ def stop_engine(pid: int, alive: Callable[[], bool], hold: int, tag: str, nodes,
             pass
 
 
-def engine_record(pid: int, hold: int, tag: str, nodes, name: str) -> dict:
-    """What run.json says of an engine while it runs: enough to find it and stop it later."""
+def engine_record(pid: int, hold: int, tag: str, nodes, name: str, **more) -> dict:
+    """What run.json says of an engine while it runs: enough for anyone to find it and stop it."""
     return {"pid": pid, "start": process_start(pid), "host": socket.gethostname(), "hold": int(hold),
-            "tag": tag, "nodes": list(nodes), "name": name, "imgpipe": os.getpid()}
+            "tag": tag, "nodes": list(nodes), "name": name, "imgpipe": os.getpid(), **more}
 
 
 def engine_alive(record: dict | None) -> bool:
@@ -128,11 +132,12 @@ def engine_alive(record: dict | None) -> bool:
     return isinstance(pid, int) and record.get("start") is not None and process_start(pid) == record["start"]
 
 
-def stop_leftover(record: dict, ssh: list[str]) -> None:
-    """Stop an engine that an earlier imgpipe left running, and its jobs (``engine_alive`` first)."""
+def stop_recorded(record: dict) -> None:
+    """Stop the engine a run.json record names (left running by an earlier imgpipe), and its jobs."""
+    from . import load
+
     pid = record["pid"]
-    stop_engine(pid, lambda: process_start(pid) == record["start"], int(record["hold"]), record["tag"],
-                record["nodes"], ssh)
+    load(record["name"]).stop(record, lambda: process_start(pid) == record["start"])
 
 
 class Guard:
@@ -144,8 +149,8 @@ class Guard:
     run's jobs a new run of the plan waits, and the lock's text says so.
     """
 
-    def __init__(self, ssh: list[str], lock) -> None:
-        self.ssh, self.lock = ssh, lock
+    def __init__(self, lock) -> None:
+        self.lock = lock
         self.pid: int | None = None
         self.fd: int | None = None
 
@@ -205,5 +210,5 @@ class Guard:
                 print(f"imgpipe: pid {parent} is gone: stopping its engine and jobs", file=sys.stderr, flush=True)
             except OSError:
                 pass
-            stop_leftover(record, self.ssh)
+            stop_recorded(record)
 

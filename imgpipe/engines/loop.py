@@ -38,7 +38,7 @@ from ..run_dir import (
 )
 from . import load
 from .base import Context, Round, ssh_command
-from .control import Guard, engine_alive, engine_record, probe, stop_engine, stop_leftover
+from .control import Guard, engine_alive, stop_recorded
 
 
 def parallel_home() -> str:
@@ -89,8 +89,9 @@ class Stopper:
 class Progress:
     """A live status line on a terminal; plain periodic lines otherwise (IMGPIPE_PROGRESS_INTERVAL)."""
 
-    def __init__(self, total: int, done: set[str], run: RunDir, stream=None):
+    def __init__(self, total: int, done: set[str], run: RunDir, stream=None, waiting=None):
         self.total, self.run = total, run
+        self.waiting = waiting or (lambda: None)
         self.done, self.failed = done, set()  # (the loop's own sets: done grows as rounds end)
         self.before = len(done)
         self.round_ids: list[str] = []
@@ -114,8 +115,9 @@ class Progress:
         eta = ""
         if finished_here and waiting + running:
             eta = f", ETA {_duration(elapsed / finished_here * (waiting + running))}"
+        why = self.waiting() if running == 0 and waiting else None
         return (f"imgpipe: {done}/{self.total} done, {failed} failed, {running} running, {waiting} waiting, "
-                f"{_duration(elapsed)} elapsed{eta}")
+                f"{_duration(elapsed)} elapsed{eta}" + (f"; {why}" if why else ""))
 
     def tick(self, force: bool = False) -> None:
         now = time.time()
@@ -223,7 +225,7 @@ def run(plan: Plan, jobs_path: Path, *, engine: str = "parallel", force: bool = 
         if engine_alive(left):
             say(f"the {left['name']} engine of an earlier run (pid {left['pid']}, started by imgpipe pid "
                 f"{left['imgpipe']}, which is gone) is still running: stopping it and its jobs first")
-            stop_leftover(left, ssh)
+            stop_recorded(left)
         run_dir.write_state(engine=None)
         sets = image_sets(plan.jobs)
         foreign = foreign_problems(plan.jobs, sets)
@@ -241,7 +243,7 @@ def run(plan: Plan, jobs_path: Path, *, engine: str = "parallel", force: bool = 
         eng = engine_cls(Context(plan, run_dir, Path(os.path.abspath(jobs_path)), ssh, force, env))
         eng.prepare()
         hints.append(eng.resume_hint())
-        guard = Guard(ssh, lock).start()  # forked before any thread runs
+        guard = Guard(lock).start()  # forked before any thread runs
         try:
             return _rounds(plan, run_dir, eng, guard, stopper, done, hints)
         finally:
@@ -250,14 +252,13 @@ def run(plan: Plan, jobs_path: Path, *, engine: str = "parallel", force: bool = 
 
 def _rounds(plan: Plan, run_dir: RunDir, eng, guard: Guard, stopper: Stopper, done: set[str],
             hints: list[str]) -> Outcome:
-    ssh = eng.ctx.ssh
-    nodes = list(plan.worker.nodes)
-    unreachable = probe(nodes, ssh)
+    nodes = eng.nodes()
+    unreachable = eng.probe(nodes)
     live = [n for n in nodes if n not in unreachable]
     for host, why in unreachable.items():
         say(f"warning: node {host} cannot be reached ({why}); its pinned jobs will not run, "
             "the others go to the remaining nodes")
-    progress = Progress(len(plan.jobs), done, run_dir)
+    progress = Progress(len(plan.jobs), done, run_dir, waiting=eng.waiting)
     retries = Retries(plan.worker)
     progress.failed = retries.final
     seq_of = {j.id: n for n, j in enumerate(plan.jobs, start=1)}
@@ -273,19 +274,19 @@ def _rounds(plan: Plan, run_dir: RunDir, eng, guard: Guard, stopper: Stopper, do
         output = run_dir / eng.output
         output_start = output.stat().st_size if output.exists() else 0
         proc = eng.start(Round(number, todo, list(live), frozenset(done)))
-        record = engine_record(proc.pid, eng.hold, plan.tag, live, eng.name)
+        record = eng.record(proc, live)
         run_dir.write_state(engine=record)
         guard.watch(record)
         progress.round_ids = [j.id for j in todo]
         if not _wait(proc, stopper, progress):
-            return _stop(plan, run_dir, eng, guard, proc, live, progress, done, unreachable, hints)
+            return _stop(plan, run_dir, eng, guard, proc, record, progress, done, unreachable, hints)
         rows = eng.rows()
         _engine_said(output, output_start, todo, rows, eng.name)
         _end_round(run_dir, eng, guard, rows, seq_of, done)
         if not retries.after_round(rows):
             break
         # a node that died during the round: stop sending jobs there
-        newly = probe(live, ssh)
+        newly = eng.probe(live)
         for host, why in newly.items():
             say(f"warning: node {host} cannot be reached any more ({why})")
         live = [n for n in live if n not in newly]
@@ -309,13 +310,13 @@ def _end_round(run_dir: RunDir, eng, guard: Guard, rows, seq_of: dict[str, int],
     done.update(r.job_id for r in rows if r.ok and r.job_id)
 
 
-def _stop(plan: Plan, run_dir: RunDir, eng, guard: Guard, proc: subprocess.Popen, live: list[str],
+def _stop(plan: Plan, run_dir: RunDir, eng, guard: Guard, proc: subprocess.Popen, record: dict,
           progress: Progress, done: set[str], unreachable: dict[str, str], hints: list[str]) -> Outcome:
     """Ctrl-C / SIGTERM: stop the engine and every job on every node; keep the job log consistent."""
     stopped_at = time.time()
     progress.close()
     say("stopping: telling every job to stop (WSClean is stopped, temp dirs removed)...")
-    stop_engine(proc.pid, lambda: proc.poll() is None, eng.hold, plan.tag, live, eng.ctx.ssh)
+    eng.stop(record, lambda: proc.poll() is None)
     try:
         proc.wait(timeout=10)
     except subprocess.TimeoutExpired:

@@ -60,7 +60,7 @@ class Make(Engine):
 
     def job_command(self, job: Job, host: str) -> str:
         """The shell command that runs the wrapper for ``job`` on ``host`` (from the run directory)."""
-        words = self.wrapper_words(job.id, job.command, share=share_resources(job))
+        words = self.wrapper_words(job.id, job.command, share="1" if share_resources(job) else "0")
         if is_local(host):
             return "bash ./imgpipe-job " + shlex.join(words)
         # exec: the wrapper's parent is then sshd itself, whatever the login shell, so the wrapper

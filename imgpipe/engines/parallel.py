@@ -55,32 +55,50 @@ class Parallel(Engine):
     tools = (("parallel", "parallel"),)
     output = "parallel.stderr"
 
+    # -- what an engine built on GNU parallel may change (the Slurm engine does)
+    def logins(self, nodes: list[str]) -> str:
+        """The -S list: each node a host group of max_concurrent slots."""
+        return sshlogins(nodes, self.ctx.plan.worker.max_concurrent)
+
+    def ssh_text(self) -> str:
+        """What GNU parallel runs as ssh."""
+        return shlex.join(self.ctx.ssh)
+
+    def share(self) -> str:
+        """The wrapper's SHARE word for every job (one template for all)."""
+        return "1" if self.shares(self.ctx.plan.jobs) else "0"
+
+    def line(self, job: Job) -> str:
+        return input_line(job)
+
     def template(self) -> str:
         """The command template: the wrapper from $IMGPIPE_JOB, with {id} and {cmd} for each job."""
-        words = self.wrapper_words("{id}", "{cmd}", share=self.shares(self.ctx.plan.jobs))
+        words = self.wrapper_words("{id}", "{cmd}", share=self.share())
         quoted = [w if w in ("{id}", "{cmd}") else shlex.quote(w) for w in words]
         return 'bash -c "$IMGPIPE_JOB" ' + " ".join(quoted)
 
-    def argv(self, nodes: list[str], input_file: Path, joblog: Path, *, resume: bool) -> list[str]:
+    def argv(self, logins: str, input_file: Path, joblog: Path, *, resume: bool) -> list[str]:
         run = self.ctx.run
         argv = [
-            "parallel", "--will-cite", "--hgrp", "-S", sshlogins(nodes, self.ctx.plan.worker.max_concurrent),
-            "--ssh", shlex.join(self.ctx.ssh), "--env", "IMGPIPE_JOB", *RPL,
-            "--joblog", str(joblog), "--results", str(run / LOGS) + "/{id}",
+            "parallel", "--will-cite", "--hgrp", "-S", logins, "--ssh", self.ssh_text(), "--env", "IMGPIPE_JOB",
+            *RPL, "--joblog", str(joblog), "--results", str(run / LOGS) + "/{id}",
         ]
         if resume:
             argv.append("--resume-failed")
         return argv + [self.template(), "::::", str(input_file)]
 
+    def write_input(self, path: Path, jobs) -> None:
+        text = "".join(self.line(j) + "\n" for j in jobs)
+        if not path.is_file() or path.read_text(encoding="utf-8") != text:
+            path.write_text(text, encoding="utf-8")
+
+    # -- the engine
     def prepare(self) -> None:
         """parallel-input.tsv (byte-identical for the same plan) and parallel.sh, the by-hand resume."""
         run = self.ctx.run
-        path = run / INPUT
-        text = "".join(input_line(j) + "\n" for j in self.ctx.plan.jobs)
-        if not path.is_file() or path.read_text(encoding="utf-8") != text:
-            path.write_text(text, encoding="utf-8")
+        self.write_input(run / INPUT, self.ctx.plan.jobs)
         wrapper = run.install_wrapper()
-        argv = self.argv(list(self.ctx.plan.worker.nodes), path, run / JOBLOG, resume=True)
+        argv = self.argv(self.logins(list(self.ctx.plan.worker.nodes)), run / INPUT, run / JOBLOG, resume=True)
         script = run / SCRIPT
         script.write_text(
             "#!/usr/bin/env bash\n"
@@ -95,11 +113,11 @@ class Parallel(Engine):
 
     def start(self, rnd: Round):
         run = self.ctx.run
-        round_input = run / ROUND_INPUT
-        round_input.write_text("".join(input_line(j) + "\n" for j in rnd.todo), encoding="utf-8")
+        self.write_input(run / ROUND_INPUT, rnd.todo)
         (run / ROUND_JOBLOG).unlink(missing_ok=True)
         env = {**self.ctx.env, "IMGPIPE_JOB": (run / "imgpipe-job").read_text()}
-        return self.popen(self.argv(rnd.nodes, round_input, run / ROUND_JOBLOG, resume=False), env=env)
+        return self.popen(self.argv(self.logins(rnd.nodes), run / ROUND_INPUT, run / ROUND_JOBLOG, resume=False),
+                          env=env)
 
     def end_round(self) -> None:
         super().end_round()

@@ -1,0 +1,390 @@
+"""The Slurm engine: every job runs through Slurm (``nodes = 'slurm'``, or ``--engine slurm``).
+
+GNU parallel still runs the jobs, with the same input, job log, ``--resume-failed`` and
+pinning as the parallel engine (this engine is that engine with another "ssh"): its ssh is
+``bin/imgpipe-srun``, which runs each job with srun on the node GNU parallel chose.
+
+- ``slurm_nodes = K > 0``: one allocation per round, ``salloc -N K --ntasks-per-node=S
+  -c C --mem-per-cpu=M [-w PINNED]``, inside which ``bin/imgpipe-slurm-round`` runs GNU
+  parallel over the allocated nodes (S = max_concurrent slots each), every job a step
+  ``srun --exact -N1 -n1 -c C --mem-per-cpu=M -w NODE``. Pinned jobs run on their node
+  (the allocation includes it), at most S per node.
+- ``slurm_nodes = 0`` (nenucal's default mode): every job is a Slurm job of its own,
+  ``srun -N1 -n1 -c C --mem=M [-w NODE]``; pinned jobs name their node, the others go
+  where Slurm puts them (GNU parallel's pseudo-host ``slurm``). What bounds the jobs at
+  once: S per node for pinned jobs (GNU parallel's slots), S x (usable nodes) in all, and
+  what each job asks (a 1/S share of a node) keeps any node to S jobs.
+
+C and M are the node's CPUs and memory divided by max_concurrent (from ``sinfo``: the
+smallest node of the partition), or ``[worker.resources.heavy]``; they are always asked
+of Slurm, and the wrapper gives WSClean ``-j C -abs-mem 0.9 x M`` (what Slurm granted,
+with room for what WSClean uses beyond its own limit), unless the user set -j or a memory.
+
+Facts this rests on (Slurm 22.05, measured: ../shared/spec/field-notes.md): srun exits 0
+when its node fails and 1 or 137 when a step goes past its memory, so the shim reads
+srun's messages and says which (node, memory, time limit, Slurm); SIGTERM to srun kills
+the step without its clean-up, so a stop is SIGHUP to GNU parallel, then TERM to the
+wrappers through ``srun --overlap`` steps, then ``scancel``; control steps need
+``--overlap``; every step asks for its memory; ``--no-kill`` is not used (after a node
+failure the allocation ends, and the next round makes a new one without that node).
+
+Why not job arrays (``sbatch --array=LIST%K -w NODE``, one array per node): measured
+slower (60 trivial jobs on 6 slots: 6.0 s against 3.5 s with steps), they need a shared
+file system for their output files, they outlive a Ctrl-C unless cancelled by name, and
+the job log, resume and pinning would have to be rebuilt for them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import os
+import re
+import shlex
+import signal
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..commands import run as run_command
+from ..errors import ImgpipeError
+from ..hosts import print_nodes
+from ..plan import Job
+from ..run_dir import JOBLOG, ROUND_JOBLOG, SLURM_PLACED
+from . import control
+from .base import Round
+from .parallel import INPUT, ROUND_INPUT, Parallel, input_line
+
+SHIM = "imgpipe-srun"
+ROUND_SCRIPT = "imgpipe-slurm-round"
+SCRIPT = "slurm.sh"
+JOB_FILE = "slurm.job"  # the allocation's job id (written inside it)
+PID_FILE = "slurm.pid"  # GNU parallel's pid inside the allocation
+ANY = SLURM_PLACED  # GNU parallel's host for a job Slurm places (slurm_nodes = 0)
+USABLE = ("idle", "mixed", "allocated", "completing")  # what sinfo calls a node that takes jobs
+MEM_FOR_WSCLEAN = 0.9  # of the memory Slurm granted, given to WSClean's -abs-mem
+
+
+@dataclass(frozen=True)
+class Node:
+    name: str
+    cpus: int
+    mem_mb: int
+    state: str
+
+
+def user_options(settings) -> list[str]:
+    return shlex.split(settings.slurm_options)
+
+
+def partition_of(options: list[str]) -> str | None:
+    for i, word in enumerate(options):
+        if word in ("-p", "--partition") and i + 1 < len(options):
+            return options[i + 1]
+        if word.startswith("--partition="):
+            return word.split("=", 1)[1]
+        if word.startswith("-p") and len(word) > 2:
+            return word[2:]
+    return None
+
+
+def has_option(options: list[str], *names: str) -> bool:
+    return any(w == n or w.startswith(n + "=") or (len(n) == 2 and w.startswith(n) and len(w) > 2)
+               for w in options for n in names)
+
+
+def read_nodes(partition: str | None, env: dict) -> tuple[list[Node], list[str]]:
+    """The nodes of the partition (the default one when None), as sinfo says; and every partition."""
+    result = run_command(["sinfo", "-h", "-N", "-o", "%N|%c|%m|%T|%P"], env=env, timeout=60)
+    result.check("sinfo", hint="is Slurm reachable from here (SLURM_CONF, munge)?")
+    nodes: dict[str, Node] = {}
+    partitions: dict[str, None] = {}
+    for line in result.stdout.splitlines():
+        parts = line.strip().split("|")
+        if len(parts) != 5:
+            continue
+        name, cpus, mem, state, part = parts
+        partitions[part.rstrip("*")] = None
+        default = part.endswith("*")
+        if (partition is None and not default) or (partition is not None and part.rstrip("*") != partition):
+            continue
+        try:
+            nodes.setdefault(name, Node(name, int(cpus), int(re.sub(r"\D.*", "", mem) or 0), state))
+        except ValueError:
+            continue
+    return list(nodes.values()), list(partitions)
+
+
+def slurm_env(env: dict) -> dict:
+    """The environment for Slurm's commands: no SLURM_* of an allocation imgpipe itself may run in
+    (srun would make steps in it), SLURM_CONF kept."""
+    return {k: v for k, v in env.items() if not k.startswith("SLURM_") or k == "SLURM_CONF"}
+
+
+def squeue(env: dict, *args: str) -> list[list[str]]:
+    r = run_command(["squeue", "-h", *args], env=env, timeout=30)
+    return [line.split("|") for line in r.stdout.splitlines() if line.strip()] if r.ok else []
+
+
+def step_shell(job_name: str, env: dict):
+    """A shell on a node through an ``srun --overlap`` step of one of our jobs there."""
+    from hostlist import expand_hostlist
+
+    job_of: dict[str, str] = {}
+    for job_id, nodelist in squeue(env, "-n", job_name, "-t", "R", "-o", "%A|%N"):
+        for node in expand_hostlist(nodelist):
+            job_of.setdefault(node, job_id)
+
+    def shell(host: str, script: str) -> list[str]:
+        if host not in job_of:
+            return ["true"]  # no job of ours there: nothing to reach
+        return ["srun", "--overlap", "--quiet", f"--jobid={job_of[host]}", "-N1", "-n1", "-w", host,
+                "sh", "-c", script]
+
+    return shell
+
+
+class Slurm(Parallel):
+    name = "slurm"
+    tools = tuple((t, "slurm-client") for t in ("sinfo", "salloc", "srun", "squeue", "scancel", "sbatch")) + (
+        ("parallel", "parallel"),)
+    output = "slurm.stderr"
+
+    def __init__(self, ctx) -> None:
+        super().__init__(ctx)
+        self.env = slurm_env(ctx.env)
+        self.options = user_options(ctx.plan.worker)
+        self.partition = partition_of(self.options)
+        self.allocation = ctx.plan.worker.slurm_nodes > 0
+        # the Slurm job name: the plan and the run directory (two runs of one plan from two places
+        # never cancel each other's jobs)
+        self.job_name = f"{ctx.plan.tag}-{hashlib.sha1(str(ctx.run.path).encode()).hexdigest()[:6]}"
+        self.cpus = self.mem_mb = 0
+        self._known: list[Node] | None = None
+        self.partitions: list[str] = []
+        self._waiting: tuple[float, str | None] = (0.0, None)
+        self._round_output = 0
+
+    # ---------------------------------------------------------------- nodes and resources
+
+    def known(self, fresh: bool = False) -> list[Node]:
+        if self._known is None or fresh:
+            self._known, self.partitions = read_nodes(self.partition, self.env)
+        return self._known
+
+    def nodes(self) -> list[str]:
+        """The partition's nodes (only those of [worker] nodes when it lists some), and the nodes
+        pinned jobs name (the probe says which of them cannot take jobs)."""
+        names = [n.name for n in self.known()]
+        wanted = self.ctx.plan.worker.nodes
+        if wanted != (ANY,):
+            names = [n for n in names if n in wanted]
+        pinned = [j.host for j in self.ctx.plan.jobs if j.host and j.host not in names]
+        return list(dict.fromkeys(names + pinned))
+
+    def probe(self, nodes: list[str]) -> dict[str, str]:
+        state = {n.name: n.state for n in self.known(fresh=True)}
+        out = {}
+        for node in nodes:
+            if node not in state:
+                out[node] = f"not a node of the Slurm partition {self.partition or '(the default one)'}"
+            elif state[node].rstrip("*~#!%$@^-") not in USABLE:
+                out[node] = f"Slurm says it is {state[node]}"
+        return out
+
+    def resources(self) -> tuple[int, int]:
+        """(CPUs, memory MB) each job asks of Slurm."""
+        w = self.ctx.plan.worker
+        usable = [n for n in self.known() if n.state.rstrip("*~#!%$@^-") in USABLE] or self.known()
+        if not usable:
+            where = f"{self.ctx.plan.config_path}: [worker] slurm_options {w.slurm_options!r}"
+            known = ", ".join(self.partitions) or "none"
+            if self.partition is not None and self.partition not in self.partitions:
+                raise ImgpipeError(f"Slurm has no partition {self.partition!r} (its partitions: {known})",
+                                   where=where, hint="fix --partition= in slurm_options (or $LIBPIPE_SLURM_OPTIONS)")
+            raise ImgpipeError(f"Slurm has no node in the partition {self.partition or '(the default one)'}",
+                               where=where, hint=f"name a partition that has nodes ({known}) with --partition=...")
+        cpus = w.slurm_cpus or max(1, min(n.cpus for n in usable) // w.max_concurrent)
+        mem_mb = w.slurm_mem_mb or max(1, min(n.mem_mb for n in usable) // w.max_concurrent)
+        return cpus, mem_mb
+
+    def share(self) -> str:
+        if not self.shares(self.ctx.plan.jobs):
+            return "0"
+        return f"{self.cpus}/{self.mem_mb * MEM_FOR_WSCLEAN / 1024:.1f}"
+
+    # ---------------------------------------------------------------- what is asked of Slurm
+
+    def time_limit(self) -> list[str]:
+        """A job of its own gets max_time (+1 min for the wrapper's own stop) as its Slurm time limit,
+        unless the user set one; an allocation lasts what slurm_options says."""
+        max_time = self.ctx.plan.worker.max_time
+        if self.allocation or not max_time or has_option(self.options, "-t", "--time"):
+            return []
+        return [f"--time={math.ceil((max_time + 60) / 60)}"]
+
+    def exclude(self) -> list[str]:
+        """[worker] nodes naming some nodes (with --engine slurm): Slurm keeps away from the others."""
+        wanted = self.ctx.plan.worker.nodes
+        if wanted == (ANY,):
+            return []
+        others = [n.name for n in self.known() if n.name not in wanted]
+        return [f"--exclude={print_nodes(others)}"] if others else []
+
+    def step_options(self) -> list[str]:
+        """srun's options for one job (bin/imgpipe-srun adds -w NODE)."""
+        if self.allocation:
+            mem_per_cpu = math.ceil(self.mem_mb / self.cpus)
+            return ["srun", "--exact", "-N1", "-n1", f"-c{self.cpus}", f"--mem-per-cpu={mem_per_cpu}"]
+        return ["srun", *self.options, f"--job-name={self.job_name}", "-N1", "-n1", f"-c{self.cpus}",
+                f"--mem={self.mem_mb}", *self.exclude(), *self.time_limit()]
+
+    def allocation_options(self, nodes: int, pinned: list[str]) -> list[str]:
+        mem_per_cpu = math.ceil(self.mem_mb / self.cpus)
+        slots = self.ctx.plan.worker.max_concurrent
+        words = [*self.options, f"--job-name={self.job_name}", f"--nodes={nodes}", f"--ntasks-per-node={slots}",
+                 f"--cpus-per-task={self.cpus}", f"--mem-per-cpu={mem_per_cpu}"]
+        if pinned:
+            words.append(f"--nodelist={print_nodes(pinned)}")
+        return words + self.exclude()
+
+    def validate(self) -> None:
+        """Ask Slurm, before anything runs, whether it takes such a request (sbatch --test-only)."""
+        if self.allocation:
+            pinned = sorted({j.host for j in self.ctx.plan.jobs if j.host})
+            request = self.allocation_options(max(self.ctx.plan.worker.slurm_nodes, len(pinned)), [])
+        else:
+            request = self.step_options()[1:]
+        r = run_command(["sbatch", "--test-only", *request, "--wrap=true"], env=self.env, timeout=60)
+        if r.ok:
+            return
+        text = (r.stderr + r.stdout).strip().splitlines()
+        said = next((ln for ln in text if "error" in ln.lower() or "unrecognized" in ln or "invalid" in ln.lower()),
+                    text[-1] if text else r.reason)
+        said = re.sub(r"^(sbatch: )?(error: )?", "", said.strip())
+        raise ImgpipeError(
+            f"Slurm refuses the request: {said}",
+            where=f"{self.ctx.plan.config_path}: [worker] slurm_options {self.ctx.plan.worker.slurm_options!r}",
+            hint=f"imgpipe asked `sbatch --test-only {shlex.join(request)}`: fix the option it names in "
+            "slurm_options (or $LIBPIPE_SLURM_OPTIONS); `sinfo` lists the partitions")
+
+    # ---------------------------------------------------------------- the engine
+
+    def line(self, job: Job) -> str:
+        return input_line(job) + ("" if job.host or self.allocation else f"@{ANY}")
+
+    def logins(self, nodes: list[str]) -> str:
+        slots = self.ctx.plan.worker.max_concurrent
+        if self.allocation:
+            return "@NODES@"  # the allocated nodes, filled in inside the allocation
+        pinned = sorted({j.host for j in self.ctx.plan.jobs if j.host and j.host in nodes})
+        return ",".join([f"@{ANY}/{slots * max(1, len(nodes))}/{ANY}", *(f"@{n}/{slots}/{n}" for n in pinned)])
+
+    def ssh_text(self) -> str:
+        return f"bash {shlex.quote(str(self.ctx.run / SHIM))}"
+
+    def command(self, nodes: list[str], pinned: list[str], input_file: Path, joblog: Path, *, resume: bool) -> list[str]:
+        parallel = self.argv(self.logins(nodes), input_file, joblog, resume=resume)
+        if not self.allocation:
+            return parallel
+        count = min(max(self.ctx.plan.worker.slurm_nodes, len(pinned)), max(1, len(nodes)))
+        return ["salloc", *self.allocation_options(count, pinned), "--",
+                "bash", str(self.ctx.run / ROUND_SCRIPT), str(self.ctx.run.path),
+                str(self.ctx.plan.worker.max_concurrent), *parallel]
+
+    def prepare(self) -> None:
+        self.cpus, self.mem_mb = self.resources()
+        self.validate()
+        run = self.ctx.run
+        wrapper = run.install_wrapper()
+        run.install(SHIM)
+        run.install(ROUND_SCRIPT)
+        self.write_input(run / INPUT, self.ctx.plan.jobs)
+        nodes = [n for n in self.nodes() if n not in self.probe(self.nodes())]
+        pinned = sorted({j.host for j in self.ctx.plan.jobs if j.host and j.host in nodes})
+        argv = self.command(nodes, pinned, run / INPUT, run / JOBLOG, resume=True)
+        (run / SCRIPT).write_text(
+            "#!/usr/bin/env bash\n"
+            "# Resume this run through Slurm without imgpipe: GNU parallel runs, through Slurm, the jobs\n"
+            "# whose last job-log row failed or that never ran; each checks its images first, so what\n"
+            "# is done is never made again. (`imgpipe run` also remakes images deleted since.)\n"
+            "export PARALLEL_HOME=${PARALLEL_HOME:-$HOME/.parallel}\n"
+            f"export IMGPIPE_SRUN={shlex.quote(shlex.join(self.step_options()))}\n"
+            f"IMGPIPE_JOB=\"$(cat {shlex.quote(str(wrapper))})\" {shlex.join(argv)}\n",
+            encoding="utf-8")
+        (run / SCRIPT).chmod(0o755)
+
+    def start(self, rnd: Round):
+        run = self.ctx.run
+        self.write_input(run / ROUND_INPUT, rnd.todo)
+        for name in (ROUND_JOBLOG, JOB_FILE, PID_FILE):
+            (run / name).unlink(missing_ok=True)
+        output = run / self.output
+        self._round_output = output.stat().st_size if output.exists() else 0
+        pinned = sorted({j.host for j in rnd.todo if j.host})
+        env = {**self.env, "IMGPIPE_JOB": (run / "imgpipe-job").read_text(),
+               "IMGPIPE_SRUN": shlex.join(self.step_options())}
+        return self.popen(self.command(rnd.nodes, pinned, run / ROUND_INPUT, run / ROUND_JOBLOG, resume=False),
+                          env=env)
+
+    def end_round(self) -> None:
+        super().end_round()
+        for name in (JOB_FILE, PID_FILE):
+            (self.ctx.run / name).unlink(missing_ok=True)
+
+    def waiting(self) -> str | None:
+        """What Slurm keeps the jobs waiting for (asked of squeue at most every 5 s)."""
+        when, said = self._waiting
+        if time.time() - when < 5:
+            return said
+        said = None
+        if self.allocation:
+            try:
+                with open(self.ctx.run / self.output, "rb") as f:
+                    f.seek(self._round_output)
+                    text = f.read().decode(errors="replace")
+            except OSError:
+                text = ""
+            m = re.search(r"Pending job allocation (\d+)", text)
+            if m and "Granted job allocation" not in text:
+                reason = squeue(self.env, "-j", m.group(1), "-o", "%r")
+                said = f"Slurm allocation {m.group(1)} pending ({reason[0][0] if reason else 'waiting'})"
+        else:
+            pending = squeue(self.env, "-n", self.job_name, "-t", "PD", "-o", "%r")
+            if pending:
+                said = f"{len(pending)} job(s) pending in Slurm ({pending[0][0]})"
+        self._waiting = (time.time(), said)
+        return said
+
+    def record(self, proc, nodes: list[str]) -> dict:
+        return control.engine_record(proc.pid, self.hold, self.ctx.plan.tag, nodes, self.name,
+                                     run_dir=str(self.ctx.run.path), job_name=self.job_name,
+                                     allocation=self.allocation)
+
+    @classmethod
+    def stop(cls, record: dict, alive) -> None:
+        """SIGHUP to GNU parallel (never a signal to srun: its step would be killed without clean-up),
+        TERM to the wrappers through ``srun --overlap`` steps, then ``scancel``: no job is left."""
+        env = slurm_env(dict(os.environ))
+        run = Path(record["run_dir"])
+        hold_pid = None
+        if record.get("allocation"):
+            try:
+                hold_pid = int((run / PID_FILE).read_text())
+            except (OSError, ValueError):
+                hold_pid = None  # the allocation is still pending: nothing runs yet
+        if hold_pid is not None or not record.get("allocation"):
+            control.stop_engine(record["pid"], alive, signal.SIGHUP, record["tag"], record["nodes"],
+                                step_shell(record["job_name"], env), hold_pid=hold_pid)
+        run_command(["scancel", f"--name={record['job_name']}"], env=env, timeout=60)
+        for sig in (signal.SIGTERM, signal.SIGCONT):  # salloc, still pending, or parallel of no allocation
+            try:
+                os.killpg(record["pid"], sig)
+            except (ProcessLookupError, PermissionError):
+                pass
+
+    def resume_hint(self) -> str:
+        return f"bash {shlex.quote(str(self.ctx.run / SCRIPT))}      # or through Slurm directly"
+
+
+ENGINE = Slurm

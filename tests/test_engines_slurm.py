@@ -1,0 +1,305 @@
+"""The Slurm engine (imgpipe/engines/slurm.py) on a real Slurm: munged, slurmctld and three
+slurmd (node001..node003) on this machine (tests/slurmcluster.py), real GNU parallel and srun,
+real WSClean on real MSs. Nothing is mocked; the evidence is what a user sees: the images and
+their records, the exit code and the summary, the job log, each job's log (the wrapper names
+its Slurm job, step and node), and what Slurm itself still holds (squeue) after a run.
+
+The nodes share this machine's file system and process table, so "WSClean left running" is
+looked for once for all nodes.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import signal
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import pytest
+
+from procs import job_processes
+from slurmcluster import SlurmCluster, missing_tools
+from test_engine_parallel import (
+    Run, expect, image_of, imgpipe, max_overlap, provenance_of, run_dir, start_imgpipe, tmp_dirs_left, wait_for,
+)
+
+_missing = missing_tools()
+pytestmark = pytest.mark.skipif(bool(_missing), reason=f"needs Slurm: {', '.join(_missing)}")
+NODES = ("node001", "node002", "node003")
+FAST = {"size": "'64 64'", "scale": "'5arcmin'", "niter": "10"}
+SLOW = {"size": "'512 512'", "niter": "3000"}
+
+
+@pytest.fixture(scope="module")
+def slurm(tmp_path_factory):
+    with SlurmCluster(tmp_path_factory.mktemp("slurm")) as cluster:
+        yield cluster
+
+
+@pytest.fixture(autouse=True)
+def clean_cluster(slurm):
+    """Every test starts with every node up and no job in Slurm, and leaves none behind."""
+    yield
+    slurm.cancel_all()
+    for node, state in slurm.states().items():
+        if not state.startswith("idle"):
+            slurm.set_state(node, "resume")
+
+
+def config(tmp_path: Path, *, worker: dict | None = None, wsclean: dict | None = None, pinned: bool = False,
+           resources: dict | None = None, name: str = "img.toml") -> Path:
+    """nenucal's spelling: nodes = 'slurm'. Values are TOML literals."""
+    w = {"nodes": "'slurm'", "slurm_nodes": "2", "max_concurrent": "2"}
+    if pinned:
+        w["run_on_file_host"] = "true"
+        w["run_on_file_host_pattern"] = r"'/net/(node\d{3})/'"
+    w.update(worker or {})
+    ws = {"name": "'img'", **FAST, "data-column": "'DATA'", "no-update-model-required": "true",
+          "out-dir": json.dumps(f"{tmp_path}/images/$ms_basename$")}
+    ws.update(wsclean or {})
+    text = "[worker]\n" + "".join(f"{k} = {v}\n" for k, v in w.items())
+    if resources:
+        text += "[worker.resources.heavy]\n" + "".join(f"{k} = {v}\n" for k, v in resources.items())
+    text += "[wsclean]\n" + "".join(f"{k} = {v}\n" for k, v in ws.items())
+    path = tmp_path / name
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def make_ms(ms_factory, tmp_path: Path, n: int, *, pinned: bool = False) -> list[Path]:
+    """n MSs; pinned: under net/node001, net/node002, net/node003 in turn."""
+    return [ms_factory(f"obs{i:02d}.MS", where=tmp_path / "net" / NODES[i % 3] if pinned else tmp_path / "data")
+            for i in range(n)]
+
+
+def slurm_of(rdir: Path, job_id: str) -> tuple[str, str | None, str]:
+    """(Slurm job id, step id or None, node) of a job's last attempt, from the line its wrapper logs."""
+    m = re.findall(r"Slurm job (\d+)(?: step (\d+))? on (\S+)", (rdir / "logs" / job_id).read_text())
+    assert m, (rdir / "logs" / job_id).read_text()[:500]
+    job, step, node = m[-1]
+    return job, step or None, node
+
+
+def jobs_ever(slurm: SlurmCluster) -> int:
+    """How many Slurm jobs have ended so far (Slurm's own job completion log)."""
+    path = slurm.dir / "jobcomp.txt"
+    return len(path.read_text().splitlines()) if path.exists() else 0
+
+
+def rows(rdir: Path) -> list[dict]:
+    from imgpipe.run_dir import read_rows
+
+    return [r.__dict__ for r in read_rows(rdir / "joblog.tsv")]
+
+
+# ---------------------------------------------------------------- an allocation, pinned jobs
+
+
+def test_pinned_jobs_run_as_steps_on_their_nodes_and_a_rerun_asks_slurm_for_nothing(slurm, tmp_path, ms_factory):
+    ms = make_ms(ms_factory, tmp_path, 6, pinned=True)
+    cfg = config(tmp_path, pinned=True, worker={"slurm_nodes": "3"}, wsclean={"size": "'256 256'", "niter": "500"})
+    r = expect(imgpipe(slurm, tmp_path, cfg, *ms), 0)
+    assert "all 6 job(s) done" in r.err, r
+    rdir = run_dir(tmp_path)
+    allocations = set()
+    per_node = defaultdict(list)
+    for i, m in enumerate(ms):
+        job = f"{i + 1:04d}"
+        assert image_of(tmp_path, m).is_file() and provenance_of(tmp_path, m).is_file()
+        slurm_job, step, node = slurm_of(rdir, job)
+        assert node == NODES[i % 3] and step is not None, (job, node)  # a step, on the node holding its MS
+        allocations.add(slurm_job)
+        assert json.loads(provenance_of(tmp_path, m).read_text())["host"] == node
+        # -j and -abs-mem from what Slurm granted: 2 CPUs and 4000 MB per node, 2 jobs per node
+        assert "start: wsclean -j 1 -abs-mem 1.8 " in (rdir / "logs" / job).read_text()
+    assert len(allocations) == 1, allocations  # one allocation for the round
+    for row in rows(rdir):
+        per_node[row["host"]].append((row["start"] + 0.01, row["start"] + row["runtime"] - 0.01))
+    assert set(per_node) == set(NODES)
+    assert all(max_overlap(spans) <= 2 for spans in per_node.values()), per_node  # max_concurrent per node
+    assert not slurm.jobs() and not tmp_dirs_left(tmp_path)
+
+    before = jobs_ever(slurm)
+    r = expect(imgpipe(slurm, tmp_path, cfg, *ms), 0)
+    assert "nothing to do: all 6 job(s) done" in r.err, r
+    assert jobs_ever(slurm) == before and not slurm.jobs()  # no allocation asked for
+
+    status = expect(imgpipe(slurm, tmp_path, "status"), 0).out
+    line = next(ln for ln in status.splitlines() if ln.startswith("0002 "))
+    assert line.split()[1:4] == ["node002", f"{slurm_of(rdir, '0002')[0]}.{slurm_of(rdir, '0002')[1]}", "done"], status
+
+
+# ---------------------------------------------------------------- a job of its own per job
+
+
+def test_with_slurm_nodes_0_every_job_is_a_slurm_job_placed_by_slurm(slurm, tmp_path, ms_factory):
+    ms = make_ms(ms_factory, tmp_path, 4)
+    cfg = config(tmp_path, worker={"slurm_nodes": "0"})
+    r = expect(imgpipe(slurm, tmp_path, cfg, *ms), 0)
+    assert "all 4 job(s) done" in r.err, r
+    rdir = run_dir(tmp_path)
+    ids = [slurm_of(rdir, f"{i:04d}") for i in range(1, 5)]
+    assert len({job for job, _, _ in ids}) == 4, ids  # four Slurm jobs
+    assert all(node in NODES for _, _, node in ids)
+    doc = json.loads(expect(imgpipe(slurm, tmp_path, "status", "--json"), 0).out)
+    assert [j["host"] for j in doc["jobs"]] == [node for _, _, node in ids]  # the node, not GNU parallel's 'slurm'
+    assert all(j["slurm"] for j in doc["jobs"])
+    page = Path(expect(imgpipe(slurm, tmp_path, "report"), 0).out.strip()).read_text()
+    assert f"{ids[0][2]} (Slurm {doc['jobs'][0]['slurm']})" in page
+    assert not slurm.jobs()
+
+
+# ---------------------------------------------------------------- Ctrl-C
+
+
+@pytest.mark.parametrize("slurm_nodes", ["2", "0"])
+def test_ctrl_c_stops_every_job_gracefully_and_leaves_nothing_in_slurm(slurm, tmp_path, ms_factory, slurm_nodes):
+    ms = make_ms(ms_factory, tmp_path, 4)
+    cfg = config(tmp_path, worker={"slurm_nodes": slurm_nodes}, wsclean={"size": "'512 512'", "niter": "20000"})
+    proc = start_imgpipe(slurm, tmp_path, cfg, *ms)
+    try:
+        wait_for(lambda: len([p for p in job_processes(tmp_path) if p.split()[1] == "wsclean"]) >= 4, 60,
+                 "four running WSClean")
+        assert slurm.steps(), "no step in Slurm"
+        t0 = time.time()
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=60)
+        elapsed = time.time() - t0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    r = expect(Run(proc.returncode, out, err, elapsed), 130)
+    assert "stopped. 0 of 4 job(s) done" in r.err and elapsed < 30, r
+    assert not job_processes(tmp_path), job_processes(tmp_path)
+    assert not tmp_dirs_left(tmp_path) and not list(tmp_path.rglob("*.imgpipe-claim"))
+    assert not slurm.jobs() and not slurm.steps()
+    rdir = run_dir(tmp_path)
+    assert all("stopped (SIGTERM): WSClean stopped, temp dir removed" in (rdir / "logs" / f"000{i}").read_text()
+               for i in range(1, 5))  # the wrapper's own clean-up ran: no KILL from Slurm
+
+    cfg = config(tmp_path, worker={"slurm_nodes": slurm_nodes})  # (quicker jobs: nothing was recorded)
+    r = expect(imgpipe(slurm, tmp_path, cfg, *ms), 0)
+    assert all(image_of(tmp_path, m).is_file() for m in ms)
+
+
+# ---------------------------------------------------------------- failures told apart
+
+
+def test_a_node_going_down_fails_its_jobs_as_node_failures_and_a_rerun_completes_them(slurm, tmp_path, ms_factory):
+    ms = make_ms(ms_factory, tmp_path, 4, pinned=True)[:2]  # node001, node002
+    cfg = config(tmp_path, pinned=True, worker={"connection_retries": "0"}, wsclean=SLOW)
+
+    def down_node002():
+        wait_for(lambda: len([p for p in job_processes(tmp_path) if p.split()[1] == "wsclean"]) >= 2, 60,
+                 "both jobs running")
+        slurm.set_state("node002", "down", "test: node002 lost")
+
+    proc = start_imgpipe(slurm, tmp_path, cfg, *ms)
+    try:
+        down_node002()
+        out, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    r = expect(Run(proc.returncode, out, err, 0), 1)
+    table = {ln.split()[0]: ln for ln in r.err.splitlines() if ln.strip()[:4] in ("0001", "0002")}
+    assert "the Slurm node failed" in table["0002"], r  # srun exited 0 here: never taken for done
+    assert "Node failure on node002" in r.err, r
+    assert not provenance_of(tmp_path, ms[1]).exists()
+    assert not slurm.jobs()
+
+    slurm.set_state("node002", "resume")
+    wait_for(lambda: slurm.states()["node002"].startswith("idle"), 30, "node002 back")
+    r = expect(imgpipe(slurm, tmp_path, cfg, *ms), 0)
+    assert all(provenance_of(tmp_path, m).is_file() for m in ms)
+
+
+def test_a_job_past_its_memory_and_a_job_past_max_time_say_so(slurm, tmp_path, ms_factory):
+    (ms,) = make_ms(ms_factory, tmp_path, 1)
+    cfg = config(tmp_path, worker={"slurm_nodes": "0"}, resources={"mem": "'60M'"},
+                 wsclean={"size": "'2048 2048'"})
+    r = expect(imgpipe(slurm, tmp_path, cfg, ms), 1)
+    row = next(ln for ln in r.err.splitlines() if ln.strip().startswith("0001"))
+    assert "out of memory: Slurm stopped it past the memory it asked for" in row, r
+    doc = json.loads(expect(imgpipe(slurm, tmp_path, "status", "--json"), 0).out)
+    assert doc["jobs"][0]["failure"] == "memory"
+
+    other = tmp_path / "timed"
+    other.mkdir()
+    cfg = config(other, worker={"slurm_nodes": "0", "max_time": "2"}, wsclean={"size": "'1024 1024'",
+                                                                                "niter": "1000000"})
+    r = expect(imgpipe(slurm, other, cfg, ms), 1)
+    row = next(ln for ln in r.err.splitlines() if ln.strip().startswith("0001"))
+    assert "max_time reached" in row, r
+    assert not job_processes(other) and not tmp_dirs_left(other) and not slurm.jobs()
+
+
+def test_slurms_time_limit_says_so(slurm, tmp_path, ms_factory):
+    """Slurm's own time limit (whole minutes, checked every 30 s: this test takes ~1.5 min)."""
+    (ms,) = make_ms(ms_factory, tmp_path, 1)
+    cfg = config(tmp_path, worker={"slurm_nodes": "0", "slurm_options": "'--time=1'"},
+                 wsclean={"size": "'1024 1024'", "niter": "100000000", "auto-threshold": "0.0001"})
+    r = expect(imgpipe(slurm, tmp_path, cfg, ms, timeout=240), 1)
+    row = next(ln for ln in r.err.splitlines() if ln.strip().startswith("0001"))
+    assert "Slurm's time limit was reached" in row, r
+
+
+def test_a_request_slurm_refuses_is_a_clear_error_before_anything_runs(slurm, tmp_path, ms_factory):
+    (ms,) = make_ms(ms_factory, tmp_path, 1)
+    before = jobs_ever(slurm)
+    for options, said in (("'--partition=nope'", "no partition 'nope'"),
+                          ("'--bogus'", "unrecognized option '--bogus'"),
+                          ("'--time=soon'", "Invalid --time specification")):
+        cfg = config(tmp_path, worker={"slurm_options": options})
+        r = expect(imgpipe(slurm, tmp_path, cfg, ms), 2)
+        assert said in r.err and f"{cfg}: [worker] slurm_options" in r.err, r
+        assert "Traceback" not in r.err
+    assert jobs_ever(slurm) == before and not slurm.jobs()
+    assert not (tmp_path / "images").exists()
+
+
+def test_a_pending_allocation_is_said_with_slurms_reason(slurm, tmp_path, ms_factory):
+    ms = make_ms(ms_factory, tmp_path, 2)
+    blocker = slurm.run("sbatch", "-N3", "--exclusive", "--job-name=someone-else", "--output=/dev/null",
+                        "--wrap=sleep 4").stdout
+    assert "Submitted batch job" in blocker
+    cfg = config(tmp_path)
+    r = expect(imgpipe(slurm, tmp_path, cfg, *ms), 0)
+    assert re.search(r"Slurm allocation \d+ pending \((Resources|Priority)\)", r.err), r
+    assert "all 2 job(s) done" in r.err
+
+
+def test_a_second_run_of_the_plan_refuses_before_it_asks_slurm_anything(slurm, tmp_path, ms_factory):
+    ms = make_ms(ms_factory, tmp_path, 2)
+    cfg = config(tmp_path, wsclean=SLOW)
+    first = start_imgpipe(slurm, tmp_path, cfg, *ms)
+    try:
+        wait_for(lambda: slurm.jobs(), 30, "the first run's allocation")
+        ours = slurm.jobs()
+        r = expect(imgpipe(slurm, tmp_path, cfg, *ms), 2)
+        assert f"already being run by imgpipe pid {first.pid}" in r.err, r
+        assert slurm.jobs() == ours  # nothing asked of Slurm
+        out, err = first.communicate(timeout=120)
+    finally:
+        if first.poll() is None:
+            first.kill()
+            first.communicate()
+    assert first.returncode == 0, err
+
+
+def test_engine_slurm_with_named_nodes_keeps_to_them(slurm, tmp_path, ms_factory):
+    """`--engine slurm` on a config that names its nodes: Slurm runs the jobs, on those nodes only."""
+    ms = make_ms(ms_factory, tmp_path, 4)
+    for slurm_nodes in ("0", "1"):
+        cfg = config(tmp_path, worker={"nodes": "'node001,node003'", "slurm_nodes": slurm_nodes},
+                     name=f"named-{slurm_nodes}.toml", wsclean={"name": f"'img{slurm_nodes}'"})
+        r = expect(imgpipe(slurm, tmp_path, "image", "--engine", "slurm", cfg, *ms), 0)
+        rdir = Path(r.err.split("run directory ", 1)[1].split()[0])
+        nodes = {slurm_of(rdir, f"{i:04d}")[2] for i in range(1, 5)}
+        assert nodes <= {"node001", "node003"}, (slurm_nodes, nodes)
+    r = expect(imgpipe(slurm, tmp_path, "image", "--engine", "make", config(tmp_path), *ms), 2)
+    assert "nodes = 'slurm' runs the jobs through Slurm; --engine make needs the nodes by name" in r.err, r
