@@ -160,10 +160,12 @@ PartitionName=imaging Nodes={','.join(self.names)} Default=NO MaxTime=INFINITE S
         if r.returncode and not (state == "resume" and "Invalid node state" in r.stderr):
             raise RuntimeError(f"scontrol update {node} {state}: {r.stderr.strip()}")
 
-    def jobs(self) -> list[str]:
-        """Every job Slurm still has queued or running ('ID NAME STATE')."""
+    def jobs(self, completing: bool = False) -> list[str]:
+        """Every job Slurm still has queued or running ('ID NAME STATE'); with ``completing``, also
+        those Slurm is cleaning up after (a job whose node went down stays COMPLETING a while)."""
         r = self.run("squeue", "-h", "-o", "%i %j %T")
-        return [line for line in r.stdout.splitlines() if line.strip()]
+        return [line for line in r.stdout.splitlines()
+                if line.strip() and (completing or not line.endswith("COMPLETING"))]
 
     def steps(self) -> list[str]:
         r = self.run("squeue", "-h", "-s", "-o", "%i %j")
@@ -172,7 +174,7 @@ PartitionName=imaging Nodes={','.join(self.names)} Default=NO MaxTime=INFINITE S
     def cancel_all(self) -> None:
         self.run("scancel", "--user", "root", check=False)
         deadline = time.time() + 20
-        while self.jobs() and time.time() < deadline:
+        while self.jobs(completing=True) and time.time() < deadline:
             time.sleep(0.2)
 
     # ---------------------------------------------------------------- tear-down

@@ -265,7 +265,7 @@ def test_a_request_slurm_refuses_is_a_clear_error_before_anything_runs(slurm, tm
 def test_a_pending_allocation_is_said_with_slurms_reason(slurm, tmp_path, ms_factory):
     ms = make_ms(ms_factory, tmp_path, 2)
     blocker = slurm.run("sbatch", "-N3", "--exclusive", "--job-name=someone-else", "--output=/dev/null",
-                        "--wrap=sleep 4").stdout
+                        "--wrap=sleep 6").stdout
     assert "Submitted batch job" in blocker
     cfg = config(tmp_path)
     r = expect(imgpipe(slurm, tmp_path, cfg, *ms), 0)

@@ -333,9 +333,9 @@ class Slurm(Parallel):
             (self.ctx.run / name).unlink(missing_ok=True)
 
     def waiting(self) -> str | None:
-        """What Slurm keeps the jobs waiting for (asked of squeue at most every 5 s)."""
+        """What Slurm keeps the jobs waiting for (asked of squeue at most every 2 s)."""
         when, said = self._waiting
-        if time.time() - when < 5:
+        if time.time() - when < 2:
             return said
         said = None
         if self.allocation:
