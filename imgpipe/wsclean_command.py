@@ -18,19 +18,20 @@ from __future__ import annotations
 from typing import Any
 
 from .errors import ImgpipeError
-from .wsclean_options import WscleanOption
+from .wsclean_options import WscleanOption, check_words, example
 
 
 def _word(value: Any) -> str:
     return str(value)
 
 
-def _is_number_word(word: str) -> bool:
-    try:
-        float(word)
-    except ValueError:
-        return False
-    return True
+def _toml(value: Any) -> str:
+    """A value as the user wrote it in TOML."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float) and value != value:
+        return "nan"
+    return repr(value)
 
 
 def _nargs_text(opt: WscleanOption) -> str:
@@ -134,14 +135,15 @@ def check_value(opt: WscleanOption, value: Any, where: str) -> None:
             hint=f"write the values in one string, separated by spaces, or as a TOML list; "
             f"wsclean --help says: -{opt.name}: {opt.help}",
         )
-    if opt.kind == "number":
-        bad = [w for w in words if not _is_number_word(w)]
-        if bad:
-            raise ImgpipeError(
-                f"-{opt.name} takes {'plain numbers (no units)' if hi > 1 else 'a plain number (no unit)'}, got {value!r}",
-                where=where,
-                hint=f"wsclean --help says: -{opt.name}: {opt.help}",
-            )
+    fault = check_words(opt, words)
+    if fault:
+        word, what = fault
+        got = f"{word!r} in {_toml(value)}" if _toml(value) != repr(word) else _toml(value)
+        raise ImgpipeError(
+            f"-{opt.name} takes {what}; got {got}",
+            where=where,
+            hint=f"e.g. {opt.name} = {example(opt)}; wsclean --help says: -{opt.name}: {opt.help}",
+        )
     if opt.name == "pol":
         why = pol_problem(words[0])
         if why:

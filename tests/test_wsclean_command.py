@@ -85,9 +85,9 @@ def test_option_words(name, value, expected):
         ("size", "1024 1024 1024", ["-size takes 2 values, got 3"]),
         ("size", [1024], ["-size takes 2 values, got 1: [1024]"]),
         ("size", "   ", ["-size takes 2 values, got 0"]),
-        ("size", "1024 1024px", ["-size takes plain numbers (no units)", "'1024 1024px'"]),
-        ("niter", "abc", ["-niter takes a plain number", "'abc'", "clean iterations"]),
-        ("niter", "1e3 iterations", ["-niter takes a plain number", "'1e3 iterations'"]),  # one word, not split
+        ("size", "1024 1024px", ["-size takes a whole number, 1 or more", "'1024px' in '1024 1024px'"]),
+        ("niter", "abc", ["-niter takes a whole number, 0 or more", "'abc'", "clean iterations"]),
+        ("niter", "1e3 iterations", ["-niter takes a whole number", "'1e3 iterations'"]),  # one word, not split
         ("niter", [100, 200], ["-niter takes a single value, got the list [100, 200]"]),
         ("fits-mask", ["a.fits", "b.fits"], ["-fits-mask takes a single value"]),
         ("weight", "briggs 0 1", ["-weight takes 1 to 2 values, got 3", "briggs 0.5"]),

@@ -248,3 +248,79 @@ def test_number_options_reject_units_and_string_ones_accept_them():
                         ("beam-size", "1amin"), ("horizon-mask", "5deg")):
         rc, message = _dry_run(["-" + name, value, PROBE])
         assert message == f"Unknown parameter: {PROBE[1:]}", (name, message)
+
+
+# --------------------------------------------------------------------------- values, as WSClean parses them
+
+# (option, words): checked by imgpipe when planning and by `wsclean -dry-run`; they must agree,
+# but for STRICTER: values WSClean's parser takes and its imaging then fails on (or does nothing
+# sensible with), which imgpipe refuses when planning.
+VALUE_CASES = [
+    ("scale", ["1amin"]), ("scale", ["1arcmin"]), ("scale", ["0.01"]), ("scale", ["1DEG"]), ("scale", ["1masec"]),
+    ("scale", ["1''"]), ("scale", ["1e-3deg"]), ("scale", ["abc"]), ("scale", ["3parsec"]), ("scale", ["+1deg"]),
+    ("scale", ["nan"]), ("scale", ["inf"]), ("scale", ["1mdeg"]), ("scale", ['1"']), ("scale", ["1am"]),
+    ("taper-gaussian", ["30"]), ("taper-gaussian", ["x"]), ("beam-shape", ["1amin", "1amin", "3deg"]),
+    ("beam-shape", ["a", "b", "c"]),
+    ("threshold", ["1mJy"]), ("threshold", ["0.5"]), ("threshold", ["1µJy"]), ("threshold", ["1KJy"]),
+    ("threshold", ["1uJy"]), ("threshold", ["1MJY"]), ("threshold", ["lots"]), ("threshold", ["-1mJy"]),
+    ("niter", ["1000"]), ("niter", ["-5"]), ("niter", ["nan"]), ("niter", ["1e300"]), ("niter", ["1.5"]),
+    ("niter", ["1e3"]), ("size", ["64", "64"]), ("size", ["64.5", "64"]), ("size", ["-128", "0"]),
+    ("size", ["0", "0"]), ("gain", ["0.1"]), ("gain", ["-1"]), ("padding", ["0.5"]), ("padding", ["1.2"]),
+    ("auto-threshold", ["-1"]), ("auto-threshold", ["3"]), ("abs-mem", ["0"]), ("abs-mem", ["2.5"]),
+    ("weight", ["natural"]), ("weight", ["uniform"]), ("weight", ["briggs", "0"]), ("weight", ["briggs", "-0.5"]),
+    ("weight", ["briggs", "x"]), ("weight", ["Briggs", "0"]), ("weight", ["NATURAL"]),
+    ("grid-mode", ["kb"]), ("grid-mode", ["KB"]), ("grid-mode", ["bh"]), ("grid-mode", ["gau"]),
+    ("visibility-weighting-mode", ["squared"]), ("visibility-weighting-mode", ["foo"]),
+    ("local-rms-method", ["rms-with-min"]), ("local-rms-method", ["foo"]), ("multiscale-shape", ["foo"]),
+    ("beam-model", ["lobes"]), ("beam-model", ["foo"]), ("idg-mode", ["hybrid"]), ("idg-mode", ["foo"]),
+    ("shift", ["12h30m00s", "+60d00m00s"]), ("shift", ["12:30:00", "60.00.00"]), ("shift", ["12h30m", "60d30m"]),
+    ("shift", ["12h30m00s", "60:00:00"]), ("shift", ["foo", "bar"]), ("shift", ["187.5deg", "60deg"]),
+    ("shift", ["12h30m00.5s", "-60d00m00.5s"]),
+    ("spectral-correction", ["150e6", "83.084,-0.699"]), ("spectral-correction", ["x", "y"]),
+    ("channels-out", ["0"]), ("intervals-out", ["0"]), ("spws", ["0,a"]), ("multiscale-scales", ["0,x"]),
+    ("field", ["all"]), ("field", ["0,1"]), ("j", ["0"]), ("nmiter", ["-1"]),
+]
+STRICTER = {  # what WSClean's parser lets through and imgpipe refuses, and why
+    ("size", ("0", "0")): "an image of 0 pixels: WSClean fails when imaging",
+    ("channels-out", ("0",)): "0 output channels",
+    ("intervals-out", ("0",)): "0 intervals",
+    ("spws", ("0,a",)): "a spectral window that is no number",
+    ("multiscale-scales", ("0,x",)): "a scale that is no number",
+    ("j", ("0",)): "0 threads",
+}
+
+
+def test_value_checks_agree_with_wsclean():
+    from imgpipe.wsclean_options import check_words
+
+    _wsclean_or_skip()
+
+    def one(case):
+        name, words = case
+        rc, message = _dry_run(["-size", "64", "64", "-scale", "1amin", "-" + name, *words, PROBE])
+        return name, words, message == f"Unknown parameter: {PROBE[1:]}", check_words(OPTIONS[name], words) is None
+
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        results = list(pool.map(one, VALUE_CASES))
+    disagree = []
+    for name, words, wsclean_ok, imgpipe_ok in results:
+        stricter = (name, tuple(words)) in STRICTER
+        if imgpipe_ok != wsclean_ok and not (stricter and wsclean_ok and not imgpipe_ok):
+            disagree.append(f"-{name} {' '.join(words)}: WSClean {'takes' if wsclean_ok else 'refuses'} it, "
+                            f"imgpipe {'takes' if imgpipe_ok else 'refuses'} it")
+        if stricter:
+            assert wsclean_ok and not imgpipe_ok, (name, words)
+    assert disagree == []
+    assert sum(ok for *_, ok in results) > 20 and sum(not ok for *_, ok in results) > 20  # both kinds tried
+
+
+def test_every_option_has_a_value_type_and_an_example():
+    from imgpipe.wsclean_options import check_words, example
+
+    for opt in OPTIONS.values():
+        if opt.kind == "flag":
+            assert opt.value == "-"
+            continue
+        assert opt.value != "-" and example(opt), opt.name
+        assert check_words(opt, ["\x00not a value\x00"] * opt.nargs[1]) is not None or opt.value.split(",")[0] in (
+            "text", "path", "pol"), opt.name  # every checked option refuses nonsense
