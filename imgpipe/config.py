@@ -15,16 +15,18 @@ Nothing here touches a Measurement Set or a node.
 from __future__ import annotations
 
 import difflib
+import math
 import os
 import re
 import shlex
+import stat
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from .errors import ImgpipeError
-from .hosts import parse_nodes
+from .hosts import MAX_NODES, parse_nodes
 from . import wsclean_options
 from .wsclean_command import check_value
 
@@ -202,11 +204,30 @@ def _suggest_wsclean(key: str) -> str | None:
     return suggest(key.strip().lower().replace("_", "-"), (*IMGPIPE_WSCLEAN_KEYS, *wsclean_options.OPTIONS))
 
 
+MAX_CONFIG_BYTES = 10 * 1024 * 1024  # a config is text of a few KB; /dev/zero is endless
+MAX_CHAIN = 50  # default_settings files in one chain
+BOM = b"\xef\xbb\xbf"
+
+
 def read_toml(path: Path) -> dict[str, Any]:
     """Parse one TOML file, turning every failure into a message naming the file."""
     try:
+        st = os.stat(path)
+        if stat.S_ISDIR(st.st_mode):
+            raise IsADirectoryError
+        if not stat.S_ISREG(st.st_mode):  # a device, a pipe (reading it could block or never end)
+            raise ImgpipeError("is not a regular file (a device, a pipe or a socket), not a config file",
+                               where=str(path))
+        if st.st_size > MAX_CONFIG_BYTES:
+            raise ImgpipeError(f"is {st.st_size:,} bytes, not a config file (those are a few KB)", where=str(path))
         with open(path, "rb") as f:
-            return tomllib.load(f)
+            text = f.read(MAX_CONFIG_BYTES + 1)
+        if text.startswith(BOM):
+            raise ImgpipeError(
+                "starts with a UTF-8 byte-order mark (BOM), which TOML does not allow",
+                where=str(path),
+                hint=f"save it as UTF-8 without BOM (your editor's setting), or: sed -i '1s/^\\xEF\\xBB\\xBF//' {path}")
+        return tomllib.loads(text.decode("utf-8"))
     except FileNotFoundError:
         raise ImgpipeError("config file not found", where=str(path)) from None
     except IsADirectoryError:
@@ -217,6 +238,8 @@ def read_toml(path: Path) -> dict[str, Any]:
         raise ImgpipeError(f"invalid TOML: {e}", where=str(path)) from None
     except UnicodeDecodeError as e:
         raise ImgpipeError(f"not a UTF-8 text file: {e}", where=str(path)) from None
+    except OSError as e:  # a symbolic link loop, a file name too long, an I/O error...
+        raise ImgpipeError(f"cannot read the config file: {e.strerror or e}", where=str(path)) from None
 
 
 def _check_keys(path: Path, data: dict[str, Any]) -> None:
@@ -266,6 +289,11 @@ def _check_keys(path: Path, data: dict[str, Any]) -> None:
 
 def _load_chain(path: Path, seen: tuple[Path, ...] = ()) -> tuple[dict, dict[tuple[str, str], Path]]:
     """Load ``path`` and, first, the ``default_settings`` file it names (recursively)."""
+    if len(seen) >= MAX_CHAIN:
+        raise ImgpipeError(
+            f"default_settings lead through more than {MAX_CHAIN} files (from {seen[0]})",
+            where=str(path),
+            hint="a chain of defaults is a few files long: check where each default_settings leads")
     if path in seen:
         chain = " -> ".join(str(p) for p in (*seen, path))
         raise ImgpipeError(
@@ -304,6 +332,10 @@ def _toml_repr(value: Any) -> str:
     return repr(value)
 
 
+MAX_CONCURRENT = 1000  # jobs at once on one node: beyond, each gets nothing of its cores and memory
+MAX_TIME = 30 * 86400  # a job's max_time: 30 days
+
+
 def _type_error(where: str, expected: str, value: Any, hint: str | None = None) -> ImgpipeError:
     return ImgpipeError(f"expected {expected}, got {_toml_repr(value)}", where=where, hint=hint)
 
@@ -313,7 +345,8 @@ def _is_int(v: Any) -> bool:
 
 
 def _is_number(v: Any) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool)
+    """A finite number (TOML has nan and inf)."""
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 
 def _build_worker(table: dict[str, Any], where) -> WorkerConfig:
@@ -322,8 +355,8 @@ def _build_worker(table: dict[str, Any], where) -> WorkerConfig:
         if not isinstance(w[key], bool):
             raise _type_error(where(key), "true or false", w[key])
     for key in ("retries", "connection_retries"):
-        if not _is_int(w[key]) or w[key] < 0:
-            raise _type_error(where(key), "a whole number of retries, at least 0", w[key])
+        if not _is_int(w[key]) or not 0 <= w[key] <= 100:
+            raise _type_error(where(key), "a whole number of retries, from 0 to 100", w[key])
     if not isinstance(w["ssh"], str) or not w["ssh"].strip():
         raise _type_error(where("ssh"), "the ssh command, e.g. 'ssh' or 'ssh -F ~/.ssh/cluster_config'", w["ssh"])
     for key in ("env_file", "run_on_file_host_pattern", "slurm_options"):
@@ -339,12 +372,14 @@ def _build_worker(table: dict[str, Any], where) -> WorkerConfig:
     except ValueError as e:
         raise ImgpipeError(str(e), where=where("nodes"),
                            hint="write hosts as 'a,b', ranges as 'node[1-3]' or 'node[08-11]', lists as 'node[1,5]'") from None
-    if not _is_int(w["max_concurrent"]) or w["max_concurrent"] < 1:
-        raise _type_error(where("max_concurrent"), "a whole number of jobs per node, at least 1", w["max_concurrent"])
-    if not _is_number(w["max_time"]) or w["max_time"] < 0:
-        raise _type_error(where("max_time"), "a number of seconds (0 = no limit)", w["max_time"])
-    if not _is_int(w["slurm_nodes"]) or w["slurm_nodes"] < 0:
-        raise _type_error(where("slurm_nodes"), "a whole number, at least 0", w["slurm_nodes"])
+    if not _is_int(w["max_concurrent"]) or not 1 <= w["max_concurrent"] <= MAX_CONCURRENT:
+        raise _type_error(where("max_concurrent"), f"a whole number of jobs per node, from 1 to {MAX_CONCURRENT}",
+                          w["max_concurrent"], hint="each job gets 1/max_concurrent of its node's cores and memory")
+    if not _is_number(w["max_time"]) or not 0 <= w["max_time"] <= MAX_TIME:
+        raise _type_error(where("max_time"), f"a number of seconds, from 0 (no limit) to {MAX_TIME:,}",
+                          w["max_time"], hint="e.g. max_time = 7200 (2 hours)")
+    if not _is_int(w["slurm_nodes"]) or not 0 <= w["slurm_nodes"] <= MAX_NODES:
+        raise _type_error(where("slurm_nodes"), f"a whole number of nodes, from 0 to {MAX_NODES:,}", w["slurm_nodes"])
     slurm_options = w["slurm_options"] or os.environ.get("LIBPIPE_SLURM_OPTIONS", "")  # nenucal's fallback
     try:
         shlex.split(slurm_options)

@@ -26,12 +26,21 @@ class MSInput:
 
 
 def check_path_text(path: str) -> None:
-    """A path that would break a one-job-per-line jobs file is refused up front."""
+    """A path that would break a one-job-per-line jobs file, or that is not UTF-8 (the jobs file,
+    casacore and WSClean's command line need it), is refused up front."""
     if _CONTROL_RE.search(path):
         raise ImgpipeError(
             f"MS path {path!r} contains a control character (newline?)",
             hint="rename the MS: imgpipe writes one job per line",
         )
+    try:
+        path.encode("utf-8")
+    except UnicodeEncodeError:
+        shown = os.fsencode(path).decode("utf-8", errors="backslashreplace")
+        raise ImgpipeError(
+            f"MS path '{shown}' is not valid UTF-8 (the bytes shown as \\x..)",
+            hint="rename the MS (or a directory above it) to a UTF-8 name: casacore and the jobs file need one",
+        ) from None
 
 
 def dedupe(inputs: list[MSInput]) -> list[MSInput]:
@@ -79,10 +88,17 @@ def resolve_inputs(config: Config, args: list[str]) -> list[MSInput]:
 def ms_problem(path: str) -> str | None:
     """Why ``path`` is not a readable Measurement Set, or None (no casacore needed)."""
     if not os.path.exists(path):
+        if os.path.islink(path):
+            return f"{path}: is a symbolic link that leads nowhere (a loop, or its target is gone)"
+        parent = os.path.dirname(path)
+        if os.path.isdir(parent) and not os.access(parent, os.X_OK):
+            return f"{path}: cannot be looked at (permission denied on {parent})"
         return f"{path}: does not exist"
+    if os.path.isdir(path) and not os.access(path, os.R_OK | os.X_OK):
+        return f"{path}: is not readable (permission denied)"
     if not os.path.isdir(path) or not os.path.isfile(os.path.join(path, "table.dat")):
         return f"{path}: is not a Measurement Set (no casacore table.dat in it)"
-    if not os.access(path, os.R_OK | os.X_OK) or not os.access(os.path.join(path, "table.dat"), os.R_OK):
+    if not os.access(os.path.join(path, "table.dat"), os.R_OK):
         return f"{path}: is not readable (permission denied)"
     if not os.path.isfile(os.path.join(path, "SPECTRAL_WINDOW", "table.dat")):
         return f"{path}: has no SPECTRAL_WINDOW subtable"

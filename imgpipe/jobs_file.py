@@ -49,6 +49,14 @@ def render(plan: Plan) -> str:
                 f"cannot write a jobs file: a line would hold a newline: {line!r}",
                 hint="remove newlines from the config path, MS paths and [wsclean] values",
             )
+        try:
+            line.encode("utf-8")
+        except UnicodeEncodeError:
+            shown = line.encode("utf-8", errors="surrogateescape").decode("utf-8", errors="backslashreplace")
+            raise ImgpipeError(
+                f"cannot write a jobs file: a line would hold bytes that are not UTF-8 (shown as \\x..): {shown}",
+                hint="a path, or an environment variable used in out-dir, is not UTF-8: rename it",
+            ) from None
     return "\n".join(lines) + "\n"
 
 

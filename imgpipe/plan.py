@@ -300,6 +300,12 @@ def build_job(
     """The complete WSClean argv for one group of MSs (pure; raises ImgpipeError)."""
     ws = config.wsclean
     last = group.last
+    for m in group.ms:  # WSClean 3.1 crashes (segfault) on an MS without a spectral window
+        if facts[m.path].nspw == 0 or facts[m.path].nchan == 0:
+            raise ImgpipeError(
+                f"{m.path}: has no {'spectral window' if facts[m.path].nspw == 0 else 'channel'} "
+                "(its SPECTRAL_WINDOW table is empty): there is nothing WSClean can image in it",
+                hint="leave this MS out, or check how it was made (casacore's `taql` shows its tables)")
     tokens: dict[str, str | None] = {
         "ms_in": last.path,
         "ms_basename": os.path.basename(last.path),
@@ -320,6 +326,11 @@ def build_job(
     out_dir = expand_template(ws["out-dir"], tokens, where("out-dir")) if "out-dir" in ws else ""
     out_dir = os.path.abspath(out_dir) if out_dir else os.getcwd()
     prefix = os.path.normpath(os.path.join(out_dir, name))
+    if os.path.commonpath([out_dir, os.path.dirname(prefix)]) != out_dir or prefix == out_dir:
+        raise ImgpipeError(
+            f"name {ws['name']!r} puts the images outside out-dir: {prefix}-*, not in {out_dir}",
+            where=where("name"),
+            hint="name is the images' prefix inside out-dir (no '..' in it); choose their directory with out-dir")
     cfitsio = sorted(set(prefix) & set(CFITSIO_SYNTAX))
     if cfitsio:
         raise ImgpipeError(
@@ -503,4 +514,28 @@ def make_plan(config: Config, args: list[str], *, combine: bool = False, combine
     facts, problems = read_facts([i.path for i in inputs], data_column(config))
     if problems:
         raise PlanErrors(problems, hint="check the paths (every missing or unreadable MS is listed)")
-    return build_plan(config, inputs, facts, combine=combine, combine_obs_ids=combine_obs_ids)
+    plan = build_plan(config, inputs, facts, combine=combine, combine_obs_ids=combine_obs_ids)
+    problems = check_out_dirs(plan.jobs)
+    if problems:
+        raise PlanErrors(problems, hint="out-dir (and name) must lead to a directory the nodes can make: "
+                         "move the file away, or choose another out-dir")
+    return plan
+
+
+def check_out_dirs(jobs) -> list[str]:
+    """One problem per image directory that cannot be one: it, or a directory above it, is a file."""
+    problems: list[str] = []
+    seen: dict[str, str | None] = {}
+    for job in jobs:
+        path = job.out_dir
+        while path not in seen and not os.path.lexists(path) and os.path.dirname(path) != path:
+            path = os.path.dirname(path)  # up to the first part that exists
+        if path not in seen:
+            seen[path] = None if os.path.isdir(path) else path
+        blocker = seen[path]
+        if blocker is not None:
+            what = "is a file" if os.path.isfile(blocker) else "is not a directory"
+            text = f"the image directory {job.out_dir} cannot be made: {blocker} {what}"
+            if text not in problems:
+                problems.append(text)
+    return problems

@@ -168,11 +168,15 @@ def read_rows(path: str | os.PathLike) -> list[Row]:
             continue
         m = _JOB_RE.search(parts[8])
         try:
-            rows.append(Row(seq=int(parts[0]), host=parts[1], start=float(parts[2]), runtime=float(parts[3]),
-                            exitval=int(parts[6]), signal=int(parts[7]), command=parts[8],
-                            job_id=m.group(2) if m else None, tag=m.group(1) if m else None))
+            start, runtime = float(parts[2]), float(parts[3])
+            row = Row(seq=int(parts[0]), host=parts[1], start=start, runtime=runtime, exitval=int(parts[6]),
+                      signal=int(parts[7]), command=parts[8], job_id=m.group(2) if m else None,
+                      tag=m.group(1) if m else None)
         except ValueError:
             continue
+        if not (0 <= start < 1e11 and 0 <= runtime < 1e9):  # nan, inf, or a time no clock gave: damaged
+            continue
+        rows.append(row)
     return rows
 
 

@@ -70,9 +70,12 @@ make (plus ~0.2 s to import casacore, once) and ~0.7 MB of disk.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
+import re
 import shutil
 import sys
+import tempfile
 
 import numpy as np
 import casacore.tables as ct
@@ -329,6 +332,31 @@ def _model_visibilities(uvw, freqs, sources):
 
 # --- the maker ---------------------------------------------------------------------------
 
+_LEAP_SECOND_WARNING = re.compile(rb"^.*SEVERE\tMeasTable::dUTC.*\n?", re.MULTILINE)
+
+
+@contextlib.contextmanager
+def _without_leap_second_warning():
+    """Keep casacore's "Leap second table TAI_UTC seems out-of-date" (3 SEVERE lines, on the
+    process's stderr, from C++) out of what a user reads: python-casacore's wheel dates its
+    TAI_UTC table, and casacore warns once it is half a year old, whatever the epoch converted
+    (ours, 2024, is in the table). Every other line casacore writes is passed on."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as caught:
+        os.dup2(caught.fileno(), 2)
+        try:
+            yield
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            caught.seek(0)
+            rest = _LEAP_SECOND_WARNING.sub(b"", caught.read())
+            if rest:
+                sys.stderr.buffer.write(rest) if hasattr(sys.stderr, "buffer") else sys.stderr.write(rest.decode())
+                sys.stderr.flush()
+
+
 def make_ms(path, *, nchan=16, nspw=1, freq_start=50e6, chan_width=195312.5,
             spw_freqs=None, ntimes=10, nant=8, corrected_data=False,
             data_column_value=None,
@@ -433,7 +461,8 @@ def make_ms(path, *, nchan=16, nspw=1, freq_start=50e6, chan_width=195312.5,
         ms.flush()
 
         # Exact UVW (J2000) from the antenna positions, field and times, by casacore.
-        ct.taql("UPDATE $ms SET UVW = mscal.uvwj2000()")
+        with _without_leap_second_warning():
+            ct.taql("UPDATE $ms SET UVW = mscal.uvwj2000()")
         uvw = ms.getcol("UVW")
 
         # The sky: XX = YY = Stokes I model, XY = YX = 0; plus noise on all four.

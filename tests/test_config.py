@@ -162,7 +162,7 @@ def test_unknown_key_in_the_default_settings_file_names_that_file(write_config):
 def test_bad_value_in_the_default_settings_file_names_that_file(write_config):
     write_config("[worker]\nmax_concurrent = 0\n[wsclean]\nsize = '1024'\n", name="site-defaults.toml")
     text = error_of(write_config("default_settings = 'site-defaults.toml'\n" + MINIMAL))
-    assert_parts(text, "site-defaults.toml: [worker] max_concurrent", "at least 1", "got 0")
+    assert_parts(text, "site-defaults.toml: [worker] max_concurrent", "from 1 to 1000", "got 0")
     assert "img.toml" not in text
 
 
@@ -228,11 +228,11 @@ def test_wsclean_key_with_a_leading_dash_is_refused(write_config):
 
 BAD_VALUES = [
     # (id, config text, parts of the message)
-    ("max_concurrent=0", "[worker]\nmax_concurrent = 0\n", ["[worker] max_concurrent", "at least 1", "got 0"]),
+    ("max_concurrent=0", "[worker]\nmax_concurrent = 0\n", ["[worker] max_concurrent", "from 1 to 1000", "got 0"]),
     ("max_concurrent-str", "[worker]\nmax_concurrent = '4'\n", ["[worker] max_concurrent", "whole number", "got '4'"]),
     ("max_concurrent-bool", "[worker]\nmax_concurrent = true\n", ["[worker] max_concurrent", "got true"]),
     ("max_time<0", "[worker]\nmax_time = -1\n", ["[worker] max_time", "seconds", "got -1"]),
-    ("slurm_nodes<0", "[worker]\nslurm_nodes = -2\n", ["[worker] slurm_nodes", "at least 0", "got -2"]),
+    ("slurm_nodes<0", "[worker]\nslurm_nodes = -2\n", ["[worker] slurm_nodes", "from 0 to 10,000", "got -2"]),
     ("dry_run-str", "[worker]\ndry_run = 'yes'\n", ["[worker] dry_run", "true or false", "got 'yes'"]),
     ("env_file-bool", "[worker]\nenv_file = true\n", ["[worker] env_file", "a string", "got true"]),
     ("nodes-int", "[worker]\nnodes = 3\n", ["[worker] nodes", "node[001-004]", "got 3"]),
@@ -263,8 +263,8 @@ BAD_VALUES = [
     ("size-true", "[wsclean]\nsize = true\n", ["[wsclean] size", "-size needs 2 values, got true"]),
     ("weight-three", "[wsclean]\nweight = 'briggs 0 1'\n",
      ["[wsclean] weight", "1 to 2 values, got 3", "briggs 0.5"]),
-    ("niter-word", "[wsclean]\nniter = 'abc'\n", ["[wsclean] niter", "-niter takes a plain number", "'abc'"]),
-    ("niter-unit", "[wsclean]\nsize = '1024 1024px'\n", ["[wsclean] size", "plain numbers (no units)",
+    ("niter-word", "[wsclean]\nniter = 'abc'\n", ["[wsclean] niter", "-niter takes a whole number", "'abc'"]),
+    ("niter-unit", "[wsclean]\nsize = '1024 1024px'\n", ["[wsclean] size", "-size takes a whole number, 1 or more",
                                                             "'1024 1024px'"]),
     ("list-for-single", "[wsclean]\nniter = [100, 200]\n",
      ["[wsclean] niter", "takes a single value", "[100, 200]", "give one value"]),
@@ -392,7 +392,7 @@ def test_overrides_win_over_every_file(write_config):
 @pytest.mark.parametrize(
     "override, parts",
     [
-        ({"max_concurrent": 0}, ["command line: --max-concurrent", "[worker] max_concurrent", "at least 1", "got 0"]),
+        ({"max_concurrent": 0}, ["command line: --max-concurrent", "[worker] max_concurrent", "from 1 to 1000", "got 0"]),
         ({"nodes": "node[5-1]"}, ["command line: --nodes", "goes backwards"]),
     ],
 )
@@ -416,7 +416,7 @@ def test_cli_overrides_win_over_the_file(write_config, run_cli, ms_factory):
 @pytest.mark.parametrize(
     "args, parts",
     [
-        (["--max-concurrent", "0"], ["command line: --max-concurrent", "at least 1", "got 0"]),
+        (["--max-concurrent", "0"], ["command line: --max-concurrent", "from 1 to 1000", "got 0"]),
         (["--nodes", "node[1-"], ["command line: --nodes", "unbalanced '['"]),
         (["--nodes", ""], ["command line: --nodes", "no host given"]),
     ],

@@ -216,6 +216,17 @@ def run(plan: Plan, jobs_path: Path, *, engine: str = "parallel", force: bool = 
     engine_cls = load(engine)
     check_tools(engine_cls)
     run_dir = RunDir(jobs_path.parent)
+    try:
+        return _run(plan, run_dir, jobs_path, engine_cls, force, rerun)
+    except OSError as e:  # the run directory's disk, mostly: full, or gone read-only
+        where = f" ({e.filename})" if e.filename else ""
+        raise ImgpipeError(
+            f"cannot write in the run directory: {e.strerror or e}{where}", where=str(run_dir.path),
+            hint=f"make room on its disk (df -h {shlex.quote(str(run_dir.path))}), or plan with --jobs-file "
+            "on another disk; then run the same command again: what is done stays done") from None
+
+
+def _run(plan: Plan, run_dir: RunDir, jobs_path: Path, engine_cls, force: bool, rerun) -> Outcome:
     ssh = ssh_command(plan)
     with run_dir.lock() as lock, Stopper() as stopper:
         moved = run_dir.adopt(plan)
@@ -275,11 +286,18 @@ def _rounds(plan: Plan, run_dir: RunDir, eng, guard: Guard, stopper: Stopper, do
         output_start = output.stat().st_size if output.exists() else 0
         proc = eng.start(Round(number, todo, list(live), frozenset(done)))
         record = eng.record(proc, live)
-        run_dir.write_state(engine=record)
         guard.watch(record)
-        progress.round_ids = [j.id for j in todo]
-        if not _wait(proc, stopper, progress):
-            return _stop(plan, run_dir, eng, guard, proc, record, progress, done, unreachable, hints)
+        try:
+            run_dir.write_state(engine=record)
+            progress.round_ids = [j.id for j in todo]
+            if not _wait(proc, stopper, progress):
+                return _stop(plan, run_dir, eng, guard, proc, record, progress, done, unreachable, hints)
+        except BaseException:  # (the run directory's disk filled up, say): no engine is left behind
+            if proc.poll() is None:
+                say("stopping the jobs: imgpipe cannot go on")
+                eng.stop(record, lambda: proc.poll() is None)
+                proc.wait()
+            raise
         rows = eng.rows()
         _engine_said(output, output_start, todo, rows, eng.name)
         _end_round(run_dir, eng, guard, rows, seq_of, done)
