@@ -369,6 +369,9 @@ def _build_worker(table: dict[str, Any], where) -> WorkerConfig:
         raise _type_error(where("nodes"), "a string such as 'node[001-004],node010'", w["nodes"])
     try:
         nodes = parse_nodes(nodes_value)
+        if "slurm" in nodes and len(nodes) > 1:
+            raise ValueError(f"'slurm' runs the jobs through Slurm: it cannot be listed with other hosts "
+                             f"({nodes_value!r})")
     except ValueError as e:
         raise ImgpipeError(str(e), where=where("nodes"),
                            hint="write hosts as 'a,b', ranges as 'node[1-3]' or 'node[08-11]', lists as 'node[1,5]'") from None

@@ -523,11 +523,11 @@ def make_plan(config: Config, args: list[str], *, combine: bool = False, combine
 
 
 def check_out_dirs(jobs) -> list[str]:
-    """One problem per image directory that cannot be one: it, or a directory above it, is a file."""
+    """One problem per image (or temp) directory that cannot be one: it, or a directory above it, is a file."""
     problems: list[str] = []
     seen: dict[str, str | None] = {}
-    for job in jobs:
-        path = job.out_dir
+    for job, path in ((j, d) for j in jobs for d in (j.out_dir, os.path.dirname(j.temp_dir))):
+        start = path
         while path not in seen and not os.path.lexists(path) and os.path.dirname(path) != path:
             path = os.path.dirname(path)  # up to the first part that exists
         if path not in seen:
@@ -535,7 +535,8 @@ def check_out_dirs(jobs) -> list[str]:
         blocker = seen[path]
         if blocker is not None:
             what = "is a file" if os.path.isfile(blocker) else "is not a directory"
-            text = f"the image directory {job.out_dir} cannot be made: {blocker} {what}"
+            which = "image directory" if start == job.out_dir else "temp-dir"
+            text = f"the {which} {start} cannot be made: {blocker} {what}"
             if text not in problems:
                 problems.append(text)
     return problems

@@ -138,7 +138,7 @@ def check_value(opt: WscleanOption, value: Any, where: str) -> None:
     fault = check_words(opt, words)
     if fault:
         word, what = fault
-        got = f"{word!r} in {_toml(value)}" if _toml(value) != repr(word) else _toml(value)
+        got = _toml(value) if len(words) == 1 else f"{word!r} in {_toml(value)}"
         raise ImgpipeError(
             f"-{opt.name} takes {what}; got {got}",
             where=where,

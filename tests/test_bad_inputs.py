@@ -67,6 +67,8 @@ PLAN_CASES = [
                                                      "starts with '-'"]),
     ("nodes-endless", "[worker]\nnodes = 'node[1-9999999]'\n", ["[worker] nodes", "more than 10,000 hosts"]),
     ("nodes-space", "[worker]\nnodes = 'node1 node2'\n", ["[worker] nodes", "contains a space"]),
+    ("nodes-slurm-and-more", "[worker]\nnodes = 'slurm,node1'\n", ["[worker] nodes", "cannot be listed with"]),
+    ("niter-float", "[wsclean]\nniter = 10.0\n", ["[wsclean] niter", "a whole number, 0 or more; got 10.0\n"]),
     ("slurm_options-quote", "[worker]\nslurm_options = '--partition=\"x'\n",
      ["[worker] slurm_options", "cannot read slurm_options", "No closing quotation"]),
     ("resources-mem", "[worker.resources.heavy]\nmem = 'lots'\n", ["[worker] resources.heavy mem",
@@ -76,6 +78,7 @@ PLAN_CASES = [
      ["[wsclean] name", "puts the images outside out-dir", "no '..'"]),
     ("out-dir-file", "[wsclean]\nout-dir = '{tmp}/a-file'\n", ["cannot be made", "a-file is a file"]),
     ("out-dir-under-file", "[wsclean]\nout-dir = '{tmp}/a-file/images'\n", ["cannot be made", "a-file is a file"]),
+    ("temp-dir-file", "[wsclean]\ntemp-dir = '{tmp}/a-file'\n", ["the temp-dir", "a-file is a file"]),
 ]
 
 
