@@ -84,4 +84,5 @@ for f in "${mfs[@]}"; do
   echo "  $demo/$f"
 done
 echo "demo: every file: ls $demo/images/*/     per job: cd $demo && $shown status"
+echo "demo: the run on one page (timeline, failures, image previews): cd $demo && $shown report"
 echo "demo: run it again and nothing is recomputed; start over with: rm -rf $demo"

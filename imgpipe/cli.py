@@ -44,9 +44,13 @@ def _add_plan_arguments(p: argparse.ArgumentParser) -> None:
                    help="with --combine: one WSClean call per spectral window, across obs_ids")
     p.add_argument("--jobs-file", metavar="PATH",
                    help="where to write the jobs file (default: imgpipe-runs/<config>-<digest>/jobs.txt)")
+    _add_worker_arguments(p)
+    p.add_argument("--debug", action="store_true", default=None, help="print every planned command")
+
+
+def _add_worker_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--nodes", metavar="HOSTS", help="override [worker] nodes, e.g. 'node[001-004]'")
     p.add_argument("--max-concurrent", type=int, metavar="N", help="override [worker] max_concurrent")
-    p.add_argument("--debug", action="store_true", default=None, help="print every planned command")
 
 
 def _add_force_argument(p: argparse.ArgumentParser) -> None:
@@ -63,6 +67,9 @@ def _add_run_arguments(p: argparse.ArgumentParser) -> None:
                    "Makefile (make), or Slurm (slurm; the default when [worker] nodes = 'slurm')")
     p.add_argument("--dry-run", action="store_true", default=None,
                    help="print each job with its host and whether it is done; start nothing, write nothing")
+    p.add_argument("--halt-after", type=int, metavar="N", default=None,
+                   help="start no new job once N jobs have failed (0: never halt; default: [worker] "
+                   "halt_after, else halt when the first jobs all fail the same way)")
     _add_force_argument(p)
 
 
@@ -75,8 +82,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="imgpipe",
         description="Image Measurement Sets with WSClean across the nodes of a cluster.",
-        epilog="Run `imgpipe plan --help` for the options of planning. "
-        "Exit codes: 0 ok, 1 jobs failed, 2 user error, 130 interrupted.",
+        epilog="Run `imgpipe COMMAND --help` for the options of a command. "
+        "Exit codes: 0 ok, 1 jobs failed, 2 user error, 3 jobs not done (status), 130 interrupted.",
     )
     parser.add_argument("--version", action="version", version=f"imgpipe {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
@@ -90,6 +97,8 @@ def build_parser() -> argparse.ArgumentParser:
     plan.add_argument("--json", action="store_true", help="print the plan as JSON on stdout")
     plan.add_argument("--check", action="store_true",
                       help="also validate every distinct command with `wsclean -dry-run`")
+    plan.add_argument("--dry-run", action="store_true", default=None,
+                      help="print the plan (each job done or to run); write no jobs file")
     _add_force_argument(plan)
 
     image = sub.add_parser(
@@ -107,24 +116,39 @@ def build_parser() -> argparse.ArgumentParser:
         description="Run the jobs of a jobs file on the nodes. Running it again runs only what is not done.",
     )
     run.add_argument("jobs_file", metavar="JOBS_FILE", help="a jobs file written by `imgpipe plan`")
+    _add_worker_arguments(run)
     _add_run_arguments(run)
 
     status = sub.add_parser(
         "status",
         help="what finished, what failed and why, what runs (reads the run directory only)",
-        description="Show each job's state (done, failed, running, not started), host, start, runtime, "
-        "why it failed and its log, from the image records and the job log; contacts no node. "
-        "With no argument, the most recent run under ./imgpipe-runs.",
+        description="Show each job's state (done, failed, running, not started), host, start, runtime "
+        "(elapsed for running jobs), MS, images, why it failed (WSClean's own words) and its log, from the "
+        "image records and the job log; contacts no node. With no argument, the run here with the latest "
+        "activity (`imgpipe runs` lists them). Exit status: 0 every job done, 1 some job failed, "
+        "3 some job is running or not started (none failed).",
     )
     _add_run_dir_argument(status)
     status.add_argument("--json", action="store_true", help="print the status as JSON on stdout")
 
+    runs = sub.add_parser(
+        "runs",
+        help="list the runs here (imgpipe-runs/): config, inputs, last activity, how many jobs are done",
+        description="List every run under ./imgpipe-runs (and the run directories or jobs files given), "
+        "newest activity first: its directory, config, inputs, last activity, and how many of its jobs "
+        "are done, failed, running and to run. Reads the run directories only.",
+    )
+    runs.add_argument("extra", nargs="*", metavar="RUN_DIR_OR_JOBS_FILE", help="more runs to list")
+    runs.add_argument("--json", action="store_true", help="print the list as JSON on stdout")
+
     report = sub.add_parser(
         "report",
-        help="write report.html: summary, per-node timeline, failures, image previews",
-        description="Write a self-contained report.html in the run directory (summary, timeline of every "
-        "job on every node, failures with their log lines, image previews with peak and RMS, the config "
-        "and plan) and print its path. Previews need `pip install imgpipe[report]` (astropy, matplotlib).",
+        help="write report.html: summary, per-node timeline, failures, image previews, in one file",
+        description="Write report.html in the run directory and print its path: one file that holds everything "
+        "it shows (summary, timeline of every attempt on every node, failures with WSClean's error and their log "
+        "lines, image previews with peak, RMS and beam, the config and plan), so it can be mailed or copied "
+        "alone; its links to logs and images work while it stays in the run directory. Previews need "
+        "`pip install imgpipe[report]` (astropy, matplotlib).",
     )
     _add_run_dir_argument(report)
 
@@ -146,7 +170,7 @@ def _overrides(args: argparse.Namespace) -> dict:
         worker["nodes"] = args.nodes
     if args.max_concurrent is not None:
         worker["max_concurrent"] = args.max_concurrent
-    if args.debug:
+    if getattr(args, "debug", None):
         worker["debug"] = True
     return {"worker": worker} if worker else {}
 
@@ -182,7 +206,7 @@ def _totals(plan, sets, force: bool) -> str:
     return f"{len(plan.jobs)} job(s): " + ", ".join(parts)
 
 
-def _print_summary(plan, jobs_path, sets, force, out) -> None:
+def _print_summary(plan, jobs_path, sets, force, out, written: bool = True) -> None:
     n_ms = sum(len(j.ms) for j in plan.jobs)
     nodes = ",".join(plan.worker.nodes)
     print(
@@ -200,7 +224,7 @@ def _print_summary(plan, jobs_path, sets, force, out) -> None:
         print(f"  ... and {len(plan.jobs) - SUMMARY_ROWS} more (all in the jobs file)", file=out)
     print(f"  {_totals(plan, sets, force)}" + ("; nothing to do" if _nothing_left(plan, sets, force) else ""),
           file=out)
-    print(f"Jobs file: {jobs_path}", file=out)
+    print(f"Jobs file: {jobs_path}" if written else f"Jobs file: not written (--dry-run): {jobs_path}", file=out)
 
 
 def _nothing_left(plan, sets, force: bool) -> bool:
@@ -227,7 +251,10 @@ def cmd_plan(args: argparse.Namespace) -> int:
             print(f"imgpipe: wsclean -dry-run accepts all {checked} distinct command(s)", file=sys.stderr)
     sets = _image_states(plan, args.force)
     path = args.jobs_file or jobs_file.default_path(plan)
-    path = jobs_file.write(plan, path)
+    if args.dry_run:  # (a file's path is still checked: a plan that could not be written is no plan)
+        jobs_file.check_target(Path(path))
+    else:
+        path = jobs_file.write(plan, path)
     if args.json:
         doc = plan.as_dict()
         doc["jobs_file"] = os.path.abspath(path)
@@ -236,7 +263,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
         json.dump(doc, sys.stdout, indent=1, ensure_ascii=False)
         sys.stdout.write("\n")
     else:
-        _print_summary(plan, path, sets, args.force, sys.stdout)
+        _print_summary(plan, path, sets, args.force, sys.stdout, written=not args.dry_run)
     return 0
 
 
@@ -264,11 +291,11 @@ def _engine_name(plan, args) -> str:
     return args.engine
 
 
-def _run_engine(plan, path, args, rerun) -> int:
+def _run_engine(plan, path, args) -> int:
     from .engines.loop import run
     from .status import print_summary
 
-    outcome = run(plan, Path(path), engine=_engine_name(plan, args), force=args.force, rerun=rerun)
+    outcome = run(plan, Path(path), engine=_engine_name(plan, args), force=args.force, halt_after=args.halt_after)
     return print_summary(plan, outcome)
 
 
@@ -292,17 +319,35 @@ def cmd_image(args: argparse.Namespace) -> int:
     path = jobs_file.write(plan, args.jobs_file or jobs_file.default_path(plan))
     n_ms = sum(len(j.ms) for j in plan.jobs)
     print(f"imgpipe: {len(plan.jobs)} job(s) for {n_ms} MS(s); jobs file {path}", file=sys.stderr)
-    return _run_engine(plan, path, args, ["imgpipe", *sys.argv[1:]] if sys.argv[1:] else None)
+    return _run_engine(plan, path, args)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from dataclasses import replace
+
     from . import jobs_file
 
     plan = jobs_file.read(args.jobs_file)
+    if args.nodes is not None or args.max_concurrent is not None:
+        plan = replace(plan, worker=_run_overrides(plan, args))  # (the plan's digest, and so its jobs, stay)
     if args.dry_run:
         _print_dry_run(plan, _image_states(plan, args.force), args.force)
         return 0
-    return _run_engine(plan, args.jobs_file, args, ["imgpipe", "run", args.jobs_file])
+    return _run_engine(plan, args.jobs_file, args)
+
+
+def _run_overrides(plan, args):
+    """--nodes / --max-concurrent of `imgpipe run`, checked as the config's would be."""
+    from dataclasses import replace
+
+    from .config import load_worker_overrides
+
+    worker = load_worker_overrides(plan.worker, nodes=args.nodes, max_concurrent=args.max_concurrent)
+    pinned = sorted({j.host for j in plan.jobs if j.host and j.host not in worker.nodes})
+    if pinned and worker.nodes != ("slurm",):
+        raise ImgpipeError(f"--nodes {args.nodes!r} leaves out the nodes some jobs are pinned to: "
+                           f"{', '.join(pinned)}", hint="name them in --nodes too, or plan again")
+    return replace(worker)
 
 
 def cmd_inputs(args: argparse.Namespace) -> int:
@@ -332,7 +377,7 @@ def cmd_inputs(args: argparse.Namespace) -> int:
 
 
 def find_run(arg: str | None) -> Path:
-    """The jobs file of a run: the one given (directory or file), or the newest under ./imgpipe-runs."""
+    """The jobs file of a run: the one given (directory or file), or the one here with the latest activity."""
     from .errors import ImgpipeError
     from .jobs_file import JOBS_FILE_NAME, RUNS_DIR
 
@@ -343,22 +388,19 @@ def find_run(arg: str | None) -> Path:
         if not path.is_file():
             raise ImgpipeError(f"no jobs file at {path}", hint="give a run directory (imgpipe-runs/...) or its jobs.txt")
         return path
-    runs = list(Path(RUNS_DIR).glob(f"*/{JOBS_FILE_NAME}"))
+    runs = local_runs()
     if not runs:
         raise ImgpipeError(f"no run found under ./{RUNS_DIR}",
                            hint="give the run directory printed by `imgpipe run`, or cd to where you ran imgpipe")
-    return max(runs, key=_last_activity)  # the run with the latest activity
+    return runs[0]
 
 
-def _last_activity(jobs: Path) -> float:
-    from .run_dir import JOBLOG, ROUND_JOBLOG
+def local_runs() -> list[Path]:
+    """The jobs files under ./imgpipe-runs, the latest activity first."""
+    from .jobs_file import JOBS_FILE_NAME, RUNS_DIR
+    from .status import last_activity
 
-    times = [jobs.stat().st_mtime]
-    for name in (JOBLOG, ROUND_JOBLOG, "logs"):
-        p = jobs.parent / name
-        if p.exists():
-            times.append(p.stat().st_mtime)
-    return max(times)
+    return sorted(Path(RUNS_DIR).glob(f"*/{JOBS_FILE_NAME}"), key=last_activity, reverse=True)
 
 
 def _fmt_time(t: float | None) -> str:
@@ -374,33 +416,77 @@ def _fmt_runtime(r: float | None) -> str:
     return f"{r // 3600}:{r % 3600 // 60:02d}:{r % 60:02d}"
 
 
+def _short(path: str) -> str:
+    """A path relative to here when it is below here (shorter to read), else as it is."""
+    rel = os.path.relpath(path)
+    return path if rel.startswith("..") else rel
+
+
 def cmd_status(args: argparse.Namespace) -> int:
+    import time as _time
+
     from . import jobs_file
-    from .status import counts, host_summary, job_states
+    from .status import counts, exit_status, host_summary, job_states, ms_label, why_words
 
     path = find_run(args.run)
     plan = jobs_file.read(path)
     states = job_states(plan, path.parent)
     c = counts(states)
+    now = _time.time()
     if args.json:
+        jobs = []
+        for st in states:
+            d = st.as_dict()
+            if st.state == "running" and st.start:
+                d["elapsed"] = now - st.start
+            if st.state == "failed":
+                d["why"] = why_words(st)
+            jobs.append(d)
         doc = {"run_dir": str(path.parent.resolve()), "jobs_file": str(path.resolve()), "digest": plan.digest,
-               "counts": c, "hosts": host_summary(states), "jobs": [s.as_dict() for s in states]}
+               "counts": c, "exit_status": exit_status(states), "hosts": host_summary(states), "jobs": jobs}
         json.dump(doc, sys.stdout, indent=1, ensure_ascii=False)
         sys.stdout.write("\n")
-        return 0
-    print(f"run {path.parent.resolve()}")
-    slurm = any(s.slurm for s in states)  # a run through Slurm: its job (and step) ids too
+        return exit_status(states)
+    others = len(local_runs()) - 1 if not args.run else 0
+    print(f"run {path.parent.resolve()}" + (f"   (the latest of {others + 1} runs here: `imgpipe runs` lists them)"
+                                            if others > 0 else ""))
+    slurm = any(st.slurm for st in states)  # a run through Slurm: its job (and step) ids too
     print(f"{'job':<6} {'host':<12} " + (f"{'slurm id':<10} " if slurm else "")
-          + f"{'state':<12} {'start':<15} {'runtime':>8}  {'why':<34} log")
+          + f"{'state':<12} {'start':<15} {'runtime':>8}  {'MS':<22} {'images':<30} why")
     order = {"failed": 0, "running": 1, "not started": 2, "done": 3}
-    for s in sorted(states, key=lambda s: (order[s.state], s.job.id)):
-        print(f"{s.job.id:<6} {s.host or s.job.host or '-':<12} " + (f"{s.slurm or '-':<10} " if slurm else "")
-              + f"{s.state:<12} {_fmt_time(s.start):<15} {_fmt_runtime(s.runtime):>8}  {(s.why or ''):<34} "
-              f"{s.log or '-'}")
+    for st in sorted(states, key=lambda st: (order[st.state], st.job.id)):
+        runtime = now - st.start if st.state == "running" and st.start else st.runtime  # running: elapsed
+        why = why_words(st) + f" (log {_short(st.log)})" if st.state == "failed" else (st.why or "")
+        print(f"{st.job.id:<6} {st.host or st.job.host or '-':<12} " + (f"{st.slurm or '-':<10} " if slurm else "")
+              + f"{st.state:<12} {_fmt_time(st.start):<15} {_fmt_runtime(runtime):>8}  {ms_label(st.job):<22} "
+              f"{_short(st.job.name):<30} {why}".rstrip())
     for host, h in sorted(host_summary(states).items()):
         print(f"host {host:<12} {h['done']} done, {h['failed']} failed, busy {_fmt_runtime(h['busy'])}")
     print(f"total: {c['done']}/{c['total']} done, {c['failed']} failed, {c['running']} running, "
           f"{c['not started']} not started")
+    return exit_status(states)
+
+
+def cmd_runs(args: argparse.Namespace) -> int:
+    from .status import run_overview
+
+    paths = list(dict.fromkeys([p.resolve() for p in local_runs()] + [find_run(a).resolve() for a in args.extra]))
+    rows = [run_overview(p) for p in paths]
+    rows.sort(key=lambda r: r["last_activity"] or 0, reverse=True)
+    if args.json:
+        json.dump({"runs": rows}, sys.stdout, indent=1, ensure_ascii=False)
+        sys.stdout.write("\n")
+        return 0
+    if not rows:
+        print("no run here (imgpipe-runs/ is empty or missing)")
+        return 0
+    print(f"{'last activity':<15} {'jobs':>5} {'done':>5} {'failed':>6} {'running':>7} {'to run':>6}  "
+          f"{'config':<18} {'inputs':<28} run")
+    for r in rows:
+        c = r["counts"]
+        print(f"{_fmt_time(r['last_activity']):<15} {c['total']:>5} {c['done']:>5} {c['failed']:>6} "
+              f"{c['running']:>7} {c['not started']:>6}  {os.path.basename(r['config']):<18} {r['inputs']:<28} "
+              f"{_short(r['run_dir'])}")
     return 0
 
 
@@ -411,7 +497,8 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"plan": cmd_plan, "status": cmd_status, "report": cmd_report, "image": cmd_image, "run": cmd_run, "inputs": cmd_inputs}
+COMMANDS = {"plan": cmd_plan, "status": cmd_status, "runs": cmd_runs, "report": cmd_report, "image": cmd_image,
+            "run": cmd_run, "inputs": cmd_inputs}
 
 
 _VALUE_OPTIONS = {"--jobs-file", "--nodes", "--max-concurrent", "--engine"}
@@ -436,10 +523,12 @@ def main(argv: list[str] | None = None) -> int:
     if _nenucal_form(argv):
         argv.insert(0, "image")  # the nenucal form: imgpipe [OPTIONS] CONFIG INPUT...
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
     if args.command is None:
         parser.print_help(sys.stderr)
         return 2
+    if extra:  # said with the command's own usage, not the top-level one
+        _subparser(parser, args.command).error(f"unrecognized arguments: {' '.join(extra)}")
     try:
         return COMMANDS[args.command](args)
     except ImgpipeError as e:
@@ -448,13 +537,37 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("imgpipe: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `imgpipe status | head -1`: the reader has what it wanted
+        return _quiet_broken_pipe()
     except OSError as e:  # the machine said no (disk full, permission, a file where a directory should be)
         where = f": {e.filename}" if e.filename else ""
         print(f"imgpipe: error: {e.strerror or e}{where}", file=sys.stderr)
         return 2
-    except BrokenPipeError:  # e.g. `imgpipe plan ... --json | head`
-        return 0
+
+
+def _subparser(parser: argparse.ArgumentParser, name: str) -> argparse.ArgumentParser:
+    action = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    return action.choices[name]
+
+
+def _quiet_broken_pipe() -> int:
+    """stdout's reader has gone: nothing more to say, and nothing for Python to say at exit either."""
+    try:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    except (OSError, ValueError):
+        pass
+    return 0
+
+
+def console() -> int:
+    """The ``imgpipe`` command: main(), with a closed stdout quiet even while exiting."""
+    try:
+        code = main()
+        sys.stdout.flush()
+    except BrokenPipeError:
+        code = _quiet_broken_pipe()
+    return code
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(console())

@@ -47,6 +47,7 @@ WORKER_DEFAULTS: dict[str, Any] = {
     "slurm_nodes": 0,
     "slurm_options": "",
     "resources": {},
+    "halt_after": "auto",
     "ssh": "ssh",
     "retries": 0,
     "connection_retries": 3,
@@ -91,11 +92,15 @@ class RunSettings:
     connection_retries: int = 3
     slurm_cpus: int = 0  # CPUs per job asked of Slurm ([worker.resources.heavy] cpus); 0: the node's share
     slurm_mem_mb: int = 0  # memory per job asked of Slurm, MB ([worker.resources.heavy] mem); 0: the node's share
+    halt_after: int | None = None  # start no new job after this many failures; 0 never; None: 'auto'
 
     def as_dict(self) -> dict[str, Any]:
         """A stable JSON-able form (the jobs file's ``# worker:`` line; the digest is taken over it).
         Settings added since format 1 appear only when set, so earlier plans keep their digest."""
-        extra = {k: getattr(self, k) for k in ("slurm_cpus", "slurm_mem_mb") if getattr(self, k)}
+        extra = {k: getattr(self, k) for k in ("slurm_cpus", "slurm_mem_mb", "halt_after")
+                 if getattr(self, k) not in (0, None)}
+        if self.halt_after == 0:
+            extra["halt_after"] = 0
         return {**extra, **{
             "nodes": list(self.nodes),
             "max_concurrent": self.max_concurrent,
@@ -121,7 +126,7 @@ class RunSettings:
             raise ValueError("worker 'nodes' is not a list of host names")
         kinds = {"max_concurrent": _is_int, "slurm_nodes": _is_int, "retries": _is_int,
                  "connection_retries": _is_int, "max_time": _is_number, "slurm_cpus": _is_int,
-                 "slurm_mem_mb": _is_int,
+                 "slurm_mem_mb": _is_int, "halt_after": lambda v: v is None or (_is_int(v) and v >= 0),
                  "env_file": lambda v: isinstance(v, str), "slurm_options": lambda v: isinstance(v, str),
                  "ssh": lambda v: isinstance(v, str) and bool(v.strip())}
         for key, ok in kinds.items():
@@ -149,6 +154,7 @@ class WorkerConfig:
     connection_retries: int = 3
     slurm_cpus: int = 0
     slurm_mem_mb: int = 0
+    halt_after: int | None = None
 
     def run_settings(self) -> RunSettings:
         """What a run of the plan needs (planning-only keys such as debug and the pattern left out)."""
@@ -156,7 +162,7 @@ class WorkerConfig:
             nodes=self.nodes, max_concurrent=self.max_concurrent, env_file=self.env_file,
             max_time=self.max_time, slurm_nodes=self.slurm_nodes, slurm_options=self.slurm_options,
             ssh=self.ssh, retries=self.retries, connection_retries=self.connection_retries,
-            slurm_cpus=self.slurm_cpus, slurm_mem_mb=self.slurm_mem_mb,
+            slurm_cpus=self.slurm_cpus, slurm_mem_mb=self.slurm_mem_mb, halt_after=self.halt_after,
         )
 
 
@@ -392,6 +398,12 @@ def _build_worker(table: dict[str, Any], where) -> WorkerConfig:
                            hint="write the options as on the sbatch command line, e.g. "
                            "'--partition=imaging --time=12:00:00'") from None
     cpus, mem_mb = _resources(w["resources"], where)
+    halt_after = w["halt_after"]
+    if halt_after == "auto":
+        halt_after = None
+    elif not _is_int(halt_after) or halt_after < 0:
+        raise _type_error(where("halt_after"), "'auto' or a whole number of failed jobs (0: never halt)", halt_after,
+                          hint="'auto' (the default) halts when the first jobs all fail the same way")
     pattern = None
     if w["run_on_file_host_pattern"]:
         try:
@@ -421,6 +433,7 @@ def _build_worker(table: dict[str, Any], where) -> WorkerConfig:
         slurm_options=slurm_options,
         slurm_cpus=cpus,
         slurm_mem_mb=mem_mb,
+        halt_after=halt_after,
         ssh=w["ssh"],
         retries=w["retries"],
         connection_retries=w["connection_retries"],
@@ -550,6 +563,28 @@ def _check_wsclean(table: dict[str, Any], where) -> dict[str, Any]:
         )
     return out
 
+
+
+def load_worker_overrides(settings: RunSettings, *, nodes: str | None = None,
+                          max_concurrent: int | None = None) -> RunSettings:
+    """A jobs file's run settings with `imgpipe run`'s --nodes and --max-concurrent, checked as in a config."""
+    from dataclasses import replace
+
+    def where(key: str) -> str:
+        return _where({("worker", key): COMMAND_LINE}, COMMAND_LINE, "worker", key)
+
+    changes: dict[str, Any] = {}
+    if nodes is not None:
+        try:
+            changes["nodes"] = parse_nodes(nodes)
+        except ValueError as e:
+            raise ImgpipeError(str(e), where=where("nodes"), hint="e.g. --nodes 'node[001-004]'") from None
+    if max_concurrent is not None:
+        if not 1 <= max_concurrent <= MAX_CONCURRENT:
+            raise _type_error(where("max_concurrent"), f"a whole number of jobs per node, from 1 to {MAX_CONCURRENT}",
+                              max_concurrent)
+        changes["max_concurrent"] = max_concurrent
+    return replace(settings, **changes)
 
 
 def load_config(path: str | os.PathLike, overrides: dict[str, dict[str, Any]] | None = None) -> Config:

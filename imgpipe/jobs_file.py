@@ -73,7 +73,7 @@ def umask_mode(mode: int = 0o666) -> int:
     return mode & ~mask
 
 
-def _check_target(path: Path) -> None:
+def check_target(path: Path) -> None:
     """Refuse anything at ``path`` but a jobs file: a directory, a device, a symlink, another file."""
     try:
         st = os.lstat(path)
@@ -111,7 +111,7 @@ def write(plan: Plan, path: str | os.PathLike) -> Path:
     """
     path = Path(path)
     text = render(plan)
-    _check_target(path)
+    check_target(path)
     if path.is_file() and path.read_text(encoding="utf-8", errors="replace") == text:
         return path
     tmp = None

@@ -1,27 +1,38 @@
 """``imgpipe report``: one HTML page that tells what a run did, at a glance.
 
 ``write_report(jobs_file)`` writes ``report.html`` in the run directory (the jobs
-file's directory) and returns its path. The page needs no network and no
-JavaScript: inline CSS, the timeline as inline SVG, and the image previews as
-PNG files in ``report/`` next to it (``report.html`` and ``report/`` go together).
-It holds
+file's directory) and returns its path. The page is one file that holds everything
+it shows: inline CSS, the timeline as inline SVG, the image previews as PNG data
+(``data:`` URIs); no JavaScript, nothing fetched. Mailed or copied alone, it shows
+all of it; only its links to the run's files (logs, image directories, FITS files,
+jobs.txt) need it to stay in the run directory. ``report/`` next to it is a cache
+(each preview's PNG and statistics, so the next report does not redraw them): the
+page does not need it. It holds
 
 - the run summary: how many jobs are done, failed, running, not started; the wall
   time, the busy time, how busy each node was;
-- a timeline: every attempt of every job (every row of the job log) as a bar on
-  its node's slot lane, failed attempts in red, running jobs in blue; hovering a
-  bar shows the job id, the MS, the host, the runtime and the outcome. A long
-  stretch in which nothing ran (a run resumed hours later) is cut out and shown
-  as a narrow "idle" band, so the bars stay readable;
-- the failures first, each with why it failed and the last lines of its log;
+- a timeline, with time labels: every attempt of every job (every row of the job
+  log) as a bar on its node's slot lane, failed attempts in red, running jobs in
+  blue (from the time their log says they started), attempts stopped by the user
+  (Ctrl-C) in grey; hovering a bar shows the job id, the MS, the host, the runtime
+  and the outcome. A long stretch in which nothing ran (a run resumed hours later)
+  is cut out and shown as a narrow "idle" band, so the bars stay readable;
+- the failures first, each with why it failed (WSClean's own exit status and its
+  error message when its log says them) and the last lines of its log;
 - the table of all jobs (failed, running, not started, done), with links to each
   log and image directory;
 - a preview of each finished job's main image (the MFS image when there is one,
-  else the image), with its peak and (robust) RMS. Previews need astropy and
+  else the image), with its peak, (robust) RMS and beam. Previews need astropy and
   matplotlib (``pip install 'imgpipe[report]'``); without them the page says so
-  and has everything else;
+  and has everything else (and the cache in ``report/`` is kept);
 - the jobs file's header (config, digest, worker settings), the config text and
   every job's command.
+
+Stopped attempts have no row in the job log (the loop drops them: they are not
+failures, the job runs again on resume). The report finds them in the jobs' logs,
+current and archived (``logs/ID``, ``logs/ID.1`` ...): a log that ends with the
+wrapper's ``stopped (SIG...)`` line and that no row accounts for. Only the first
+and the last LOG_PEEK bytes of each log are read.
 
 Every string from the run (MS names, log lines, the config) is HTML-escaped.
 The page is also well-formed XML, which the tests rely on to read it.
@@ -37,6 +48,7 @@ import re
 import statistics
 import sys
 import time
+from base64 import b64encode
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import quote
@@ -44,19 +56,21 @@ from urllib.parse import quote
 from . import __version__
 from . import jobs_file as jf
 from . import status as st
+from .hosts import is_local
 from .joblog import attempts
 from .plan import Job, Plan
-from .run_dir import LOGS, SLURM_PLACED, Row, classify
+from .run_dir import LOGS, SLURM_PLACED, STOP_MATCH, LogFacts, Row, classify, log_ends, log_facts
 
 REPORT = "report.html"
-REPORT_DIR = "report"  # the preview PNGs (and their cached statistics), next to report.html
+REPORT_DIR = "report"  # the previews' cache (PNG and statistics), next to report.html; the page does not need it
+PREVIEW_FORMAT = 2  # in each cached preview's key: a cache of another format is drawn again
 THUMB = 256  # preview size in pixels (square)
 TAIL_LINES = 12  # log lines shown for each failure
 NO_PREVIEW_NOTE = "install imgpipe[report] (astropy, matplotlib) for image previews"
 INSTALL_HINT = "pip install 'imgpipe[report]'"
 CONFIG_MAX = 200_000  # characters of config text shown
 
-COLOURS = {"done": "#2e9b4f", "failed": "#d62728", "running": "#1f77b4"}
+COLOURS = {"done": "#2e9b4f", "failed": "#d62728", "running": "#1f77b4", "stopped": "#7f8793"}
 
 
 # ----------------------------------------------------------------- escaping
@@ -109,6 +123,19 @@ def fmt_flux(value: float | None, unit: str) -> str:
     return f"{value:.3g} {unit}".strip()
 
 
+def fmt_beam(bmaj: float, bmin: float) -> str:
+    """A restoring beam (FITS BMAJ, BMIN: degrees) in arcmin when its major axis is 1' or more
+    (9.3′ × 5.6′), else in arcsec (36″ × 18″; 4.2″ below 10″)."""
+    major, minor = bmaj * 3600, bmin * 3600
+    if round(major) >= 60:
+        return f"{major / 60:.1f}\u2032 \u00d7 {minor / 60:.1f}\u2032"
+
+    def arcsec(v: float) -> str:
+        return f"{v:.1f}\u2033" if round(v, 1) < 10 else f"{v:.0f}\u2033"
+
+    return f"{arcsec(major)} \u00d7 {arcsec(minor)}"
+
+
 def _unit(bunit: str) -> str:
     u = (bunit or "").strip()
     return {"JY/BEAM": "Jy/beam", "JY/PIXEL": "Jy/pixel", "JY": "Jy"}.get(u.upper(), u)
@@ -134,8 +161,6 @@ def rel(path: str | os.PathLike, start: Path) -> str:
 def host_namer(plan: Plan, states: list[st.JobState] = ()):
     """row -> node name: GNU parallel logs this machine as ':', and a job Slurm placed as 'slurm'
     (its node is in its log: the job's state has it)."""
-    from .hosts import is_local
-
     local = next((h for h in plan.worker.nodes if is_local(h)), "localhost")
     placed = {s.job.id: s.host for s in states if s.host}
 
@@ -152,21 +177,72 @@ def running_host(plan: Plan, s: st.JobState) -> str:
     return s.host or "(node not known yet)"
 
 
+# ----------------------------------------------------------------- the jobs' logs: what the wrapper said
+
+def job_logs(run_dir: Path, job_ids) -> dict[str, list[Path]]:
+    """job id -> its logs, oldest first: the archived ones (ID.1, ID.2 ...), then the current one (ID)."""
+    ids = set(job_ids)
+    found: dict[str, list[tuple[int, Path]]] = {}
+    try:
+        names = os.listdir(run_dir / LOGS)
+    except OSError:
+        return {}
+    for name in names:
+        base, dot, n = name.rpartition(".")
+        if name in ids:
+            found.setdefault(name, []).append((1 << 62, run_dir / LOGS / name))
+        elif dot and n.isdigit() and base in ids:
+            found.setdefault(base, []).append((int(n), run_dir / LOGS / name))
+    return {jid: [p for _, p in sorted(logs)] for jid, logs in found.items()}
+
+
+def read_logs(run_dir: Path, job_ids) -> dict[str, list[LogFacts]]:
+    """job id -> the facts of each of its logs, oldest first (see job_logs)."""
+    return {jid: [log_facts(str(p), jid, *log_ends(p)) for p in paths]
+            for jid, paths in job_logs(run_dir, job_ids).items()}
+
+
+def stopped_attempts(logs: dict[str, list[LogFacts]], rows: list[Row], skip=()) -> list[LogFacts]:
+    """The attempts stopped by the user: logs that end with the wrapper's "stopped (SIG...)" line and
+    that no job-log row accounts for (when a run is stopped, the loop drops its stopped attempts'
+    rows: they are not failures, the job runs again on resume). A row accounts for at most one log,
+    the first, in time order, whose times it spans. ``skip``: logs not to count (a job still running)."""
+    out = []
+    for jid, facts in logs.items():
+        free = sorted((r for r in rows if r.job_id == jid), key=lambda r: r.start)
+        for f in sorted((f for f in facts if f.start is not None and f.end is not None), key=lambda f: f.start):
+            row = next((r for r in free if r.start - STOP_MATCH <= f.start
+                        and f.end <= r.start + max(r.runtime, 0.0) + STOP_MATCH), None)
+            if row is not None:
+                free.remove(row)
+            elif f.stopped and f.path not in skip:
+                out.append(f)
+    return sorted(out, key=lambda f: f.start)
+
+
+def current_log(logs: dict[str, list[LogFacts]], job_id: str) -> LogFacts | None:
+    """The facts of a job's current log (``logs/ID``, not an archived one), if it has one."""
+    return next((f for f in logs.get(job_id, ()) if os.path.basename(f.path) == job_id), None)
+
+
 @dataclass
 class Bar:
     job_id: str
     host: str
     start: float
     end: float
-    outcome: str  # done | failed | running
+    outcome: str  # done | failed | running | stopped
     why: str = ""
     attempt: int = 1
     attempts: int = 1
     lane: int = 0
 
 
-def timeline_bars(plan: Plan, states: list[st.JobState], rows: list[Row], now: float) -> list[Bar]:
-    """One bar per job-log row (failed ones marked), plus one per running job, each on a slot lane."""
+def timeline_bars(plan: Plan, states: list[st.JobState], rows: list[Row], now: float,
+                  logs: dict[str, list[LogFacts]] | None = None) -> list[Bar]:
+    """One bar per job-log row (failed ones marked), one per running job (from the start its log
+    says), and one per attempt stopped by the user (from the logs), each on a slot lane."""
+    logs = logs or {}
     n_of: dict[str, int] = {}
     for r in rows:
         n_of[r.job_id or "?"] = n_of.get(r.job_id or "?", 0) + 1
@@ -179,9 +255,18 @@ def timeline_bars(plan: Plan, states: list[st.JobState], rows: list[Row], now: f
         why = "" if r.ok else classify(r.exitval, r.signal)[1]
         bars.append(Bar(jid, host_of(r), r.start, r.start + max(r.runtime, 0.0), "done" if r.ok else "failed",
                         why, seen[jid], n_of[jid]))
+    running = set()
     for s in states:
         if s.state == "running" and s.start is not None:
-            bars.append(Bar(s.job.id, running_host(plan, s), s.start, max(now, s.start), "running"))
+            log = current_log(logs, s.job.id)
+            if log is not None:
+                running.add(log.path)
+            start = s.start
+            bars.append(Bar(s.job.id, running_host(plan, s), start, max(now, start), "running"))
+    for f in stopped_attempts(logs, rows, skip=running):
+        why = f"stopped by the user (the run was stopped; the job got {f.stopped}): not done, it runs again on resume"
+        bars.append(Bar(f.job_id, st.node_name(f.host, plan) or "(node not known)", f.start, max(f.end, f.start),
+                        "stopped", why))
     assign_lanes(bars)
     return bars
 
@@ -233,6 +318,43 @@ def work_spans(intervals) -> list[tuple[float, float]]:
     return [(s, e) for s, e in spans]
 
 
+MIN_SPAN = 1.0  # s: the shortest time axis (a job that started a moment ago still gets time labels)
+TICK_GAP = 64  # px: tick labels closer than this to the one before are left out
+
+
+def axis_spans(spans: list[tuple[float, float]]) -> list[tuple[float, float]]:
+    """The working stretches as drawn: at least MIN_SPAN of time in all (the last one is lengthened)."""
+    if not spans:
+        return []
+    short = MIN_SPAN - sum(e - s for s, e in spans)
+    if short <= 0:
+        return list(spans)
+    return [*spans[:-1], (spans[-1][0], spans[-1][1] + short)]
+
+
+def axis_ticks(spans: list[tuple[float, float]], step: float) -> list[float]:
+    """The times labelled on the axis: the multiples of ``step`` in each working stretch; a stretch
+    too short to hold one is labelled at its start and its end, so no stretch is left without."""
+    out: list[float] = []
+    for s0, s1 in spans:
+        k = math.ceil(s0 / step - 1e-9)
+        mine = []
+        while k * step <= s1 + 1e-6:
+            mine.append(k * step)
+            k += 1
+        out += mine or [s0, s1]
+    return out
+
+
+def tick_label(t: float, step: float, days: bool) -> str:
+    """HH:MM (whole minutes), HH:MM:SS, or HH:MM:SS.s (steps under a second); 'MM-DD ' first over days."""
+    fmt = ("%m-%d " if days else "") + ("%H:%M" if step >= 60 and step % 60 == 0 else "%H:%M:%S")
+    if step >= 1:
+        return time.strftime(fmt, time.localtime(t))
+    tenths = int(round(t * 10))
+    return time.strftime(fmt, time.localtime(tenths // 10)) + f".{tenths % 10}"
+
+
 def timeline_svg(plan: Plan, bars: list[Bar], job_by_id: dict[str, Job]) -> str:
     """The Gantt chart: x = time, one lane per node slot; inline SVG, hover titles, labels when wide enough."""
     slots = plan.worker.max_concurrent
@@ -248,7 +370,7 @@ def timeline_svg(plan: Plan, bars: list[Bar], job_by_id: dict[str, Job]) -> str:
     lane_y = {key: i for i, key in enumerate(lanes)}
     width, left, right, top, lane_h, bar_h = 1200, 170, 16, 34, 20, 14
     height = top + lane_h * len(lanes) + 8
-    spans = work_spans((b.start, b.end) for b in bars) or [(0.0, 1.0)]
+    spans = axis_spans(work_spans((b.start, b.end) for b in bars)) or [(0.0, 1.0)]
     t0, t1 = spans[0][0], spans[-1][1]
     span = max(sum(e - s for s, e in spans), 0.01)  # time drawn to scale: idle gaps are cut out
     plot_w = width - left - right
@@ -279,29 +401,28 @@ def timeline_svg(plan: Plan, bars: list[Bar], job_by_id: dict[str, Job]) -> str:
         out.append(f'<text x="{left - 6}" y="{y + lane_h - 6}" text-anchor="end" class="lane">{esc(label)}</text>')
     # time axis: ticks within each working stretch; between two, a band says how long nothing ran
     step = _nice_step(span)
-    for n, (s0, s1) in enumerate(spans):
-        k = math.ceil(s0 / step - 1e-9)
-        while k * step <= s1 + 1e-6:
-            t = k * step
-            k += 1
-            xx = x(t)
-            fmt = "%H:%M" if step >= 60 and step % 60 == 0 else "%H:%M:%S"
-            label = time.strftime(("%m-%d " if t1 - t0 > 86400 else "") + fmt, time.localtime(t))
-            if step < 1:
-                label += f".{int(round(t * 10)) % 10}"
-            out.append(f'<line x1="{xx:.1f}" x2="{xx:.1f}" y1="{top - 4}" y2="{height - 8}" stroke="#d5d8dd"/>')
-            out.append(f'<text x="{xx:.1f}" y="{top - 8}" text-anchor="middle" class="tick">{label}</text>')
-        if n + 1 < len(spans):
-            gx, idle = offsets[n + 1] - IDLE_W, spans[n + 1][0] - s1
-            tip = (f"nothing ran for {fmt_duration(idle)}: "
-                   f"{fmt_clock(s1, date=True)} to {fmt_clock(spans[n + 1][0], date=True)}")
-            out.append(f'<g class="idle"><title>{esc(tip)}</title>'
-                       f'<rect x="{gx + 4:.1f}" y="{top - 4}" width="{IDLE_W - 8}" height="{height - top - 4}" '
-                       'fill="#e9eaee" stroke="#b8bcc4" stroke-dasharray="3 3"/>'
-                       f'<text x="{gx + IDLE_W / 2:.1f}" y="{top + 12}" text-anchor="middle" class="tick">idle</text>'
-                       f'<text x="{gx + IDLE_W / 2:.1f}" y="{top + 24}" text-anchor="middle" class="tick">'
-                       f'{esc(fmt_duration(idle))}</text></g>')
-    out.append(f'<text x="4" y="{top - 8}" class="tick">{esc(fmt_clock(t0, date=True)[:10])}</text>')
+    last_x = -1e9
+    for t in (axis_ticks(spans, step) if bars else []):
+        xx = x(t)
+        if xx - last_x < TICK_GAP:
+            continue
+        last_x = xx
+        anchor = "end" if xx > width - right - TICK_GAP / 2 else "middle"
+        out.append(f'<line x1="{xx:.1f}" x2="{xx:.1f}" y1="{top - 4}" y2="{height - 8}" stroke="#d5d8dd"/>')
+        out.append(f'<text x="{xx:.1f}" y="{top - 8}" text-anchor="{anchor}" class="tick">'
+                   f'{esc(tick_label(t, step, t1 - t0 > 86400))}</text>')
+    for n, (s0, s1) in enumerate(spans[:-1]):
+        gx, idle = offsets[n + 1] - IDLE_W, spans[n + 1][0] - s1
+        tip = (f"nothing ran for {fmt_duration(idle)}: "
+               f"{fmt_clock(s1, date=True)} to {fmt_clock(spans[n + 1][0], date=True)}")
+        out.append(f'<g class="idle"><title>{esc(tip)}</title>'
+                   f'<rect x="{gx + 4:.1f}" y="{top - 4}" width="{IDLE_W - 8}" height="{height - top - 4}" '
+                   'fill="#e9eaee" stroke="#b8bcc4" stroke-dasharray="3 3"/>'
+                   f'<text x="{gx + IDLE_W / 2:.1f}" y="{top + 12}" text-anchor="middle" class="tick">idle</text>'
+                   f'<text x="{gx + IDLE_W / 2:.1f}" y="{top + 24}" text-anchor="middle" class="tick">'
+                   f'{esc(fmt_duration(idle))}</text></g>')
+    if bars:
+        out.append(f'<text x="4" y="{top - 8}" class="tick">{esc(fmt_clock(t0, date=True)[:10])}</text>')
     # the bars
     for b in bars:
         y = top + lane_y[(b.host, b.lane)] * lane_h + (lane_h - bar_h) / 2
@@ -309,15 +430,16 @@ def timeline_svg(plan: Plan, bars: list[Bar], job_by_id: dict[str, Job]) -> str:
         w = max(x(b.end) - x0, 2.0)
         job = job_by_id.get(b.job_id)
         ms = ms_label(job) if job else "?"
-        outcome = {"done": "done", "running": "running"}.get(b.outcome, f"FAILED: {b.why}")
+        outcome = {"done": "done", "running": "running", "stopped": b.why}.get(b.outcome, f"FAILED: {b.why}")
         tries = f", attempt {b.attempt} of {b.attempts}" if b.attempts > 1 else ""
         title = (f"job {b.job_id} \u2014 {ms}\nhost {b.host}, start {fmt_clock(b.start)}, "
                  f"runtime {fmt_duration(b.end - b.start)}{tries}\n{outcome}")
         out.append(f'<g class="bar {b.outcome}" data-job="{esc(b.job_id)}"><title>{esc(title)}</title>')
-        stroke = ' stroke="#7a0c0c" stroke-width="1"' if b.outcome == "failed" else ""
+        stroke = {"failed": ' stroke="#7a0c0c" stroke-width="1"',
+                  "stopped": ' stroke="#4b515a" stroke-width="1" stroke-dasharray="4 2"'}.get(b.outcome, "")
         out.append(f'<rect class="bar {b.outcome}" x="{x0:.1f}" y="{y:.1f}" width="{w:.1f}" height="{bar_h}" '
                    f'rx="2" fill="{COLOURS[b.outcome]}"{stroke}/>')
-        text = ("\u2715 " if b.outcome == "failed" else "") + b.job_id
+        text = {"failed": "\u2715 ", "stopped": "\u25a0 "}.get(b.outcome, "") + b.job_id
         if job and w >= 6.3 * (len(text) + len(ms) + 1) + 8:
             text += " " + ms
         if w >= 6.3 * len(text) + 8:
@@ -367,7 +489,7 @@ def preview_libs():
 class Preview:
     job_id: str
     fits: str
-    png: str | None = None  # relative to the run directory
+    png: str | None = None  # the PNG as a data: URI
     peak: float | None = None
     rms: float | None = None
     unit: str = ""
@@ -402,8 +524,53 @@ def stretch(values, median: float, rms: float, peak: float):
     return np.arcsinh(x / a) / np.arcsinh(1.0 / a)
 
 
+def png_indexed(pixels, palette: bytes) -> bytes:
+    """A PNG (8-bit palette) of a 2-D uint8 array of palette indices, row 0 at the top (Pillow, which
+    matplotlib brings)."""
+    import io
+
+    from PIL import Image
+
+    img = Image.fromarray(pixels, mode="P")
+    img.putpalette(palette)
+    buf = io.BytesIO()
+    img.save(buf, format="PNG", optimize=True)
+    return buf.getvalue()
+
+
+def thumbnail(norm, size: int = THUMB):
+    """size x size palette indices (0..255) of a 0..1 image (row 0 at the bottom, as FITS): scaled
+    up by whole-pixel repetition to fit, centred on index 0 (black in 'inferno')."""
+    import numpy as np
+
+    levels = np.round(np.clip(norm, 0.0, 1.0) * 255).astype(np.uint8)[::-1]
+    ny, nx = levels.shape
+    f = size / max(ny, nx)
+    h, w = max(1, min(size, round(ny * f))), max(1, min(size, round(nx * f)))
+    rows = np.minimum((np.arange(h) / f).astype(int), ny - 1)
+    cols = np.minimum((np.arange(w) / f).astype(int), nx - 1)
+    out = np.zeros((size, size), np.uint8)
+    y0, x0 = (size - h) // 2, (size - w) // 2
+    out[y0:y0 + h, x0:x0 + w] = levels[np.ix_(rows, cols)]
+    return out
+
+
+def inferno(matplotlib) -> bytes:
+    """matplotlib's 'inferno' colour map as a 256-colour PNG palette (RGB bytes)."""
+    import numpy as np
+
+    try:
+        cmap = matplotlib.colormaps["inferno"]
+    except AttributeError:  # matplotlib < 3.5
+        from matplotlib import cm
+
+        cmap = cm.get_cmap("inferno")
+    return np.asarray(cmap(np.linspace(0.0, 1.0, 256), bytes=True))[:, :3].astype(np.uint8).tobytes()
+
+
 def render_preview(fits_path: Path, png_path: Path, libs) -> dict:
-    """Write a THUMB x THUMB PNG ('inferno', see ``stretch``); return peak, RMS, unit, shape, beam.
+    """Write a THUMB x THUMB PNG ('inferno', see ``stretch``; 8-bit palette, so it stays small in the
+    page); return peak, RMS, unit, shape, beam (BMAJ, BMIN in degrees, or None).
 
     Memory stays small for big images: the statistics use a strided sample of <= ~4 Mpixels
     and the display is reduced by block maxima (so compact sources stay visible), row by row.
@@ -411,16 +578,15 @@ def render_preview(fits_path: Path, png_path: Path, libs) -> dict:
     import warnings
 
     import numpy as np
-    from matplotlib.figure import Figure
 
-    fits = libs[0]
+    fits, matplotlib = libs
     with fits.open(fits_path, memmap=True) as hdus, warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN blocks (masked edges)
         data, header = image_plane(hdus)
         unit = _unit(str(header.get("BUNIT", "")))
-        beam = ""
+        beam = None
         if header.get("BMAJ") and header.get("BMIN"):
-            beam = f"{header['BMAJ'] * 3600:.0f}\u2033 \u00d7 {header['BMIN'] * 3600:.0f}\u2033"
+            beam = [float(header["BMAJ"]), float(header["BMIN"])]
         ny, nx = data.shape
         peak = float(np.nanmax(data))
         if not math.isfinite(peak):
@@ -439,15 +605,10 @@ def render_preview(fits_path: Path, png_path: Path, libs) -> dict:
         else:
             shown = np.asarray(data, dtype=np.float32)
     shown = np.where(np.isfinite(shown), shown, med)
-    norm = stretch(shown, med, rms, peak)
-    fig = Figure(figsize=(THUMB / 100, THUMB / 100), dpi=100, facecolor="black")
-    ax = fig.add_axes((0, 0, 1, 1))
-    ax.set_axis_off()
-    ax.imshow(norm, origin="lower", cmap="inferno", vmin=0.0, vmax=1.0,
-              interpolation="nearest" if max(norm.shape) <= THUMB else "antialiased", aspect="equal")
+    png = png_indexed(thumbnail(stretch(shown, med, rms, peak)), inferno(matplotlib))
     png_path.parent.mkdir(parents=True, exist_ok=True)
     tmp = png_path.with_name(f".{png_path.name}.{os.getpid()}.tmp")
-    fig.savefig(tmp, dpi=100, format="png", facecolor="black")
+    tmp.write_bytes(png)
     os.replace(tmp, png_path)
     return {"peak": peak, "rms": rms, "unit": unit, "shape": [int(ny), int(nx)], "beam": beam}
 
@@ -456,8 +617,17 @@ def _safe(job_id: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]", "_", job_id)
 
 
+def data_uri(png: bytes) -> str:
+    return "data:image/png;base64," + b64encode(png).decode("ascii")
+
+
 def previews(states: list[st.JobState], run_dir: Path, libs) -> dict[str, Preview]:
-    """job id -> Preview for every done job with an image; PNGs cached in report/ while the FITS is unchanged."""
+    """job id -> Preview for every done job with an image, its PNG as a data: URI for the page.
+
+    The PNGs and their statistics are cached in report/ while the FITS is unchanged; the cache of
+    jobs no longer done is pruned, but only when previews can be drawn (without astropy or
+    matplotlib nothing in it is touched, so the next report with them is fast again).
+    """
     out: dict[str, Preview] = {}
     folder = run_dir / REPORT_DIR
     keep = set()
@@ -478,7 +648,8 @@ def previews(states: list[st.JobState], run_dir: Path, libs) -> dict[str, Previe
         keep.update({png.name, meta_path.name})
         try:
             fst = image.stat()
-            key = {"fits": str(image), "mtime": fst.st_mtime, "size": fst.st_size, "thumb": THUMB}
+            key = {"fits": str(image), "mtime": fst.st_mtime, "size": fst.st_size, "thumb": THUMB,
+                   "format": PREVIEW_FORMAT}
             meta = None
             try:
                 cached = json.loads(meta_path.read_text())
@@ -493,12 +664,12 @@ def previews(states: list[st.JobState], run_dir: Path, libs) -> dict[str, Previe
                     print("imgpipe: drawing the image previews (kept in report/ for the next report)...",
                           file=sys.stderr)
                 meta_path.write_text(json.dumps({"key": key, "stats": meta}))
-            p.png = rel(png, run_dir)
+            p.png = data_uri(png.read_bytes())
             p.peak, p.rms, p.unit = meta["peak"], meta["rms"], meta["unit"]
-            p.shape, p.beam = tuple(meta["shape"]), meta["beam"]
+            p.shape, p.beam = tuple(meta["shape"]), fmt_beam(*meta["beam"]) if meta["beam"] else ""
         except Exception as e:  # one unreadable image must not cost the report
             p.error = f"cannot preview: {type(e).__name__}: {e}"
-    if folder.is_dir():  # previews of jobs no longer done
+    if libs is not None and folder.is_dir():  # previews of jobs no longer done
         for f in folder.iterdir():
             if f.suffix in (".png", ".json") and f.name not in keep:
                 try:
@@ -553,6 +724,7 @@ svg .barlabel { fill: #fff; font-size: 10px; pointer-events: none; }
 .card .noimg { width: 256px; height: 80px; display: flex; align-items: center; justify-content: center;
                background: #f6f7f9; color: #68707c; text-align: center; }
 .card .name { font-weight: 600; overflow-wrap: break-word; }
+.wsclean-error { margin: 4px 0; color: #7a0c0c; overflow-wrap: break-word; }
 td.ms, td.why { max-width: 360px; overflow-wrap: break-word; }
 td.num { white-space: nowrap; }
 """
@@ -566,6 +738,14 @@ def _link(path: Path, run_dir: Path, text: str) -> str:
     if path.exists():
         return f'<a href="{href(rel(path, run_dir))}">{esc(text)}</a>'
     return f'<span class="muted">{esc(text)}</span>'
+
+
+def _why_cell(s: st.JobState, why: str, error: str | None) -> str:
+    """The jobs table's "why": a failure links to its card, and WSClean's error is its hover text."""
+    if s.state != "failed":
+        return f'<td class="why">{esc(why)}</td>'
+    title = f' title="{esc("WSClean said: " + error)}"' if error else ""
+    return f'<td class="why"{title}><a href="#fail-{esc(s.job.id)}">{esc(why)}</a></td>'
 
 
 def _config_texts(config_path: str) -> list[tuple[str, str]]:
@@ -596,11 +776,22 @@ def _config_texts(config_path: str) -> list[tuple[str, str]]:
     return out
 
 
+def failure_words(s: st.JobState, log: LogFacts | None) -> tuple[str, str | None]:
+    """(the exit status in words, WSClean's error message) of a failed job: WSClean's own status
+    when its wrapper's log says it (the wrapper itself exits 10), else the attempt's exit status."""
+    if log is not None and log.wsclean_status is not None:
+        return f"WSClean's exit status {log.wsclean_status}", log.wsclean_error
+    return f"exit status {s.exitval}", log.wsclean_error if log is not None else None
+
+
 def render(plan: Plan, jobs_path: Path, run_dir: Path, states: list[st.JobState], rows: list[Row],
-           prev: dict[str, Preview], libs_ok: bool, now: float) -> str:
+           prev: dict[str, Preview], libs_ok: bool, now: float,
+           logs: dict[str, list[LogFacts]] | None = None) -> str:
+    logs = logs or {}
     job_by_id = {j.id: j for j in plan.jobs}
     c = st.counts(states)
-    bars = timeline_bars(plan, states, rows, now)
+    bars = timeline_bars(plan, states, rows, now, logs)
+    stopped = [b for b in bars if b.outcome == "stopped"]
     run_name = run_dir.name
     parts: list[str] = []
     add = parts.append
@@ -625,7 +816,7 @@ def render(plan: Plan, jobs_path: Path, run_dir: Path, states: list[st.JobState]
     host_of = host_namer(plan, states)
     finished = rows
     if finished:
-        t0 = min(r.start for r in finished)
+        t0 = min(min(r.start for r in finished), min(b.start for b in bars))
         t1 = max(max(r.start + r.runtime for r in finished), max((b.end for b in bars), default=t0))
         wall = max(t1 - t0, 1e-9)
         spans = work_spans((b.start, b.end) for b in bars)  # a bar per job-log row, and per running job
@@ -645,6 +836,10 @@ def render(plan: Plan, jobs_path: Path, run_dir: Path, states: list[st.JobState]
             add(f"<tr><th>wall time</th><td>{esc(fmt_duration(wall))}</td></tr>")
         add(f"<tr><th>busy time</th><td>{esc(fmt_duration(busy))} in {len(finished)} attempt(s) on "
             f"{len(hosts_used)} node(s); {esc(fmt_duration(lost))} in failed attempts</td></tr>")
+        if stopped:
+            add(f"<tr><th>stopped</th><td>{len(stopped)} attempt(s) stopped by the user, after "
+                f"{esc(fmt_duration(sum(b.end - b.start for b in stopped)))} of work in all "
+                "(not done: they run again on resume)</td></tr>")
         ok_runtimes = [r.runtime for r in finished if r.ok]
         if ok_runtimes:
             add(f"<tr><th>job runtime</th><td>min {esc(fmt_duration(min(ok_runtimes)))}, median "
@@ -666,7 +861,9 @@ def render(plan: Plan, jobs_path: Path, run_dir: Path, states: list[st.JobState]
                 '<td class="num muted">ran no job</td></tr>')
         add("</table>")
     else:
-        add('<p class="muted">No job has finished yet: the job log is empty.</p>')
+        add('<p class="muted">No job has finished yet: the job log is empty.'
+            + (f" {len(stopped)} attempt(s) were stopped by the user (see the timeline)." if stopped else "")
+            + "</p>")
     add("</section>")
 
     # --- timeline
@@ -674,7 +871,8 @@ def render(plan: Plan, jobs_path: Path, run_dir: Path, states: list[st.JobState]
     add('<p class="legend muted">One lane per job slot of each node; every attempt of every job (hover a bar '
         f'for its job, MS and outcome).<span style="background:{COLOURS["done"]}"></span>done'
         f'<span style="background:{COLOURS["failed"]}"></span>failed attempt'
-        f'<span style="background:{COLOURS["running"]}"></span>running</p>')
+        f'<span style="background:{COLOURS["running"]}"></span>running'
+        f'<span style="background:{COLOURS["stopped"]}"></span>stopped by the user (runs again on resume)</p>')
     add(f'<div class="timeline-box">{timeline_svg(plan, bars, job_by_id)}</div></section>')
 
     # --- failures, first
@@ -685,10 +883,13 @@ def render(plan: Plan, jobs_path: Path, run_dir: Path, states: list[st.JobState]
             log = run_dir / LOGS / s.job.id
             err = run_dir / LOGS / f"{s.job.id}.err"
             add(f'<div class="failure" id="fail-{esc(s.job.id)}" data-job="{esc(s.job.id)}">')
+            status, error = failure_words(s, current_log(logs, s.job.id))
             add(f"<h3>job {esc(s.job.id)} \u2014 {esc(ms_label(s.job))}</h3>")
-            add(f'<div>{esc(s.why or "failed")} (class <b>{esc(s.failure or "-")}</b>, exit status '
-                f'{esc(s.exitval)}) on {esc(s.host or s.job.host or "-")}, after {esc(fmt_duration(s.runtime))}'
+            add(f'<div>{esc(s.why or "failed")} (class <b>{esc(s.failure or "-")}</b>, {esc(status)}) on '
+                f'{esc(s.host or s.job.host or "-")}, after {esc(fmt_duration(s.runtime))}'
                 f' \u2014 {_link(log, run_dir, "log")} \u00b7 {_link(err, run_dir, "stderr")}</div>')
+            if error:
+                add(f'<div class="wsclean-error">WSClean said: <b>{esc(error)}</b></div>')
             lines = st.tail(str(log), TAIL_LINES)
             err_lines = st.tail(str(err), 5) if err.is_file() and err.stat().st_size else []
             if lines:
@@ -702,6 +903,8 @@ def render(plan: Plan, jobs_path: Path, run_dir: Path, states: list[st.JobState]
 
     # --- all jobs, failures first
     ran_hosts = {host_of(r) for r in rows}
+    last_row = {r.job_id: r.start for r in rows}
+    last_stopped = {b.job_id: b for b in stopped if b.start > last_row.get(b.job_id, -math.inf)}
     order = {"failed": 0, "running": 1, "not started": 2, "done": 3}
     add(f'<section id="jobs"><h2>Jobs ({len(states)})</h2><table class="jobs"><thead><tr><th>job</th>'
         "<th>state</th><th>host</th><th>MS</th><th>start</th><th class=\"num\">runtime</th><th>why</th>"
@@ -711,7 +914,16 @@ def render(plan: Plan, jobs_path: Path, run_dir: Path, states: list[st.JobState]
         log = run_dir / LOGS / j.id
         err = run_dir / LOGS / f"{j.id}.err"
         why = s.why or ""
-        if s.state == "not started":
+        said = current_log(logs, j.id)
+        start = s.start
+        if s.state == "failed" and said is not None and said.wsclean_status is not None:
+            why = f"WSClean failed with exit status {said.wsclean_status}"
+        error = said.wsclean_error if s.state == "failed" and said is not None else None
+        last_stop = last_stopped.get(j.id)
+        if s.state == "not started" and last_stop is not None and not s.why:
+            why = (f"stopped by the user at {fmt_clock(last_stop.end, date=True)} after "
+                   f"{fmt_duration(last_stop.end - last_stop.start)}: runs again on resume")
+        elif s.state == "not started":
             if j.host and j.host not in ran_hosts and rows:
                 why = f"pinned to {j.host}, which ran no job of this run (unreachable?)"
             else:
@@ -730,8 +942,8 @@ def render(plan: Plan, jobs_path: Path, run_dir: Path, states: list[st.JobState]
             peak = f'<a href="#img-{esc(j.id)}">{peak}</a>'
         add(f'<tr class="{esc(s.state.replace(" ", ""))}" data-job="{esc(j.id)}" data-state="{esc(s.state)}">'
             f"<td>{esc(j.id)}</td><td>{_state_badge(s.state)}</td><td>{esc(host)}</td>"
-            f'<td class="ms" title="{ms_title}">{esc(ms_label(j))}</td><td>{esc(fmt_clock(s.start))}</td>'
-            f'<td class="num">{esc(fmt_duration(s.runtime))}</td><td class="why">{esc(why)}</td>'
+            f'<td class="ms" title="{ms_title}">{esc(ms_label(j))}</td><td>{esc(fmt_clock(start))}</td>'
+            f'<td class="num">{esc(fmt_duration(s.runtime))}</td>{_why_cell(s, why, error)}'
             f"<td>{links}</td><td>{_link(Path(j.out_dir), run_dir, os.path.basename(j.out_dir) or j.out_dir)}</td>"
             f'<td class="num">{peak}</td><td class="num">{rms}</td></tr>')
     add("</tbody></table></section>")
@@ -753,7 +965,7 @@ def render(plan: Plan, jobs_path: Path, run_dir: Path, states: list[st.JobState]
             p = prev.get(s.job.id)
             add(f'<div class="card" id="img-{esc(s.job.id)}" data-job="{esc(s.job.id)}">')
             if p and p.png:
-                add(f'<a href="{href(rel(p.fits, run_dir))}"><img src="{href(p.png)}" width="{THUMB}" '
+                add(f'<a href="{href(rel(p.fits, run_dir))}"><img src="{esc(p.png)}" width="{THUMB}" '
                     f'height="{THUMB}" alt="{esc("preview of job " + s.job.id)}"/></a>')
             else:
                 reason = (p.error if p and p.error else "no preview") if libs_ok else "no preview"
@@ -793,16 +1005,17 @@ def render(plan: Plan, jobs_path: Path, run_dir: Path, states: list[st.JobState]
 
 
 def write_report(jobs_file: Path) -> Path:
-    """Write report.html (and its previews in report/) in the run directory; return the page's path."""
+    """Write report.html in the run directory (the previews' cache in report/); return the page's path."""
     jobs_file = Path(jobs_file)
     plan = jf.read(jobs_file)
     run_dir = Path(os.path.abspath(jobs_file.parent))
     now = time.time()
     states = st.job_states(plan, run_dir)
     rows = attempts(run_dir, plan.tag)
+    logs = read_logs(run_dir, (j.id for j in plan.jobs))
     libs = preview_libs()
     prev = previews(states, run_dir, libs)
-    page = render(plan, Path(os.path.abspath(jobs_file)), run_dir, states, rows, prev, libs is not None, now)
+    page = render(plan, Path(os.path.abspath(jobs_file)), run_dir, states, rows, prev, libs is not None, now, logs)
     out = run_dir / REPORT
     tmp = run_dir / f".{REPORT}.{os.getpid()}.tmp"
     tmp.write_text(page, encoding="utf-8")

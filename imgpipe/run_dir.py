@@ -192,6 +192,102 @@ def append_rows(path: str | os.PathLike, rows: list[Row], seq_of: dict[str, int]
             f.write(f"{seq}\t{r.host}\t{r.start:.3f}\t{r.runtime:10.3f}\t0\t0\t{r.exitval}\t{r.signal}\t{r.command}\n")
 
 
+# ---------------------------------------------------------------- a job's log
+
+LOG_PEEK = 4096  # bytes read at each end of a log: the wrapper's lines are there (thousands of logs stay cheap)
+STOP_MATCH = 30.0  # s: a row accounts for a log when it spans the log's times within this (clocks, ssh)
+_SAID = re.compile(r"imgpipe-job (\S+) \[(\S+) (\d{4}-\d\d-\d\d \d\d:\d\d:\d\d)\]: (.*)")
+_STOPPED = re.compile(r"stopped \((SIG\w+)\)")
+_WSCLEAN_STATUS = re.compile(r"WSClean failed with exit status (\d+)")
+_EXCEPTION = re.compile(r"An exception occurr?ed")
+
+
+@dataclass(frozen=True)
+class LogFacts:
+    """What a job's log (one attempt) says in the wrapper's lines, and WSClean's error if any."""
+
+    path: str
+    job_id: str
+    host: str | None = None  # as the node names itself
+    start: float | None = None  # its "start:" line, else its first wrapper line
+    end: float | None = None  # its last wrapper line
+    stopped: str | None = None  # 'SIGTERM' when it ends with the wrapper's "stopped (SIG...)" line
+    wsclean_status: int | None = None  # "WSClean failed with exit status N"
+    wsclean_error: str | None = None  # WSClean's last ">>> message" after "An exception occured"
+
+
+def log_ends(path: str | os.PathLike, size: int = LOG_PEEK) -> tuple[str, str]:
+    """The first and the last ``size`` bytes of a file, as text, the tail from its first whole line."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(size)
+            end = f.seek(0, os.SEEK_END)
+            if end <= size:
+                tail = head
+            else:
+                f.seek(max(size, end - size))
+                tail = f.read()
+                tail = tail[tail.find(b"\n") + 1:]
+    except OSError:
+        return "", ""
+    return head.decode("utf-8", errors="replace"), tail.decode("utf-8", errors="replace")
+
+
+def _said(line: str) -> tuple[str, float | None, str] | None:
+    """(host, time, message) of a wrapper line ``imgpipe-job ID [HOST YYYY-MM-DD HH:MM:SS]: MESSAGE``."""
+    m = _SAID.match(line)
+    if not m:
+        return None
+    try:
+        when = time.mktime(time.strptime(m.group(3), "%Y-%m-%d %H:%M:%S"))
+    except (ValueError, OverflowError):
+        when = None
+    return m.group(2), when, m.group(4)
+
+
+def log_facts(path: str, job_id: str, head: str, tail: str) -> LogFacts:
+    """What the two ends of a job's log say (see LogFacts)."""
+    first = [w for w in map(_said, head.splitlines()) if w]
+    lines = [ln.rstrip() for ln in tail.splitlines() if ln.strip()]
+    last = [w for w in map(_said, lines) if w]
+    began = next((w for w in first if w[2].startswith("start: ")), first[0] if first else None)
+    host = began[0] if began else (last[-1][0] if last else None)
+    final = _said(lines[-1]) if lines else None
+    stopped = _STOPPED.match(final[2]) if final else None
+    status = _WSCLEAN_STATUS.match(final[2]) if final else None
+    return LogFacts(path, job_id, host, began[1] if began else None, last[-1][1] if last else None,
+                    stopped.group(1) if stopped else None, int(status.group(1)) if status else None,
+                    wsclean_error(lines))
+
+
+def wsclean_error(lines: list[str]) -> str | None:
+    """WSClean's last error message: the last ``>>> message`` line after "An exception occured"."""
+    marks = [i for i, ln in enumerate(lines) if _EXCEPTION.search(ln)]
+    if not marks:
+        return None
+    said = [ln.split(">>>", 1)[1].strip() for ln in lines[marks[-1]:] if ">>>" in ln]
+    return next((m for m in reversed(said) if m), None)
+
+
+def read_log(path, job_id: str = "") -> LogFacts:
+    """What one attempt's log says (its two ends only: cheap for thousands of logs)."""
+    return log_facts(str(path), job_id, *log_ends(path))
+
+
+def job_error(path) -> str | None:
+    """What a failed job's log says went wrong, in one line: WSClean's own error, else the
+    wrapper's last words; None when the log says nothing."""
+    head, tail = log_ends(path)
+    lines = [ln.rstrip() for ln in tail.splitlines() if ln.strip()]
+    said = wsclean_error(lines)
+    if said:
+        return said
+    for words in reversed([w for w in map(_said, lines) if w]):
+        if not words[2].startswith(("start:", "Slurm job")):
+            return words[2]
+    return None
+
+
 # ---------------------------------------------------------------- the lock
 
 

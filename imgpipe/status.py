@@ -25,7 +25,9 @@ from .hosts import is_local
 from .image_sets import ImageSet, image_sets
 from .joblog import attempts, last_rows
 from .plan import Job, Plan
-from .run_dir import LOGS, ROUND_IDS, ROUND_JOBLOG, SLURM_PLACED, Row, classify, read_rows, run_active
+from .run_dir import (
+    LOGS, ROUND_IDS, ROUND_JOBLOG, SLURM_PLACED, Row, classify, job_error, read_log, read_rows, run_active,
+)
 
 
 @dataclass(frozen=True)
@@ -85,9 +87,11 @@ def job_states(plan: Plan, run_dir: Path) -> list[JobState]:
         log_str = str(log) if log.exists() else None
         ids = slurm_ids(log) if slurm and log_str else None
         if job.id in in_round:
-            if log.exists():
-                states.append(JobState(job, "running", host=job.host or host_from_log(log, plan),
-                                       start=log.stat().st_ctime, log=str(log), images=images, slurm=ids))
+            if log.exists():  # its start: the wrapper's "start:" line (the log's times move with each line)
+                facts = read_log(log, job.id)
+                start = facts.start if facts.start is not None else log.stat().st_ctime
+                states.append(JobState(job, "running", host=job.host or node_name(facts.host, plan), start=start,
+                                       log=str(log), images=images, slurm=ids))
             else:
                 states.append(JobState(job, "not started", images=images))
         elif images.done:
@@ -126,23 +130,20 @@ def slurm_ids(log: Path) -> str | None:
     return f"{job.decode()}.{step.decode()}" if step else job.decode()
 
 
-_WRAPPER_LINE = re.compile(r"imgpipe-job \S+ \[(\S+) ")
-
-
-def host_from_log(log: Path, plan: Plan) -> str | None:
-    """The node a running job's wrapper names in its log's first line, as the plan names it."""
-    try:
-        with open(log, "rb") as f:
-            m = _WRAPPER_LINE.match(f.readline(4096).decode("utf-8", errors="replace"))
-    except OSError:
+def node_name(host: str | None, plan: Plan) -> str | None:
+    """A node as the plan names it, from the name its wrapper gave itself (this machine: its local node)."""
+    if not host:
         return None
-    if not m:
-        return None
-    host, nodes = m.group(1), list(plan.worker.nodes)
+    nodes = list(plan.worker.nodes)
     if is_local(host):
         return next((h for h in nodes if is_local(h)), "localhost")
     short = host.split(".")[0]
     return next((h for h in nodes if h == host or h.split(".")[0] == short), host)
+
+
+def host_from_log(log: Path, plan: Plan) -> str | None:
+    """The node a job's wrapper names in its log, as the plan names it."""
+    return node_name(read_log(log).host, plan)
 
 
 def _host(row: Row, log: Path, plan: Plan) -> str:
@@ -190,8 +191,39 @@ def tail(path: str | None, n: int = 5) -> list[str]:
     return lines[-n:]
 
 
+GROUPS_SHOWN = 10  # ways of failing shown at the end of a run (the rest: imgpipe status)
+
+
+def why_words(s: JobState) -> str:
+    """Why a job failed, in words: its class's reason, and WSClean's (or the wrapper's) own words."""
+    said = job_error(s.log) if s.log else None
+    if s.why and said and said.lower() not in s.why.lower():
+        return f"{s.why}: {said}"
+    return s.why or said or "failed"
+
+
+def id_ranges(ids: list[str]) -> str:
+    """'0001-0004, 0007' for a sorted list of job ids."""
+    out, run = [], []
+    for jid in ids:
+        if run and jid.isdigit() and run[-1].isdigit() and int(jid) == int(run[-1]) + 1 and len(jid) == len(run[-1]):
+            run.append(jid)
+            continue
+        if run:
+            out.append(run[0] if len(run) == 1 else f"{run[0]}-{run[-1]}")
+        run = [jid]
+    if run:
+        out.append(run[0] if len(run) == 1 else f"{run[0]}-{run[-1]}")
+    text = ", ".join(out)
+    return text if len(text) <= 70 else text[:67].rsplit(",", 1)[0] + ", ..."
+
+
 def print_summary(plan: Plan, outcome, out=None) -> int:
-    """The end-of-run report of an engine run (``engines.loop.Outcome``); returns its exit code."""
+    """The end-of-run report of an engine run (``engines.loop.Outcome``); returns its exit code.
+
+    Failures that share their class and their words are one line ("30 jobs failed: WSClean
+    failed: ..."), with the first job's log and the end of it; not-run jobs likewise.
+    """
     out = out or sys.stderr
     run_dir = outcome.run.path
     if outcome.nothing_to_do or outcome.stopped:
@@ -204,26 +236,91 @@ def print_summary(plan: Plan, outcome, out=None) -> int:
     failed = [s for s in states if s.state == "failed"]
     print(f"imgpipe: {len(outcome.done)} of {total} job(s) done, {len(failed)} failed, "
           f"{total - len(outcome.done) - len(failed)} not run. Run directory: {run_dir}", file=out)
-    print(f"  {'job':<6} {'host':<12} {'why':<50} log", file=out)
-    for s in sorted(states, key=lambda s: (s.state != "failed", s.job.id)):
-        host = s.host or s.job.host or "-"
+    groups: dict[tuple[str, str], list[JobState]] = {}
+    for s in sorted(states, key=lambda s: s.job.id):
         if s.state == "failed":
-            why = s.why or "failed"
+            key = ("failed", why_words(s))
         elif s.job.host in outcome.unreachable:
-            why = f"not run: node {s.job.host} unreachable"
+            key = ("not run", f"not run: node {s.job.host} unreachable")
+        elif outcome.halted:
+            key = ("not run", "not started: the run was halted")
         else:
-            why = s.why or "not run"
-        print(f"  {s.job.id:<6} {host:<12} {why:<50} {s.log or '-'}", file=out)
-        if s.state == "failed":  # the end of its log; and of its stderr (a crash, a missing library...)
-            for line in tail(s.log, 3):
+            key = ("not run", s.why or "not run")
+        groups.setdefault(key, []).append(s)
+    for n, ((state, why), members) in enumerate(sorted(groups.items(), key=lambda g: (g[0][0] != "failed",
+                                                                                        -len(g[1])))):
+        if n == GROUPS_SHOWN:
+            print(f"  ... and {len(groups) - n} more way(s): `imgpipe status {run_dir}` lists every job", file=out)
+            break
+        first = members[0]
+        host = first.host or first.job.host or "-"
+        if len(members) == 1:
+            print(f"  {first.job.id:<6} {host:<12} {why:<50} {first.log or '-'}", file=out)
+        else:
+            print(f"  {len(members)} jobs {state}: {why}", file=out)
+            print(f"    jobs {id_ranges([m.job.id for m in members])}; the first, {first.job.id} on {host}: "
+                  f"{first.log or 'no log'}", file=out)
+        if state == "failed":  # the end of its log; and of its stderr (a crash, a missing library...)
+            for line in tail(first.log, 3):
                 print(f"         | {line}", file=out)
-            for line in tail(f"{s.log}.err" if s.log else None, 3):
+            for line in tail(f"{first.log}.err" if first.log else None, 3):
                 print(f"  stderr | {line}", file=out)
+    if outcome.halted:
+        print(f"imgpipe: halted: {outcome.halted}", file=out)
     print("To resume (runs only what is not done):", file=out)
     for hint in outcome.hints:
         print(f"  {hint}", file=out)
     return outcome.code
 
 
-def now() -> float:
-    return time.time()
+def exit_status(states: list[JobState]) -> int:
+    """`imgpipe status`'s exit status: 0 every job done, 1 some failed, 3 some running or not started."""
+    c = counts(states)
+    if c["failed"]:
+        return 1
+    return 0 if c["done"] == c["total"] else 3
+
+
+def ms_label(job: Job) -> str:
+    """The job's data in a few words: obs_id/SW when the data handler named them, else the MS name."""
+    if job.obs_id and job.sw:
+        return f"{job.obs_id}/{job.sw}" + (f" ({len(job.ms)} MSs)" if len(job.ms) > 1 else "")
+    names = [os.path.basename(m.rstrip("/")) for m in job.ms]
+    if not names:
+        return "-"
+    return names[0] + (f" (+{len(names) - 1} more)" if len(names) > 1 else "")
+
+
+def last_activity(jobs_path: Path) -> float:
+    """When a run last did something: its jobs file, job logs, logs or run.json changed."""
+    times = []
+    for p in (jobs_path, *(jobs_path.parent / n for n in ("joblog.tsv", ROUND_JOBLOG, LOGS, "run.json"))):
+        try:
+            times.append(p.stat().st_mtime)
+        except OSError:
+            pass
+    return max(times, default=0.0)
+
+
+def run_overview(jobs_path: Path) -> dict:
+    """One run for `imgpipe runs`: where, its config, its inputs in a few words, last activity, counts."""
+    from . import jobs_file
+    from .errors import ImgpipeError
+
+    row = {"run_dir": str(jobs_path.parent), "jobs_file": str(jobs_path), "last_activity": last_activity(jobs_path)}
+    try:
+        plan = jobs_file.read(jobs_path)
+    except ImgpipeError as e:
+        return {**row, "config": "-", "inputs": f"(unreadable: {e.message})",
+                "counts": {"done": 0, "failed": 0, "running": 0, "not started": 0, "total": 0}}
+    states = job_states(plan, jobs_path.parent)
+    ms = [m for j in plan.jobs for m in j.ms]
+    names = sorted({os.path.basename(m.rstrip("/")) for m in ms})
+    obs = sorted({j.obs_id for j in plan.jobs if j.obs_id})
+    if obs:
+        inputs = f"{len(ms)} MSs of {obs[0]}" + (f" .. {obs[-1]}" if len(obs) > 1 else "")
+    elif len(names) > 2:
+        inputs = f"{len(ms)} MSs: {names[0]} .. {names[-1]}"
+    else:
+        inputs = ", ".join(names)
+    return {**row, "config": plan.config_path, "inputs": inputs, "counts": counts(states)}

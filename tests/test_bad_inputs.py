@@ -222,7 +222,7 @@ def run(tmp_path: Path, cfg: Path, ms, *extra, timeout: float = 120):
 def status_of(tmp_path: Path) -> dict:
     r = subprocess.run([sys.executable, "-m", "imgpipe.cli", "status", "--json"], cwd=tmp_path, capture_output=True,
                        text=True, timeout=60)
-    assert r.returncode == 0, r.stderr
+    assert r.returncode in (0, 1, 3), r.stderr  # (all done, some failed, not all done)
     return json.loads(r.stdout)["jobs"][0]
 
 

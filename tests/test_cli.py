@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 
 import pytest
 
@@ -163,3 +165,75 @@ def test_a_run_directory_that_cannot_be_written_is_one_clear_line(run_cli, write
     r = run_cli("run", jobs)
     assert r.code == 2, r
     assert "Traceback" not in r.err and r.err.startswith("imgpipe: error: ") and "logs" in r.err, r
+
+
+# ---------------------------------------------------------------- the README's command lines
+
+
+def readme_command_lines() -> list[str]:
+    """Every `imgpipe ...` line of the README's code blocks (comments cut off)."""
+    import re as _re
+    from pathlib import Path as _Path
+
+    text = (_Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    lines = []
+    for block in _re.findall(r"```[a-z]*\n(.*?)```", text, flags=_re.S):
+        for line in block.splitlines():
+            line = line.split("  #", 1)[0].strip()
+            if line.startswith("imgpipe "):
+                lines.append(line)
+    return lines
+
+
+def test_the_readme_shows_command_lines():
+    assert len(readme_command_lines()) >= 10
+
+
+@pytest.mark.parametrize("line", readme_command_lines())
+def test_every_command_line_of_the_readme_parses(line):
+    """Each command the README prints is one the command line takes: right command, known options."""
+    import shlex as _shlex
+
+    from imgpipe.cli import _nenucal_form, build_parser
+
+    argv = _shlex.split(line)[1:]
+    if _nenucal_form(argv):
+        argv.insert(0, "image")
+    args, extra = build_parser().parse_known_args(argv)
+    assert args.command and not extra, (line, extra)
+
+
+def test_options_the_readme_lists_work_where_it_says(run_cli, write_config, ms_factory, tmp_path):
+    cfg = write_config("[wsclean]\nname = 'img'\ndata-column = false\n")
+    ms = ms_factory("a.MS")
+    r = run_cli("plan", cfg, ms, "--dry-run")  # plan --dry-run: the plan, no jobs file
+    assert r.code == 0 and "not written (--dry-run)" in r.out, r
+    assert not (tmp_path / "imgpipe-runs").exists()
+    jobs = tmp_path / "jobs.txt"
+    assert run_cli("plan", cfg, ms, "--jobs-file", jobs).code == 0
+    r = run_cli("run", jobs, "--max-concurrent", "1", "--nodes", "localhost", "--dry-run")
+    assert r.code == 0 and "[0001 on any node]" in r.out, r
+    r = run_cli("run", jobs, "--max-concurrent", "0", "--dry-run")
+    assert r.code == 2 and "--max-concurrent" in r.err and "from 1 to 1000" in r.err, r
+
+
+def test_an_unknown_option_shows_the_commands_own_usage(run_imgpipe, write_config, ms_factory):
+    cfg = write_config("[wsclean]\nname = 'img'\n")
+    for args, usage in ((["plan", cfg, "--bogus"], "usage: imgpipe plan"), (["run", "x.txt", "--check"],
+                                                                             "usage: imgpipe run"),
+                        (["status", "--nodes", "x"], "usage: imgpipe status")):
+        r = run_imgpipe(*args)
+        assert r.code == 2, r
+        assert r.err.startswith(usage) and "unrecognized arguments" in r.err, r
+
+
+def test_a_closed_pipe_is_a_quiet_exit(tmp_path, write_config, ms_factory):
+    cfg = write_config("[wsclean]\nname = 'img'\ndata-column = false\n")
+    ms = ms_factory("a.MS")
+    for command in (f"plan {cfg} {ms} --json", "status", "runs"):
+        proc = subprocess.run(f"{sys.executable} -m imgpipe.cli {command} | head -1; exit ${{PIPESTATUS[0]}}",
+                              shell=True, executable="/bin/bash", cwd=tmp_path, capture_output=True, text=True,
+                              timeout=60)
+        assert proc.returncode in (0, 3), (command, proc.returncode, proc.stderr)  # (status: 3, not done)
+        assert proc.stderr == "", (command, proc.stderr)
+        assert len(proc.stdout.splitlines()) == 1

@@ -225,7 +225,7 @@ def test_a_job_past_its_memory_and_a_job_past_max_time_say_so(slurm, tmp_path, m
     r = expect(imgpipe(slurm, tmp_path, cfg, ms), 1)
     row = next(ln for ln in r.err.splitlines() if ln.strip().startswith("0001"))
     assert "out of memory: Slurm stopped it past the memory it asked for" in row, r
-    doc = json.loads(expect(imgpipe(slurm, tmp_path, "status", "--json"), 0).out)
+    doc = json.loads(expect(imgpipe(slurm, tmp_path, "status", "--json"), 1).out)  # 1: a job failed
     assert doc["jobs"][0]["failure"] == "memory"
 
     other = tmp_path / "timed"

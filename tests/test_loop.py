@@ -63,7 +63,7 @@ def test_deleted_images_are_made_again(cluster, tmp_path, ms_factory, engine):
     expect(imgpipe(cluster, tmp_path, "image", "--engine", engine, cfg, *ms), 0)
     before = mtimes(tmp_path, ms)
     shutil.rmtree(tmp_path / "images" / ms[1].name)  # one MS's image directory, gone
-    status = json.loads(expect(imgpipe(cluster, tmp_path, "status", "--json"), 0).out)
+    status = json.loads(expect(imgpipe(cluster, tmp_path, "status", "--json"), 3).out)  # 3: not all done
     assert [(j["state"], j["images"]) for j in status["jobs"]] == [
         ("done", "done"), ("not started", "absent"), ("done", "done")], status
     assert status["jobs"][1]["why"] == "ran before, but its images are gone"
@@ -290,3 +290,81 @@ def test_plan_and_dry_run_say_what_is_done_and_nothing_runs_when_all_is(cluster,
     assert "nothing to do: all 4 job(s) done" in r.err, r
     assert (rdir / "joblog.tsv").read_text() == before  # no engine was asked
     assert "cannot be reached" not in r.err and time.time() - t0 < 10, r
+
+
+# ---------------------------------------------------------------- what a user reads (issue 12)
+
+BAD_MASK = {"fits-mask": "'/no/such/mask.fits'"}  # the planner cannot know: WSClean fails on it, every job
+
+
+def test_thirty_identical_failures_are_one_short_group(cluster, tmp_path, ms_factory):
+    ms = make_ms_set(ms_factory, tmp_path, 30)
+    cfg = config(tmp_path, cluster, worker={"halt_after": "0"}, wsclean=BAD_MASK)  # (0: every job runs)
+    r = expect(imgpipe(cluster, tmp_path, cfg, *ms), 1)
+    summary = r.err[r.err.index("imgpipe: 0 of 30 job(s) done"):]
+    assert "  30 jobs failed: WSClean failed: " in summary and "mask.fits" in summary, summary
+    assert "    jobs 0001-0030; the first, 0001 on node00" in summary, summary
+    assert len(summary.splitlines()) <= 12, summary  # (it was 129 lines)
+    hints = summary[summary.index("To resume"):].splitlines()[1:]
+    assert hints[0].startswith("  imgpipe run imgpipe-runs/") and all(len(h) < 160 for h in hints), hints
+    assert not any(m.name in summary for m in ms[1:]), summary  # no list of every MS path
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_the_halt_rule_stops_starting_jobs_when_the_first_ones_all_fail_alike(cluster, tmp_path, ms_factory,
+                                                                              engine):
+    ms = make_ms_set(ms_factory, tmp_path, 20)
+    cfg = config(tmp_path, cluster, worker={"max_concurrent": "1"}, wsclean=BAD_MASK)
+    r = expect(imgpipe(cluster, tmp_path, "image", "--engine", engine, cfg, *ms), 1)
+    assert "halting: no new job is started: the first 5 jobs all failed the same way" in r.err, r
+    assert "mask.fits" in r.err.split("halting:", 1)[1].splitlines()[0], r
+    ran = rows(run_dir(tmp_path))
+    assert 5 <= len(ran) <= 8, ran  # the first five, and what was running (2 slots) when they had failed
+    assert "jobs not run: not started: the run was halted" in r.err, r
+    assert "imgpipe: halted: the first 5 jobs all failed the same way" in r.err, r
+
+    # --halt-after N: after N failures, whatever they are
+    other = tmp_path / "n"
+    other.mkdir()
+    ms = make_ms_set(ms_factory, other, 12)
+    cfg = config(other, cluster, worker={"max_concurrent": "1"}, wsclean=BAD_MASK)
+    r = expect(imgpipe(cluster, other, "image", "--engine", engine, "--halt-after", "2", cfg, *ms), 1)
+    assert "halting: no new job is started: 2 jobs failed (halt_after = 2)" in r.err, r
+    assert 2 <= len(rows(run_dir(other))) <= 5
+
+
+def test_the_eta_of_a_resumed_run_is_close_to_the_truth(cluster, tmp_path, ms_factory):
+    """Equal jobs, one slot: stopped after two, resumed. The ETA each progress line gives must be
+    within a factor 2 of the time the run still took (read from the lines themselves)."""
+    ms = make_ms_set(ms_factory, tmp_path, 6)
+    cfg = config(tmp_path, cluster, worker={"max_concurrent": "1", "nodes": "'node001'"},
+                 wsclean={"size": "'512 512'", "niter": "1500"})
+    proc = start_imgpipe(cluster, tmp_path, cfg, *ms)
+    try:
+        wait_for(lambda: sum(provenance_of(tmp_path, m).exists() for m in ms) >= 2, 120, "two jobs done")
+        proc.send_signal(signal.SIGINT)
+        proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    r = expect(imgpipe(cluster, tmp_path, cfg, *ms, timeout=300), 0)
+    lines = [ln for ln in r.err.splitlines() if " elapsed" in ln]
+
+    def seconds(text: str) -> int:
+        m = __import__("re").fullmatch(r"(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?", text)
+        h, mi, se = (int(x) if x else 0 for x in m.groups())
+        return h * 3600 + mi * 60 + se
+
+    end = seconds(lines[-1].split(", ")[-1].split()[0]) if "ETA" not in lines[-1] else None
+    end = seconds(next(p for p in lines[-1].split(", ") if p.endswith(" elapsed")).split()[0])
+    etas = []
+    for ln in lines:
+        parts = ln.split(", ")
+        elapsed = seconds(next(p for p in parts if p.endswith(" elapsed")).split()[0])
+        eta = next((p for p in parts if p.startswith("ETA ")), None)
+        if eta:
+            etas.append((elapsed, seconds(eta.split()[1].rstrip(";")), end - elapsed))
+    assert len(etas) >= 5, lines  # an ETA from the first line on: the two jobs done earlier tell how long one takes
+    bad = [(at, eta, truth) for at, eta, truth in etas if truth >= 3 and not truth / 2 <= eta <= 2 * truth + 1]
+    assert not bad, (bad, lines)

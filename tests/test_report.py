@@ -2,16 +2,23 @@
 
 The page is checked as a document: it is well-formed XML (report.py promises that), so
 ElementTree reads it and the tests look at its structure, not at substrings. Chromium,
-when installed, renders it headless and the screenshot must not be blank.
+when installed, renders it headless and the screenshot must not be blank. A run stopped
+with SIGINT (as Ctrl-C), and resumed and stopped again, gives the report of a run in
+progress and of stopped attempts.
 """
 
 from __future__ import annotations
 
+import base64
+import json
 import os
+import re
 import shutil
+import signal
 import struct
 import subprocess
 import sys
+import time
 import zlib
 from pathlib import Path
 from urllib.parse import unquote
@@ -22,7 +29,9 @@ import pytest
 from conftest import needs
 from test_status import HOSTILE, imgpipe, make_run, run_env, write_config
 
+from imgpipe import jobs_file as jf
 from imgpipe import report
+from imgpipe.run_dir import JOBLOG, Row, read_rows
 
 SVG = "{http://www.w3.org/2000/svg}"
 
@@ -57,6 +66,31 @@ def svg_bars(page: ET.Element) -> list[ET.Element]:
 
 def text_of(el: ET.Element) -> str:
     return "".join(el.itertext())
+
+
+PNG_URI = "data:image/png;base64,"
+CLOCK = re.compile(r"^\d\d:\d\d(:\d\d(\.\d)?)?$")  # a time label of the axis
+
+
+def tick_labels(page: ET.Element) -> list[str]:
+    """The time labels of the timeline's axis."""
+    return [text_of(t) for t in section(page, "timeline").iter(f"{SVG}text")
+            if t.get("class") == "tick" and CLOCK.match(text_of(t))]
+
+
+def of_day(t: str | float) -> float:
+    """Seconds since midnight of an axis label (HH:MM:SS.s) or of a time (local)."""
+    if isinstance(t, str):
+        h, m, sec = t.split(":")
+        return int(h) * 3600 + int(m) * 60 + float(sec)
+    lt = time.localtime(t)
+    return lt.tm_hour * 3600 + lt.tm_min * 60 + lt.tm_sec + t % 1
+
+
+def png_of(src: str) -> bytes:
+    """The PNG an <img src="data:image/png;base64,..."> holds."""
+    assert src.startswith(PNG_URI), src[:60]
+    return base64.b64decode(src[len(PNG_URI):], validate=True)
 
 
 def png_info(data: bytes) -> tuple[int, int, int, int]:
@@ -129,7 +163,9 @@ def test_page_is_self_contained(page, page_path):
     assert not list(page.iter("script")) and not list(page.iter("link"))  # no JavaScript, no stylesheet to fetch
     for el in page.iter():
         for attr, value in el.attrib.items():
-            if attr in ("href", "src"):
+            if attr == "src":
+                assert el.tag == "img" and value.startswith(PNG_URI), value[:60]  # in the page, not a file
+            elif attr == "href":
                 assert "://" not in value and not value.startswith("//"), value  # nothing from a network
                 if not value.startswith("#"):
                     target = page_path.parent / unquote(value)
@@ -209,7 +245,7 @@ def test_hostile_names_are_escaped(page, page_path):
     assert HOSTILE not in html_text and "<img src=x" not in html_text
     assert 'evil&quot;&gt;&lt;img src=x onerror=alert`1`&gt;&amp;amp;.MS' in html_text
     assert not [el for el in page.iter() for a in el.attrib if a.lower().startswith("on")]  # no handler attributes
-    assert all(img.get("src", "").startswith("report/") for img in page.iter("img"))
+    assert all(img.get("src", "").startswith(PNG_URI) for img in page.iter("img"))
     assert any(HOSTILE in text_of(td) for td in section(page, "jobs").iter("td"))  # shown as text, intact
 
 
@@ -220,8 +256,7 @@ def test_previews_of_finished_jobs(run, page, page_path):
     for job_id, card in cards.items():
         img = card.find(".//img")
         assert img is not None, text_of(card)
-        png = page_path.parent / unquote(img.get("src"))
-        assert png_info(png.read_bytes())[:2] == (report.THUMB, report.THUMB)
+        assert png_info(png_of(img.get("src")))[:2] == (report.THUMB, report.THUMB)
         text = text_of(card)
         assert "img-MFS-image.fits (64\u00d764)" in text  # channels-out 2: the MFS image is the main one
         peak = float(text.split("peak ")[1].split(" Jy/beam")[0])
@@ -273,6 +308,7 @@ def test_report_of_a_run_not_started(tmp_path, ms_cache):
     page = parse(report.write_report(jobs))
     assert svg_bars(page) == []
     assert "no job has run yet" in text_of(section(page, "timeline"))
+    assert tick_labels(page) == []  # no axis of made-up times (1970)
     assert [tr.get("data-state") for tr in section(page, "jobs").findall(".//tbody/tr")] == ["not started"]
 
 
@@ -322,18 +358,27 @@ def chromium() -> str | None:
     return next((shutil.which(n) for n in ("chromium", "chromium-browser") if shutil.which(n)), None)
 
 
-@pytest.mark.skipif(chromium() is None, reason="chromium is not installed (Debian: apt-get install chromium)")
-def test_rendered_in_headless_chromium(page_path, tmp_path):
+needs_chromium = pytest.mark.skipif(chromium() is None,
+                                    reason="chromium is not installed (Debian: apt-get install chromium)")
+
+
+def screenshot(page_path: Path, tmp_path: Path, height: int = 2000):
+    """The page as headless Chromium renders it in a 1280 x height window: RGB pixels (uint8)."""
     image = pytest.importorskip("matplotlib.image")
     shot = tmp_path / "shot.png"
     argv = [chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
             "--disable-background-networking", "--disable-component-update", "--disable-sync",
-            f"--user-data-dir={tmp_path / 'profile'}", f"--screenshot={shot}", "--window-size=1280,2000",
+            f"--user-data-dir={tmp_path / 'profile'}", f"--screenshot={shot}", f"--window-size=1280,{height}",
             page_path.as_uri()]
     out = subprocess.run(argv, capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL)
     assert shot.is_file(), out.stderr[-3000:]
-    assert png_info(shot.read_bytes())[:2] == (1280, 2000)
-    rgb = (image.imread(str(shot))[..., :3] * 255).round().astype("uint8")
+    assert png_info(shot.read_bytes())[:2] == (1280, height)
+    return (image.imread(str(shot))[..., :3] * 255).round().astype("uint8")
+
+
+@needs_chromium
+def test_rendered_in_headless_chromium(page_path, tmp_path):
+    rgb = screenshot(page_path, tmp_path)
     colours = {tuple(p) for p in rgb[::3, ::3].reshape(-1, 3)}
     assert len(colours) > 200  # text, the chart and the previews, not a blank page
     white = (rgb.min(axis=2) > 245).mean()
@@ -358,7 +403,7 @@ def test_preview_of_a_big_non_square_image_with_blanks(tmp_path):
     stats = report.render_preview(path, png, report.preview_libs())
     assert png_info(png.read_bytes())[:2] == (report.THUMB, report.THUMB)
     assert stats["peak"] == 3.0 and stats["unit"] == "Jy/beam" and stats["shape"] == [1500, 1000]
-    assert 0.0018 < stats["rms"] < 0.0022 and stats["beam"] == "36\u2033 \u00d7 18\u2033"
+    assert 0.0018 < stats["rms"] < 0.0022 and stats["beam"] == [0.01, 0.005]
     pixels = pytest.importorskip("matplotlib.image").imread(str(png))[..., :3]
     assert (pixels.sum(axis=2) > 2.5).sum() >= 1  # the source: a bright (yellow-white) pixel
 
@@ -395,3 +440,250 @@ def test_a_run_resumed_hours_later_keeps_a_readable_timeline(run, tmp_path):
     hosts = section(page, "summary").find(".//table[@class='hosts']")
     use = [text_of(tr.findall("td")[-1]) for tr in hosts.findall("tr")[1:] if text_of(tr.find("td")) == "localhost"]
     assert int(use[0].rstrip(" %")) >= 10  # measured over the working time, not over 6 hours
+
+
+# ----------------------------------------------------------------------------- a run in progress, a run stopped
+# One long WSClean job: run, caught running (a report then), stopped with SIGINT as Ctrl-C would;
+# run again (its first log is archived as logs/ID.1), stopped again.
+
+
+def plan_long_job(root: Path, ms_cache) -> tuple[Path, dict]:
+    ms = root / "data" / "localhost" / "SW01_T009.MS"
+    shutil.copytree(ms_cache(), ms)
+    config = write_config(root, nodes="localhost", pinned=False,
+                          wsclean={"size": "1024 1024", "scale": "1arcmin", "niter": 1000000})
+    env = run_env(root)
+    jobs_file = root / "run" / "jobs.txt"
+    assert imgpipe("plan", config, ms, "--jobs-file", jobs_file, cwd=root, env=env).returncode == 0
+    return jobs_file, env
+
+
+def run_until_running(jobs_file: Path, root: Path, env: dict) -> subprocess.Popen:
+    """`imgpipe run` in the background, once its job's wrapper has said "start:" (WSClean runs)."""
+    proc = subprocess.Popen([sys.executable, "-m", "imgpipe.cli", "run", str(jobs_file)], cwd=root, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL)
+    deadline = time.time() + 60
+    while time.time() < deadline:
+        doc = json.loads(imgpipe("status", jobs_file.parent, "--json", cwd=root, env=env).stdout)
+        log = doc["jobs"][0]["log"]
+        if doc["counts"]["running"] and log and ": start: wsclean " in Path(log).read_text(errors="replace"):
+            return proc
+        if proc.poll() is not None:
+            raise AssertionError(proc.communicate())
+        time.sleep(0.2)
+    ctrl_c(proc)
+    raise AssertionError("the job did not start within 60 s")
+
+
+def ctrl_c(proc: subprocess.Popen) -> None:
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=90)
+    assert proc.returncode == 130 and "stopped" in err, err
+
+
+def keep_page(path: Path, name: str) -> Path:
+    """A copy of report.html, beside it (its links still resolve), as it was now."""
+    dest = path.with_name(name)
+    shutil.copyfile(path, dest)
+    return dest
+
+
+def said_at(log: Path, what: str) -> str:
+    """HH:MM:SS of the wrapper's first line in ``log`` whose message starts with ``what``."""
+    m = re.search(r"^imgpipe-job \S+ \[\S+ \d{4}-\d\d-\d\d (\d\d:\d\d:\d\d)\]: " + re.escape(what),
+                  log.read_text(errors="replace"), re.M)
+    assert m, f"{log}: no line {what!r}"
+    return m.group(1)
+
+
+@pytest.fixture(scope="module")
+def stopped_run(tmp_path_factory, ms_cache):
+    root = tmp_path_factory.mktemp("stopped-run")
+    jobs_file, env = plan_long_job(root, ms_cache)
+    pages = {}
+    for n in (1, 2):
+        proc = run_until_running(jobs_file, root, env)
+        try:
+            time.sleep(2.5)  # (the logs' times are whole seconds)
+            if n == 1:  # WSClean prints a line (the log's ctime is now), and the report is made at once
+                os.utime(jobs_file.parent / "logs" / jf.read(jobs_file).jobs[0].id)
+                pages["running"] = keep_page(report.write_report(jobs_file), "report-running.html")
+        finally:
+            ctrl_c(proc)
+        pages[f"stopped{n}"] = keep_page(report.write_report(jobs_file), f"report-stopped{n}.html")
+    job_id = jf.read(jobs_file).jobs[0].id
+    return {"root": root, "run_dir": jobs_file.parent, "job": job_id, "pages": pages}
+
+
+def bar_titles(page: ET.Element, outcome: str) -> list[str]:
+    return [text_of(g.find(f"{SVG}title")) for g in section(page, "timeline").iter(f"{SVG}g")
+            if g.get("class") == f"bar {outcome}"]
+
+
+def test_report_of_a_run_in_progress_has_time_labels(stopped_run):
+    """Mid-run: the running job's bar starts when its log says it started, and the axis has time labels."""
+    page = parse(stopped_run["pages"]["running"])
+    assert [b.get("class") for b in svg_bars(page)] == ["bar running"]
+    (title,) = bar_titles(page, "running")
+    first_log = stopped_run["run_dir"] / "logs" / f"{stopped_run['job']}.1"  # (archived when it ran again)
+    assert f"start {said_at(first_log, 'start: ')}," in title
+    row = section(page, "jobs").find(f".//tr[@data-job='{stopped_run['job']}']")
+    assert text_of(row.findall("td")[4]) == said_at(first_log, "start: ")  # the table says the same
+    runtime = re.search(r"runtime (\S+) s", title)
+    assert runtime and float(runtime.group(1)) >= 2.0, title  # (2.5 s after it said "start:")
+    labels = tick_labels(page)
+    assert len(labels) >= 2, labels
+
+
+def test_every_timeline_has_time_labels(run):
+    """However short what ran: a job started a moment ago, a job of no length yet."""
+    plan = jf.read(run.jobs_file)
+    jobs = {j.id: j for j in plan.jobs}
+    job = plan.jobs[0].id
+    now = time.time()
+    for what, (start, end) in {"started 5 ms ago": (now - 0.005, now), "started 50 ms ago": (now - 0.05, now),
+                               "started now": (now, now)}.items():
+        bars = [report.Bar(job, "localhost", start, end, "running")]
+        report.assign_lanes(bars)
+        svg = ET.fromstring(report.timeline_svg(plan, bars, jobs))
+        labels = [text_of(t) for t in svg.iter(f"{SVG}text") if t.get("class") == "tick" and CLOCK.match(text_of(t))]
+        assert len(labels) >= 2, (what, labels)
+        for label in labels:  # the times of the job, not made up
+            assert -0.1 <= (of_day(label) - of_day(start)) % 86400 <= report.MIN_SPAN + 0.1, (what, labels)
+
+
+def test_stopped_attempts_are_on_the_timeline(stopped_run):
+    run_dir, job = stopped_run["run_dir"], stopped_run["job"]
+    assert not [r for r in read_rows(run_dir / JOBLOG) if r.job_id == job]  # the loop dropped the stopped rows
+    first_log, second_log = run_dir / "logs" / f"{job}.1", run_dir / "logs" / job
+    # stopped once: one grey bar, from its log's "start:" line to its "stopped" line
+    page = parse(stopped_run["pages"]["stopped1"])
+    bars = svg_bars(page)
+    assert [b.get("class") for b in bars] == ["bar stopped"]
+    assert bars[0].get("fill") == report.COLOURS["stopped"]
+    others = (report.COLOURS["done"], report.COLOURS["failed"], report.COLOURS["running"])
+    assert report.COLOURS["stopped"] not in others  # a colour of its own
+    (title,) = bar_titles(page, "stopped")
+    assert f"job {job} \u2014 SW01_T009.MS" in title and "host localhost" in title
+    assert f"start {said_at(first_log, 'start: ')}," in title
+    assert "stopped by the user" in title and "runs again on resume" in title
+    assert len(tick_labels(page)) >= 2
+    assert "stopped by the user" in text_of(section(page, "timeline").find(".//p[@class='legend muted']"))
+    row = section(page, "jobs").find(f".//tr[@data-job='{job}']")
+    assert row.get("data-state") == "not started"  # (as imgpipe status says: it runs again on resume)
+    assert "stopped by the user at " in text_of(row) and said_at(first_log, "stopped (") in text_of(row)
+    assert "1 attempt(s) were stopped by the user" in text_of(section(page, "summary"))
+    # run again and stopped again: both attempts, the first from its archived log
+    page = parse(stopped_run["pages"]["stopped2"])
+    assert [b.get("class") for b in svg_bars(page)] == ["bar stopped", "bar stopped"]
+    titles = bar_titles(page, "stopped")
+    assert f"start {said_at(first_log, 'start: ')}," in titles[0]
+    assert f"start {said_at(second_log, 'start: ')}," in titles[1]
+    assert "2 attempt(s) were stopped by the user" in text_of(section(page, "summary"))
+
+
+def test_a_stopped_log_that_has_its_row_is_not_counted_twice():
+    """GNU parallel's --timeout or a dropped connection also makes the wrapper say "stopped (SIG...)",
+    but such an attempt has its row: only logs no row accounts for are attempts stopped by the user."""
+    t = 1.8e9
+    timed_out = Row(1, "node001", t, 100.0, -1, 0, "cmd", "0001", "imgpipe-x")
+    logs = {"0001": [report.LogFacts("logs/0001.1", "0001", "node001", t + 1, t + 99, "SIGTERM"),
+                     report.LogFacts("logs/0001", "0001", "node001", t + 101, t + 103, "SIGTERM")],
+            "0002": [report.LogFacts("logs/0002", "0002", "node001", t + 5, t + 60, None)]}
+    assert [f.path for f in report.stopped_attempts(logs, [timed_out])] == ["logs/0001"]
+    assert [f.path for f in report.stopped_attempts(logs, [])] == ["logs/0001.1", "logs/0001"]
+
+
+# ----------------------------------------------------------------------------- what WSClean said
+
+
+def test_a_failure_says_wscleans_own_exit_status_and_error(run, page):
+    (card,) = section(page, "failures").findall(".//div[@class='failure']")
+    words = " ".join(text_of(card).split())
+    assert "WSClean's exit status 255" in words and "exit status 10" not in words  # not the wrapper's 10
+    assert "(class wsclean," in words
+    said = card.find(".//div[@class='wsclean-error']")
+    assert said is not None, words
+    assert text_of(said) == f"WSClean said: Table {run.root}/data/localhost/SW01_T002.MS does not exist"
+    why = section(page, "jobs").find(f".//tr[@data-job='{run.ids['failed']}']/td[@class='why']")
+    assert text_of(why) == "WSClean failed with exit status 255"
+    assert why.get("title") == text_of(said) and why.find("a").get("href") == f"#fail-{run.ids['failed']}"
+
+
+def test_log_facts_from_the_two_ends_of_a_long_log(tmp_path):
+    log = tmp_path / "0007"
+    command = "wsclean -name x " + " ".join(f"/data/ms{i:05d}.MS" for i in range(2000))  # a start line > 4 KB
+    log.write_text("imgpipe-job 0007 [node002.cluster 2026-12-01 10:48:01]: start: " + command + "\n\n"
+                   + "Gridding pass 0...\n" * 3000
+                   + "+ + + + + + + + + + + + + + + + + + +\n+ An exception occurred:\n"
+                     "+ >>> Out of memory: <cannot allocate> & more\n+ + + + + + + + + + + + + + + + + + +\n"
+                   + "imgpipe-job 0007 [node002.cluster 2026-12-01 10:50:31]: WSClean failed with exit status 134\n")
+    facts = report.log_facts(str(log), "0007", *report.log_ends(log))
+    assert facts.host == "node002.cluster" and facts.end - facts.start == 150
+    assert facts.start == time.mktime((2026, 12, 1, 10, 48, 1, 0, 0, -1))
+    assert facts.wsclean_status == 134 and facts.wsclean_error == "Out of memory: <cannot allocate> & more"
+    assert facts.stopped is None
+
+
+# ----------------------------------------------------------------------------- beams
+
+
+def test_beams_in_arcmin_or_arcsec():
+    assert report.fmt_beam(556 / 3600, 334 / 3600) == "9.3\u2032 \u00d7 5.6\u2032"
+    assert report.fmt_beam(60 / 3600, 40 / 3600) == "1.0\u2032 \u00d7 0.7\u2032"
+    assert report.fmt_beam(36 / 3600, 18 / 3600) == "36\u2033 \u00d7 18\u2033"
+    assert report.fmt_beam(4.24 / 3600, 3.14 / 3600) == "4.2\u2033 \u00d7 3.1\u2033"
+
+
+@needs_preview_libs
+def test_beam_of_a_real_image_in_arcmin(run, page):
+    from astropy.io import fits
+
+    header = fits.getheader(run.root / "images" / "SW01_T001.MS" / "img-MFS-image.fits")
+    major, minor = header["BMAJ"] * 60, header["BMIN"] * 60  # arcmin: this run's beam is over 1'
+    assert major >= 1
+    card = section(page, "images").find(f".//div[@id='img-{run.ids['done']}']")
+    assert f"beam {major:.1f}\u2032 \u00d7 {minor:.1f}\u2032" in text_of(card)
+
+
+# ----------------------------------------------------------------------------- one file
+
+
+@needs_preview_libs
+def test_the_page_alone_holds_its_previews(run, page_path, tmp_path):
+    """report.html copied alone (mailed): its previews are in it."""
+    alone = tmp_path / "mailed" / "report.html"
+    alone.parent.mkdir()
+    shutil.copyfile(page_path, alone)
+    imgs = list(section(parse(alone), "images").iter("img"))
+    assert len(imgs) == 2
+    for img in imgs:
+        assert png_info(png_of(img.get("src")))[:2] == (report.THUMB, report.THUMB)
+
+
+@needs_preview_libs
+@needs_chromium
+def test_the_page_alone_shows_its_previews_in_chromium(page_path, tmp_path):
+    alone = tmp_path / "mailed" / "report.html"
+    alone.parent.mkdir()
+    shutil.copyfile(page_path, alone)
+    rgb = screenshot(alone, tmp_path, height=2600).astype(int)
+    r, g, b = rgb[..., 0], rgb[..., 1], rgb[..., 2]
+    # the previews' orange and yellow ('inferno'): no other colour of the page is like them
+    assert ((r > 200) & (g > 120) & (b < g - 60)).sum() > 50
+
+
+@needs_preview_libs
+def test_cached_previews_outlive_a_report_without_preview_libs(run, tmp_path, monkeypatch):
+    jobs = copy_of(run, tmp_path)
+    folder = jobs.parent / report.REPORT_DIR
+    report.write_report(jobs)
+    cached = {f.name: f.stat().st_mtime_ns for f in folder.iterdir()}
+    assert len(cached) == 4  # a PNG and its statistics per finished job
+    monkeypatch.setattr(report, "preview_libs", lambda: None)
+    assert parse(report.write_report(jobs)).find(".//*[@id='no-previews']") is not None
+    assert sorted(f.name for f in folder.iterdir()) == sorted(cached)  # nothing deleted
+    monkeypatch.undo()
+    page = parse(report.write_report(jobs))
+    assert {f.name: f.stat().st_mtime_ns for f in folder.iterdir()} == cached  # nor drawn again
+    assert len(list(section(page, "images").iter("img"))) == 2

@@ -111,8 +111,10 @@ def real_run(tmp_path_factory, ms_cache) -> RealRun:
 
 def status_json(run: RealRun) -> dict:
     r = imgpipe("status", run.run_dir, "--json", cwd=run.root, env=run.env)
-    assert r.returncode == 0, r.stderr
-    return json.loads(r.stdout)
+    assert r.returncode == 1, r.stderr  # a job failed: a script can tell
+    doc = json.loads(r.stdout)
+    assert doc["exit_status"] == 1
+    return doc
 
 
 def test_the_run_itself_went_as_planned(real_run):
@@ -137,7 +139,8 @@ def test_status_json_every_state(real_run):
     assert os.path.basename(jobs[ids["hostile"]]["ms"][0]) == HOSTILE
     failed = jobs[ids["failed"]]
     assert failed["state"] == "failed" and failed["host"] == "localhost"
-    assert failed["exitval"] == 10 and failed["failure"] == "wsclean" and failed["why"] == "WSClean failed"
+    assert failed["exitval"] == 10 and failed["failure"] == "wsclean" and failed["why"].startswith("WSClean failed: Table ")
+    assert failed["why"].endswith("SW01_T002.MS does not exist")  # WSClean's own words
     assert "does not exist" in Path(failed["log"]).read_text()
     ns = jobs[ids["not_started"]]
     assert ns["state"] == "not started" and ns["planned_host"] == "node999"
@@ -148,7 +151,7 @@ def test_status_json_every_state(real_run):
 
 def test_status_table_every_state(real_run):
     r = imgpipe("status", real_run.jobs_file, cwd=real_run.root, env=real_run.env)
-    assert r.returncode == 0, r.stderr
+    assert r.returncode == 1, r.stderr  # a job failed
     lines = r.stdout.splitlines()
     assert lines[0] == f"run {real_run.run_dir.resolve()}"
     rows = {ln.split()[0]: ln for ln in lines[2:] if ln[:4].isdigit()}
@@ -158,6 +161,8 @@ def test_status_table_every_state(real_run):
     assert order[:2] == [ids["failed"], ids["not_started"]]  # failures first, then what did not run
     assert rows[ids["failed"]].split()[1:3] == ["localhost", "failed"]
     assert "WSClean failed" in rows[ids["failed"]] and f"logs/{ids['failed']}" in rows[ids["failed"]]
+    assert "SW01_T002.MS does not exist" in rows[ids["failed"]]  # WSClean's own words
+    assert " SW01_T002.MS " in rows[ids["failed"]] and "images/SW01_T002.MS/img" in rows[ids["failed"]]
     assert rows[ids["not_started"]].split()[1:4] == ["node999", "not", "started"]
     for role in ("done", "hostile"):
         assert rows[ids[role]].split()[1:3] == ["localhost", "done"]
@@ -172,7 +177,7 @@ def test_status_finds_the_latest_run_from_its_directory(real_run):
     (here / "imgpipe-runs").mkdir(parents=True)
     shutil.copytree(real_run.run_dir, here / "imgpipe-runs" / "img-copy")
     r = imgpipe("status", "--json", cwd=here, env=real_run.env)
-    assert r.returncode == 0, r.stderr
+    assert r.returncode == 1, r.stderr
     assert json.loads(r.stdout)["counts"]["done"] == 2
 
 
@@ -197,12 +202,15 @@ def test_status_running_then_stopped(tmp_path, ms_cache):
             assert proc.poll() is None, proc.communicate()
             time.sleep(0.2)
         assert doc and doc["counts"] == {"done": 0, "failed": 0, "running": 1, "not started": 0, "total": 1}, doc
+        assert doc["exit_status"] == 3  # running: not done yet
+        assert doc["jobs"][0]["elapsed"] > 0
         job = doc["jobs"][0]
         assert job["state"] == "running" and job["start"] > time.time() - 60 and Path(job["log"]).is_file()
         assert job["runtime"] is None and job["exitval"] is None
         table = imgpipe("status", jobs_file.parent, cwd=tmp_path, env=env).stdout
         row = next(ln for ln in table.splitlines() if ln.startswith(job["id"] + " "))
         assert row.split()[1:3] == ["localhost", "running"]  # an unpinned job: its node, from its log
+        assert row.split()[5] != "-" and row.split()[5].startswith("0:00:")  # its elapsed time
         assert table.splitlines()[-1] == "total: 0/1 done, 0 failed, 1 running, 0 not started"
 
         # the report of a run in progress: the running job is a (blue) bar of its own on the timeline
@@ -223,3 +231,35 @@ def test_status_running_then_stopped(tmp_path, ms_cache):
     assert "stopped" in err
     doc = json.loads(imgpipe("status", jobs_file.parent, "--json", cwd=tmp_path, env=env).stdout)
     assert doc["jobs"][0]["state"] == "not started"  # a stopped job runs again on resume
+
+
+def test_runs_lists_every_run_here_newest_activity_first(tmp_path, ms_cache):
+    data = tmp_path / "data" / "localhost"
+    data.mkdir(parents=True)
+    ms = []
+    for i in range(3):
+        ms.append(data / f"SW01_T00{i}.MS")
+        shutil.copytree(ms_cache(), ms[-1])
+    env = run_env(tmp_path)
+    configs = []
+    for i, size in enumerate(("64 64", "96 96", "128 128")):
+        cfg = write_config(tmp_path, nodes="localhost", pinned=False,
+                           wsclean={"size": size, "scale": "5arcmin", "name": f"img{i}"})
+        configs.append(cfg.rename(tmp_path / f"cfg{i}.toml"))
+    assert imgpipe(configs[0], *ms, cwd=tmp_path, env=env).returncode == 0  # run: 3 jobs done
+    time.sleep(1.1)
+    assert imgpipe("plan", configs[1], ms[0], cwd=tmp_path, env=env).returncode == 0  # planned only
+    time.sleep(1.1)
+    assert imgpipe("plan", configs[2], *ms[:2], cwd=tmp_path, env=env).returncode == 0  # the newest
+    r = imgpipe("runs", cwd=tmp_path, env=env)
+    assert r.returncode == 0, r.stderr
+    rows = [ln for ln in r.stdout.splitlines()[1:] if ln.strip()]
+    assert [ln.split()[7] for ln in rows] == ["cfg2.toml", "cfg1.toml", "cfg0.toml"], r.stdout
+    assert rows[2].split()[2:7] == ["3", "3", "0", "0", "0"], r.stdout  # jobs, done, failed, running, to run
+    assert "3 MSs: SW01_T000.MS .. SW01_T002.MS" in rows[2], r.stdout
+    doc = json.loads(imgpipe("runs", "--json", cwd=tmp_path, env=env).stdout)
+    assert [os.path.basename(x["config"]) for x in doc["runs"]] == ["cfg2.toml", "cfg1.toml", "cfg0.toml"]
+    assert doc["runs"][0]["counts"] == {"done": 0, "failed": 0, "running": 0, "not started": 2, "total": 2}
+    # status with no argument: the newest, and it says there are others
+    r = imgpipe("status", cwd=tmp_path, env=env)
+    assert r.returncode == 3 and "(the latest of 3 runs here: `imgpipe runs` lists them)" in r.stdout, r.stdout

@@ -84,6 +84,13 @@ class Engine:
         """The command that resumes the run with the tool alone."""
         raise NotImplementedError
 
+    def halt(self, proc: subprocess.Popen) -> None:
+        """Start no new job; the running ones finish (GNU parallel: SIGHUP)."""
+        try:
+            os.kill(proc.pid, signal.SIGHUP)
+        except ProcessLookupError:
+            pass
+
     def waiting(self) -> str | None:
         """What the engine waits for before its jobs can start, in words (None: nothing)."""
         return None

@@ -18,6 +18,8 @@
 
 from __future__ import annotations
 
+import heapq
+import math
 import os
 import shlex
 import shutil
@@ -34,7 +36,8 @@ from ..errors import ImgpipeError, PlanErrors
 from ..image_sets import foreign_problems, image_sets, FORCE_HINT
 from ..plan import Plan
 from ..run_dir import (
-    JOBLOG, LOGS, RETRY_CONNECTION, RETRY_JOB, ROUND_IDS, ROUND_JOBLOG, RunDir, append_rows, classify, read_rows,
+    JOBLOG, LOGS, RETRY_CONNECTION, RETRY_JOB, ROUND_IDS, ROUND_JOBLOG, RunDir, append_rows, classify, job_error,
+    read_log, read_rows,
 )
 from . import load
 from .base import Context, Round, ssh_command
@@ -57,6 +60,7 @@ class Outcome:
     hints: list[str] = field(default_factory=list)  # how to resume
     nothing_to_do: bool = False
     stopped: bool = False
+    halted: str | None = None  # why no new job was started (the halt rule)
 
 
 def say(text: str) -> None:
@@ -87,14 +91,23 @@ class Stopper:
 
 
 class Progress:
-    """A live status line on a terminal; plain periodic lines otherwise (IMGPIPE_PROGRESS_INTERVAL)."""
+    """A live status line on a terminal; plain periodic lines otherwise (IMGPIPE_PROGRESS_INTERVAL).
 
-    def __init__(self, total: int, done: set[str], run: RunDir, stream=None, waiting=None):
+    The ETA is the time the slots need for what is left, each job taking the mean runtime R of
+    this session's finished jobs (before any, of the plan's earlier runs, from its job log):
+    running jobs end R after they started, the waiting ones fill the first free slots. Jobs done
+    in an earlier session do not count in R, and between two ends the ETA goes down with the clock.
+    """
+
+    def __init__(self, total: int, done: set[str], run: RunDir, stream=None, waiting=None,
+                 history: list[float] = (), slots: int = 1):
         self.total, self.run = total, run
         self.waiting = waiting or (lambda: None)
         self.done, self.failed = done, set()  # (the loop's own sets: done grows as rounds end)
-        self.before = len(done)
         self.round_ids: list[str] = []
+        self.history = list(history)  # runtimes of the plan's jobs done in earlier sessions
+        self.session: list[float] = []  # runtimes of the jobs done in this session (rounds ended)
+        self.slots = max(1, slots)
         self.stream = stream or sys.stderr
         self.tty = self.stream.isatty()
         self.interval = float(os.environ.get("IMGPIPE_PROGRESS_INTERVAL", "1" if self.tty else "30"))
@@ -102,22 +115,42 @@ class Progress:
         self.last_print = 0.0
         self.last_text = ""
 
-    def line(self) -> str:
+    def counts(self) -> tuple[int, int, dict[str, float], int, list]:
+        """done, failed, running (job -> when it started), waiting, and the round's rows so far."""
         rows = read_rows(self.run / ROUND_JOBLOG)
         ok = {r.job_id for r in rows if r.ok}
         ended = {r.job_id for r in rows}
         done = len(self.done | ok)
         failed = len((self.failed | (ended - ok)) - ok - self.done)
-        running = sum(1 for j in self.round_ids if j not in ended and (self.run / LOGS / j).exists())
-        waiting = self.total - done - failed - running
-        elapsed = time.time() - self.started
-        finished_here = done - self.before + failed
-        eta = ""
-        if finished_here and waiting + running:
-            eta = f", ETA {_duration(elapsed / finished_here * (waiting + running))}"
-        why = self.waiting() if running == 0 and waiting else None
-        return (f"imgpipe: {done}/{self.total} done, {failed} failed, {running} running, {waiting} waiting, "
-                f"{_duration(elapsed)} elapsed{eta}" + (f"; {why}" if why else ""))
+        running = {}
+        for j in self.round_ids:  # a running job has a log; it started at its "start:" line
+            if j not in ended and (self.run / LOGS / j).exists():
+                started = read_log(self.run / LOGS / j).start
+                running[j] = started if started is not None and started <= time.time() else time.time()
+        return done, failed, running, self.total - done - failed - len(running), rows
+
+    def eta(self, running: dict[str, float], waiting: int, rows, now: float) -> float | None:
+        runtimes = self.session + [r.runtime for r in rows if r.ok] or self.history
+        if not runtimes or not (running or waiting):
+            return None
+        mean = sum(runtimes) / len(runtimes)
+        free = sorted(max(0.0, mean - (now - t)) for t in running.values())
+        free += [0.0] * max(0, self.slots - len(free))  # slots with nothing on them now
+        if waiting > 10 * self.slots:  # (many left: the slots share them evenly)
+            return max(free) + math.ceil(waiting / self.slots) * mean
+        heapq.heapify(free)
+        for _ in range(waiting):
+            heapq.heappush(free, heapq.heappop(free) + mean)
+        return max(free)
+
+    def line(self) -> str:
+        now = time.time()
+        done, failed, running, waiting, rows = self.counts()
+        eta = self.eta(running, waiting, rows, now)
+        why = self.waiting()
+        return (f"imgpipe: {done}/{self.total} done, {failed} failed, {len(running)} running, {waiting} waiting, "
+                f"{_duration(now - self.started)} elapsed" + (f", ETA {_duration(eta)}" if eta is not None else "")
+                + (f"; {why}" if why else ""))
 
     def tick(self, force: bool = False) -> None:
         now = time.time()
@@ -138,6 +171,44 @@ class Progress:
             self.stream.flush()
 
 
+class Halt:
+    """Start no new job once too many have failed (GNU parallel's --halt soon,fail=N, for any engine).
+
+    ``limit`` N > 0: after N failures; 0: never; None ('auto'): when the first jobs of the run
+    (FIRST, or all of them if fewer) have all failed the same way, e.g. one bad option.
+    Only a job's last attempt counts: failures that run again (retries, connection_retries)
+    or move to another node do not.
+    """
+
+    FIRST = 5
+    COUNTED = ("wsclean", "env_file", "setup", "record", "foreign", "memory", "signal", "timeout", "time-limit")
+
+    def __init__(self, limit: int | None, run: RunDir, total: int, retries: "Retries") -> None:
+        self.limit, self.run, self.total, self.retries = limit, run, total, retries
+        self.reason: str | None = None
+
+    def check(self, rows) -> str | None:
+        """The reason to halt, once there is one (rows: this session's, in order)."""
+        if self.reason or self.limit == 0:
+            return self.reason
+        failed = [r for r in rows if not r.ok and classify(r.exitval, r.signal)[0] in self.COUNTED
+                  and self.retries.last_try(r)]
+        if self.limit:
+            if len(failed) >= self.limit:
+                self.reason = f"{len(failed)} jobs failed (halt_after = {self.limit})"
+            return self.reason
+        first = sorted(rows, key=lambda r: r.start + r.runtime)[:self.FIRST]
+        if len(first) < min(self.FIRST, self.total) or any(r.ok for r in first):
+            return None
+        ways = {(classify(r.exitval, r.signal)[1], job_error(self.run / LOGS / (r.job_id or ""))) for r in first}
+        if len(ways) == 1 and all(r in failed for r in first):
+            why, said = ways.pop()
+            self.reason = (f"the first {len(first)} jobs all failed the same way ({why}"
+                           + (f": {said}" if said else "") + "); fix that, then run again "
+                           "(halt_after = 0 runs every job whatever fails)")
+        return self.reason
+
+
 def _duration(seconds: float) -> str:
     seconds = int(seconds)
     if seconds < 60:
@@ -155,6 +226,20 @@ class Retries:
         self.limits = {"connection": worker.connection_retries, "job": worker.retries}
         self.tries: Counter = Counter()
         self.final: set[str] = set()  # failed for good in this invocation
+        self.counted: set[int] = set()  # rows already counted (by id())
+
+    @staticmethod
+    def kind(row) -> str | None:
+        failure, _ = classify(row.exitval, row.signal)
+        return "connection" if failure in RETRY_CONNECTION else ("job" if failure in RETRY_JOB else None)
+
+    def last_try(self, row) -> bool:
+        """Is this failed attempt its job's last one in this invocation (no retry will follow)?"""
+        kind = self.kind(row)
+        if kind is None:
+            return True
+        tries = self.tries[kind, row.job_id] + (0 if id(row) in self.counted else 1)
+        return tries > self.limits[kind]
 
     def after_round(self, rows) -> bool:
         """Count the round's failures; True when some job is to run again."""
@@ -162,8 +247,8 @@ class Retries:
         for row in rows:
             if row.ok or row.job_id is None:
                 continue
-            failure, _ = classify(row.exitval, row.signal)
-            kind = "connection" if failure in RETRY_CONNECTION else ("job" if failure in RETRY_JOB else None)
+            kind = self.kind(row)
+            self.counted.add(id(row))
             if kind is not None:
                 self.tries[kind, row.job_id] += 1
             if kind is not None and self.tries[kind, row.job_id] <= self.limits[kind]:
@@ -173,12 +258,18 @@ class Retries:
         return again
 
 
-def _wait(proc: subprocess.Popen, stopper: Stopper, progress: Progress) -> bool:
-    """Wait for the engine, ticking the progress line; False as soon as the user asks to stop."""
+def _wait(proc: subprocess.Popen, stopper: Stopper, progress: Progress, halt: Halt, eng, rows: list) -> bool:
+    """Wait for the engine, ticking the progress line and minding the halt rule; False as soon
+    as the user asks to stop."""
+    halted = False
     while proc.poll() is None:
         if stopper.signal is not None:
             return False
         progress.tick()
+        if not halted and halt.check(rows + read_rows(progress.run / ROUND_JOBLOG)):
+            halted = True
+            say(f"halting: no new job is started: {halt.reason}")
+            eng.halt(proc)
         try:
             proc.wait(timeout=0.2)  # returns as soon as the engine exits
         except subprocess.TimeoutExpired:
@@ -211,13 +302,15 @@ def check_tools(engine_cls) -> None:
 
 
 def run(plan: Plan, jobs_path: Path, *, engine: str = "parallel", force: bool = False,
-        rerun: list[str] | None = None) -> Outcome:
-    """Run every job of the plan that is not done (every job with ``force``)."""
+        halt_after: int | None = None) -> Outcome:
+    """Run every job of the plan that is not done (every job with ``force``). ``halt_after``
+    (the command line's) wins over the plan's [worker] halt_after."""
     engine_cls = load(engine)
     check_tools(engine_cls)
     run_dir = RunDir(jobs_path.parent)
+    halt = plan.worker.halt_after if halt_after is None else halt_after
     try:
-        return _run(plan, run_dir, jobs_path, engine_cls, force, rerun)
+        return _run(plan, run_dir, jobs_path, engine_cls, force, halt)
     except OSError as e:  # the run directory's disk, mostly: full, or gone read-only
         where = f" ({e.filename})" if e.filename else ""
         raise ImgpipeError(
@@ -226,7 +319,7 @@ def run(plan: Plan, jobs_path: Path, *, engine: str = "parallel", force: bool = 
             "on another disk; then run the same command again: what is done stays done") from None
 
 
-def _run(plan: Plan, run_dir: RunDir, jobs_path: Path, engine_cls, force: bool, rerun) -> Outcome:
+def _run(plan: Plan, run_dir: RunDir, jobs_path: Path, engine_cls, force: bool, halt_after) -> Outcome:
     ssh = ssh_command(plan)
     with run_dir.lock() as lock, Stopper() as stopper:
         moved = run_dir.adopt(plan)
@@ -243,7 +336,7 @@ def _run(plan: Plan, run_dir: RunDir, jobs_path: Path, engine_cls, force: bool, 
         if foreign and not force:
             raise PlanErrors(foreign, hint=FORCE_HINT)
         done = set() if force else {jid for jid, s in sets.items() if s.done}
-        hints = [shlex.join(rerun) + "      # the same command again"] if rerun else []
+        hints = [f"imgpipe run {shlex.quote(str(jobs_path))}      # the same jobs, with imgpipe"]
         (run_dir / LOGS).mkdir(exist_ok=True)
         say(f"run directory {run_dir.path}")
         if len(done) == len(plan.jobs):
@@ -256,21 +349,25 @@ def _run(plan: Plan, run_dir: RunDir, jobs_path: Path, engine_cls, force: bool, 
         hints.append(eng.resume_hint())
         guard = Guard(lock).start()  # forked before any thread runs
         try:
-            return _rounds(plan, run_dir, eng, guard, stopper, done, hints)
+            return _rounds(plan, run_dir, eng, guard, stopper, done, hints, halt_after)
         finally:
             guard.close()
 
 
 def _rounds(plan: Plan, run_dir: RunDir, eng, guard: Guard, stopper: Stopper, done: set[str],
-            hints: list[str]) -> Outcome:
+            hints: list[str], halt_after: int | None) -> Outcome:
     nodes = eng.nodes()
     unreachable = eng.probe(nodes)
     live = [n for n in nodes if n not in unreachable]
     for host, why in unreachable.items():
         say(f"warning: node {host} cannot be reached ({why}); its pinned jobs will not run, "
             "the others go to the remaining nodes")
-    progress = Progress(len(plan.jobs), done, run_dir, waiting=eng.waiting)
+    history = [r.runtime for r in read_rows(run_dir / JOBLOG) if r.ok and r.tag == plan.tag]
+    progress = Progress(len(plan.jobs), done, run_dir, waiting=eng.waiting, history=history,
+                        slots=plan.worker.max_concurrent * max(1, len(live)))
     retries = Retries(plan.worker)
+    halt = Halt(halt_after, run_dir, len(plan.jobs) - len(done), retries)
+    session: list = []  # this session's rows
     progress.failed = retries.final
     seq_of = {j.id: n for n, j in enumerate(plan.jobs, start=1)}
     number = 0
@@ -290,7 +387,7 @@ def _rounds(plan: Plan, run_dir: RunDir, eng, guard: Guard, stopper: Stopper, do
         try:
             run_dir.write_state(engine=record)
             progress.round_ids = [j.id for j in todo]
-            if not _wait(proc, stopper, progress):
+            if not _wait(proc, stopper, progress, halt, eng, session):
                 return _stop(plan, run_dir, eng, guard, proc, record, progress, done, unreachable, hints)
         except BaseException:  # (the run directory's disk filled up, say): no engine is left behind
             if proc.poll() is None:
@@ -299,9 +396,12 @@ def _rounds(plan: Plan, run_dir: RunDir, eng, guard: Guard, stopper: Stopper, do
                 proc.wait()
             raise
         rows = eng.rows()
-        _engine_said(output, output_start, todo, rows, eng.name)
+        if not halt.reason:
+            _engine_said(output, output_start, todo, rows, eng.name)
         _end_round(run_dir, eng, guard, rows, seq_of, done)
-        if not retries.after_round(rows):
+        session += rows
+        progress.session += [r.runtime for r in rows if r.ok]
+        if not retries.after_round(rows) or halt.check(session):
             break
         # a node that died during the round: stop sending jobs there
         newly = eng.probe(live)
@@ -314,7 +414,7 @@ def _rounds(plan: Plan, run_dir: RunDir, eng, guard: Guard, stopper: Stopper, do
     progress.close()
     if not live:
         say("no node can be reached")
-    return Outcome(0 if len(done) == len(plan.jobs) else 1, run_dir, done, unreachable, hints)
+    return Outcome(0 if len(done) == len(plan.jobs) else 1, run_dir, done, unreachable, hints, halted=halt.reason)
 
 
 def _end_round(run_dir: RunDir, eng, guard: Guard, rows, seq_of: dict[str, int], done: set[str]) -> None:

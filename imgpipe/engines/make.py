@@ -29,6 +29,7 @@ from .base import Engine, Round
 MAKEFILE = "Makefile"
 RECIPE = "imgpipe-make-job"
 DONE = "done"
+HALT = "halt"  # while it exists, recipes start no job (the halt rule)
 
 
 def assign_hosts(jobs: list[Job], live: list[str]) -> dict[str, str]:
@@ -116,6 +117,14 @@ class Make(Engine):
         slots = self.ctx.plan.worker.max_concurrent * len(rnd.nodes)
         return self.popen(["make", "-C", str(self.ctx.run.path), "-k", "-j", str(slots),
                            *(f"{DONE}/{j.id}" for j in rnd.todo)])
+
+    def halt(self, proc) -> None:
+        """make has no "start nothing more": each recipe looks for this file first (bin/imgpipe-make-job)."""
+        (self.ctx.run / HALT).touch()
+
+    def end_round(self) -> None:
+        super().end_round()
+        (self.ctx.run / HALT).unlink(missing_ok=True)
 
     def resume_hint(self) -> str:
         return f"make -C {shlex.quote(str(self.ctx.run.path))} -k -j N      # or make directly"

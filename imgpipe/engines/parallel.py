@@ -46,6 +46,16 @@ def input_line(job: Job) -> str:
     return f"{line}@{job.host}" if job.host else line
 
 
+# by-hand scripts: GNU parallel's progress bar in a terminal (elsewhere it would print a line per update)
+PROGRESS_BAR = "bar=(); [[ -t 2 ]] && bar=(--bar)  # a progress bar when run in a terminal\n"
+
+
+def with_bar(argv: list[str]) -> str:
+    """``argv`` as a shell line, GNU parallel's words preceded by the script's "${bar[@]}"."""
+    i = argv.index("parallel")
+    return shlex.join(argv[: i + 1]) + ' "${bar[@]}" ' + shlex.join(argv[i + 1:])
+
+
 def sshlogins(nodes: list[str], slots: int) -> str:
     return ",".join(f"@{n}/{slots}/{':' if is_local(n) else n}" for n in nodes)
 
@@ -106,7 +116,7 @@ class Parallel(Engine):
             "# failed or that never ran; each job checks its images on its node first, so what is\n"
             "# done is never made again. (`imgpipe run` also remakes images deleted since.)\n"
             "export PARALLEL_HOME=${PARALLEL_HOME:-$HOME/.parallel}\n"
-            f"IMGPIPE_JOB=\"$(cat {shlex.quote(str(wrapper))})\" {shlex.join(argv)}\n",
+            + PROGRESS_BAR + f"IMGPIPE_JOB=\"$(cat {shlex.quote(str(wrapper))})\" {with_bar(argv)}\n",
             encoding="utf-8",
         )
         script.chmod(0o755)

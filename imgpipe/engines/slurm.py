@@ -53,7 +53,7 @@ from ..plan import Job
 from ..run_dir import JOBLOG, ROUND_JOBLOG, SLURM_PLACED
 from . import control
 from .base import Round
-from .parallel import INPUT, ROUND_INPUT, Parallel, input_line
+from .parallel import INPUT, PROGRESS_BAR, ROUND_INPUT, Parallel, input_line, with_bar
 
 SHIM = "imgpipe-srun"
 ROUND_SCRIPT = "imgpipe-slurm-round"
@@ -310,7 +310,7 @@ class Slurm(Parallel):
             "# is done is never made again. (`imgpipe run` also remakes images deleted since.)\n"
             "export PARALLEL_HOME=${PARALLEL_HOME:-$HOME/.parallel}\n"
             f"export IMGPIPE_SRUN={shlex.quote(shlex.join(self.step_options()))}\n"
-            f"IMGPIPE_JOB=\"$(cat {shlex.quote(str(wrapper))})\" {shlex.join(argv)}\n",
+            + PROGRESS_BAR + f"IMGPIPE_JOB=\"$(cat {shlex.quote(str(wrapper))})\" {with_bar(argv)}\n",
             encoding="utf-8")
         (run / SCRIPT).chmod(0o755)
 
@@ -355,6 +355,19 @@ class Slurm(Parallel):
                 said = f"{len(pending)} job(s) pending in Slurm ({pending[0][0]})"
         self._waiting = (time.time(), said)
         return said
+
+    def halt(self, proc) -> None:
+        """SIGHUP to GNU parallel (inside the allocation: its pid is in slurm.pid), never to salloc or srun."""
+        pid = proc.pid
+        if self.allocation:
+            try:
+                pid = int((self.ctx.run / PID_FILE).read_text())
+            except (OSError, ValueError):
+                return  # the allocation is still pending: nothing has started
+        try:
+            os.kill(pid, signal.SIGHUP)
+        except ProcessLookupError:
+            pass
 
     def record(self, proc, nodes: list[str]) -> dict:
         return control.engine_record(proc.pid, self.hold, self.ctx.plan.tag, nodes, self.name,
