@@ -206,24 +206,50 @@ def _totals(plan, sets, force: bool) -> str:
     return f"{len(plan.jobs)} job(s): " + ", ".join(parts)
 
 
+def _fmt_cost(job, rates) -> str:
+    from .image_sets import estimated_seconds
+
+    seconds = estimated_seconds(job, rates)
+    if seconds is None:
+        return f"{job.cost:.3g}"  # relative units
+    return "~" + _fmt_seconds(seconds)
+
+
+def _fmt_seconds(seconds: float) -> str:
+    s = int(round(seconds))
+    return f"{s}s" if s < 60 else (f"{s // 60}m{s % 60:02d}s" if s < 3600 else f"{s // 3600}h{s % 3600 // 60:02d}m")
+
+
 def _print_summary(plan, jobs_path, sets, force, out, written: bool = True) -> None:
+    from .image_sets import estimated_seconds, seconds_per_cost
+
     n_ms = sum(len(j.ms) for j in plan.jobs)
     nodes = ",".join(plan.worker.nodes)
+    rates = seconds_per_cost(plan.jobs, sets)
     print(
         f"imgpipe: planned {len(plan.jobs)} job(s) for {n_ms} MS(s) from {plan.config_path}\n"
-        f"  nodes {nodes}, up to {plan.worker.max_concurrent} job(s) per node",
+        f"  nodes {nodes}, up to {plan.worker.max_concurrent} job(s) per node; the jobs start longest first",
         file=out,
     )
-    print(f"  {'job':<6} {'host':<12} {'state':<8} {'chan':>5}  images (-name prefix) <- MS", file=out)
+    print(f"  {'job':<6} {'host':<12} {'state':<8} {'chan':>5} {'cost':>7}  images (-name prefix) <- MS", file=out)
     for job in plan.jobs[:SUMMARY_ROWS]:
         ms = os.path.basename(job.ms[0]) + (f" (+{len(job.ms) - 1} more)" if len(job.ms) > 1 else "")
         chans = str(job.channels_out) if job.channels_out is not None else "-"
         state = _job_state(sets[job.id], force)
-        print(f"  {job.id:<6} {job.host or '*':<12} {state:<8} {chans:>5}  {job.name} <- {ms}", file=out)
+        print(f"  {job.id:<6} {job.host or '*':<12} {state:<8} {chans:>5} {_fmt_cost(job, rates):>7}  {job.name} <- {ms}",
+              file=out)
     if len(plan.jobs) > SUMMARY_ROWS:
         print(f"  ... and {len(plan.jobs) - SUMMARY_ROWS} more (all in the jobs file)", file=out)
     print(f"  {_totals(plan, sets, force)}" + ("; nothing to do" if _nothing_left(plan, sets, force) else ""),
           file=out)
+    left = [estimated_seconds(j, rates) for j in plan.jobs if _job_state(sets[j.id], force) != "done"]
+    if left and None not in left:
+        slots = plan.worker.max_concurrent * len(plan.worker.nodes)
+        print(f"  estimated from the jobs done before: ~{_fmt_seconds(sum(left))} of work left, the longest job "
+              f"~{_fmt_seconds(max(left))} (cost: seconds; otherwise relative units)", file=out)
+    elif any(estimated_seconds(j, rates) is None for j in plan.jobs):
+        print("  cost: relative units (the visibilities, passes and images of each job); seconds once jobs with "
+              "these options have run", file=out)
     print(f"Jobs file: {jobs_path}" if written else f"Jobs file: not written (--dry-run): {jobs_path}", file=out)
 
 

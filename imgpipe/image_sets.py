@@ -169,3 +169,45 @@ def foreign_problems(jobs, sets: dict[str, ImageSet]) -> list[str]:
             problems.append(f"job {job.id}: its images {job.name}-* were made by another command "
                             f"(record {r.path}: {made}): {r.command}")
     return problems
+
+
+def _signature(job) -> tuple[str, ...]:
+    """A job's options: its command without its image name, temp dir and MSs."""
+    argv = list(job.argv[: len(job.argv) - len(job.ms)])
+    for flag in ("-name", "-temp-dir"):
+        if flag in argv:
+            i = argv.index(flag)
+            del argv[i: i + 2]
+    return tuple(argv)
+
+
+def _runtime(record: Record) -> float | None:
+    from datetime import datetime
+
+    try:
+        start, end = (datetime.strptime(t, "%Y-%m-%dT%H:%M:%S%z") for t in (record.start, record.end))
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, (end - start).total_seconds())
+
+
+def seconds_per_cost(jobs, sets: dict[str, ImageSet]) -> dict[tuple[str, ...], float]:
+    """For each set of options (a job's command but its names and MSs), how many seconds one unit of
+    ``Job.cost`` took, from the records of the done jobs with those options (their median)."""
+    import statistics
+
+    rates: dict[tuple[str, ...], list[float]] = {}
+    for job in jobs:
+        s = sets.get(job.id)
+        if s is None or not s.done or job.cost <= 0:
+            continue
+        runtime = _runtime(s.record)
+        if runtime is not None:
+            rates.setdefault(_signature(job), []).append(runtime / job.cost)
+    return {sig: statistics.median(r) for sig, r in rates.items()}
+
+
+def estimated_seconds(job, rates: dict[tuple[str, ...], float]) -> float | None:
+    """A job's runtime in seconds, from the jobs with its options that ran before (None: none did)."""
+    rate = rates.get(_signature(job))
+    return None if rate is None else job.cost * rate

