@@ -16,7 +16,6 @@ on many nodes at once, through any such "shell" (ssh, or a Slurm step).
 from __future__ import annotations
 
 import subprocess
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from .errors import ImgpipeError
@@ -100,15 +99,17 @@ def ssh_shell(ssh: list[str]):
     return lambda host, script: on_node(host, script, ssh)
 
 
-def on_nodes(hosts, script: str, shell, timeout: float = 30.0) -> dict[str, Result]:
+def on_nodes(hosts, script: str, shell, timeout: float = 30.0, input: str | None = None) -> dict[str, Result]:
     """Run ``script`` on every host at once through ``shell(host, script) -> argv`` (at most
-    FAN_OUT connections opening together)."""
+    FAN_OUT connections opening together), ``input`` on its stdin."""
+    from concurrent.futures import ThreadPoolExecutor  # (it imports logging: only when needed)
+
     hosts = list(dict.fromkeys(hosts))
     if not hosts:
         return {}
 
     def one(host: str) -> tuple[str, Result]:
-        return host, run(shell(host, script), host=host, timeout=timeout)
+        return host, run(shell(host, script), host=host, timeout=timeout, input=input)
 
     with ThreadPoolExecutor(max_workers=min(FAN_OUT, len(hosts))) as pool:
         return dict(pool.map(one, hosts))

@@ -23,6 +23,7 @@ place that knows their order) and ``FAILURES`` reads its exit status.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -388,6 +389,26 @@ def run_active(run_dir: Path) -> bool:
 # ---------------------------------------------------------------- the directory
 
 
+@dataclass(frozen=True)
+class NodeWrapper:
+    """bin/imgpipe-job as each node keeps it, in its user's cache (``~/.cache/imgpipe``), installed once
+    per node and run rather than shipped with every job. Its name holds its digest: runs of another
+    imgpipe version each find their own."""
+
+    name: str  # imgpipe-job-<sha256[:12]>
+    data: bytes
+
+    @property
+    def path(self) -> str:
+        """Its path on a node, as a (double-quoted) shell word the node's shell expands."""
+        return f'"${{XDG_CACHE_HOME:-$HOME/.cache}}/imgpipe/{self.name}"'
+
+    def install_script(self) -> str:
+        """A shell script that installs it on a node from its stdin, unless it is there (also a probe)."""
+        return (f'f={self.path}; [ -s "$f" ] && exit 0; mkdir -p "${{f%/*}}" && cat > "$f.$$" '
+                '&& mv -f "$f.$$" "$f"')
+
+
 class RunDir:
     """One run directory: where its files are, and the few operations on them that engines share."""
 
@@ -458,6 +479,11 @@ class RunDir:
     def install_wrapper(self) -> Path:
         """``imgpipe-job`` in the run directory: what the engines send to the nodes."""
         return self.install(WRAPPER)
+
+    def node_wrapper(self) -> NodeWrapper:
+        """The wrapper as the nodes keep it: once per node, under a name that is its digest."""
+        data = self.install_wrapper().read_bytes()
+        return NodeWrapper(f"{WRAPPER}-{hashlib.sha256(data).hexdigest()[:12]}", data)
 
     def install(self, name: str) -> Path:
         dest = self / name

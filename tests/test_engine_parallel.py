@@ -132,9 +132,16 @@ def joblog(rdir: Path) -> list[dict[str, str]]:
     out = []
     for row in rows:
         d = dict(zip(keys, (f.strip() for f in row.split("\t", len(keys) - 1))))
-        d["job"] = d["Command"].split()[5]  # bash -c "$IMGPIPE_JOB" imgpipe-job TAG ID ...
+        d["job"] = job_of(d["Command"])
         out.append(d)
     return out
+
+
+def job_of(command: str) -> str:
+    """The job id in a job-log row's command (bash WRAPPER imgpipe-job TAG ID ...)."""
+    import re
+
+    return re.search(r"imgpipe-job imgpipe-[0-9a-f]{12} (\S+) ", command).group(1)
 
 
 def image_of(tmp_path: Path, ms: Path) -> Path:
@@ -312,7 +319,7 @@ def test_ctrl_c_stops_every_job_on_every_node_and_a_rerun_finishes(cluster, tmp_
         wait_for(lambda: len(round_rows(rdir)) >= 2, 60, "two finished jobs")
         wait_for(lambda: len([p for p in job_processes(tmp_path) if p.split()[1] == "wsclean"]) >= 2,
                  30, "two running WSCleans")
-        finished = {ln.split("\t")[8].split()[5] for ln in round_rows(rdir)}
+        finished = {job_of(ln.split("\t")[8]) for ln in round_rows(rdir)}
         assert len(finished) == 2, round_rows(rdir)
         started = {j: provenance_of(tmp_path, m).read_text() for j, m in zip(["0001", "0002", "0003", "0004"], ms)
                    if j in finished}
@@ -433,7 +440,9 @@ def test_dry_run_writes_nothing_and_shows_each_job_with_its_host(cluster, tmp_pa
     r = expect(imgpipe(cluster, tmp_path, cfg, *ms, "--dry-run"), 0)
     lines = r.out.splitlines()
     assert len(lines) == 3, r
-    for i, (line, m) in enumerate(zip(lines, ms)):
+    assert lines[0].startswith("[0001 on node001]") or lines[0].startswith("[0003 on node001]"), r  # node001's
+    # two jobs first: the busier node's pinned jobs start first (plan.longest_first)
+    for i, (line, m) in enumerate(zip(sorted(lines), ms)):
         assert line.startswith(f"[{i + 1:04d} on {NODES[i % 2]}] wsclean "), line
         assert line.endswith(str(m)), line
     assert "nothing was started or written" in r.err, r
@@ -444,7 +453,7 @@ def test_dry_run_writes_nothing_and_shows_each_job_with_its_host(cluster, tmp_pa
     jobs = plan_jobs(cluster, tmp_path, cfg, *ms)
     listing = sorted(jobs.parent.rglob("*"))
     r = expect(imgpipe(cluster, tmp_path, "run", "--dry-run", jobs), 0)
-    assert r.out.splitlines() == lines
+    assert r.out.splitlines() == lines  # (the same order: the plan's)
     assert sorted(jobs.parent.rglob("*")) == listing
     assert not (tmp_path / "images").exists()
 

@@ -63,6 +63,14 @@ class Engine:
 
     def __init__(self, ctx: Context) -> None:
         self.ctx = ctx
+        self._wrapper = None
+
+    @property
+    def wrapper(self):
+        """The node-side wrapper as the nodes keep it (run_dir.NodeWrapper)."""
+        if self._wrapper is None:
+            self._wrapper = self.ctx.run.node_wrapper()
+        return self._wrapper
 
     # -- what each engine does
     def nodes(self) -> list[str]:
@@ -70,8 +78,9 @@ class Engine:
         return list(self.ctx.plan.worker.nodes)
 
     def probe(self, nodes: list[str]) -> dict[str, str]:
-        """node -> why it cannot take jobs now, for each of ``nodes`` that cannot."""
-        return control.probe(nodes, self.ctx.ssh)
+        """node -> why it cannot take jobs now, for each of ``nodes`` that cannot; the others get the
+        node-side wrapper installed (once per node: see run_dir.NodeWrapper)."""
+        return control.probe(nodes, self.ctx.ssh, wrapper=self.wrapper)
 
     def prepare(self) -> None:
         """Write the files that resume this plan by hand (parallel.sh, the Makefile...)."""

@@ -31,10 +31,20 @@ from ..run_dir import STOPPING
 STOP_GRACE = 20.0  # seconds the node-side wrappers get to stop WSClean and clean up
 
 
-def probe(hosts, ssh: list[str], timeout: float = 15.0) -> dict[str, str]:
-    """host -> why it cannot be reached, for every remote host that fails ``ssh host true``."""
-    results = on_nodes([h for h in hosts if not is_local(h)], "true", ssh_shell(ssh), timeout=timeout)
-    return {h: r.reason for h, r in results.items() if not r.ok}
+def probe(hosts, ssh: list[str], wrapper=None, timeout: float = 15.0) -> dict[str, str]:
+    """host -> why it cannot take jobs, for every host that fails ``ssh host true``, or, with a
+    ``wrapper`` (run_dir.NodeWrapper), where it cannot be installed (this machine too): one
+    connection a node does both."""
+    if wrapper is None:
+        results = on_nodes([h for h in hosts if not is_local(h)], "true", ssh_shell(ssh), timeout=timeout)
+        return {h: r.reason for h, r in results.items() if not r.ok}
+    results = on_nodes(hosts, wrapper.install_script(), ssh_shell(ssh), timeout=timeout,
+                       input=wrapper.data.decode())
+    out = {}
+    for host, r in results.items():
+        if not r.ok:
+            out[host] = r.reason if r.code in (None, 255) else f"cannot install the job wrapper there: {r.reason}"
+    return out
 
 
 def wrapper_pattern(tag: str) -> str:

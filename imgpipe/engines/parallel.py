@@ -9,8 +9,11 @@
   ``{id}`` and ``{cmd}`` (``--rpl``): with ``--colsep``, GNU parallel 20221122
   strips the ``@node`` from the line but takes the job's host groups from the
   first column, so a pinned job would run on any node.
-- The node-side wrapper travels in the environment variable IMGPIPE_JOB
-  (``--env``): nothing needs to be installed on the nodes.
+- The node-side wrapper is installed once per node and run (in the user's cache,
+  ``~/.cache/imgpipe/imgpipe-job-<digest>``, by the probe that opens the run);
+  parallel.sh, which runs without imgpipe, ships it with each job instead, in
+  the environment variable IMGPIPE_JOB (``--env``): nothing needs to be
+  installed on the nodes beforehand either way.
 - ``--joblog`` and ``--results logs/{id}`` keep the outcome and output of every
   job in the run directory, whatever the nodes' file systems.
 
@@ -64,6 +67,7 @@ class Parallel(Engine):
     name = "parallel"
     tools = (("parallel", "parallel"),)
     output = "parallel.stderr"
+    ship = "install"  # how the wrapper reaches the nodes: installed by the probe, or "env": with each job
 
     # -- what an engine built on GNU parallel may change (the Slurm engine does)
     def logins(self, nodes: list[str]) -> str:
@@ -81,21 +85,24 @@ class Parallel(Engine):
     def line(self, job: Job) -> str:
         return input_line(job)
 
-    def template(self) -> str:
-        """The command template: the wrapper from $IMGPIPE_JOB, with {id} and {cmd} for each job."""
+    def template(self, ship: str) -> str:
+        """The command template: the node's wrapper (installed, or from $IMGPIPE_JOB), {id} and {cmd}."""
         words = self.wrapper_words("{id}", "{cmd}", share=self.share())
-        quoted = [w if w in ("{id}", "{cmd}") else shlex.quote(w) for w in words]
-        return 'bash -c "$IMGPIPE_JOB" ' + " ".join(quoted)
+        quoted = " ".join(w if w in ("{id}", "{cmd}") else shlex.quote(w) for w in words)
+        if ship == "env":
+            return 'bash -c "$IMGPIPE_JOB" ' + quoted
+        return f"bash {self.wrapper.path} {quoted}"
 
-    def argv(self, logins: str, input_file: Path, joblog: Path, *, resume: bool) -> list[str]:
-        run = self.ctx.run
+    def argv(self, logins: str, input_file: Path, joblog: Path, *, resume: bool, ship: str | None = None) -> list[str]:
+        run, ship = self.ctx.run, ship or self.ship
         argv = [
-            "parallel", "--will-cite", "--hgrp", "-S", logins, "--ssh", self.ssh_text(), "--env", "IMGPIPE_JOB",
+            "parallel", "--will-cite", "--hgrp", "-S", logins, "--ssh", self.ssh_text(),
+            *(["--env", "IMGPIPE_JOB"] if ship == "env" else []),
             *RPL, "--joblog", str(joblog), "--results", str(run / LOGS) + "/{id}",
         ]
         if resume:
             argv.append("--resume-failed")
-        return argv + [self.template(), "::::", str(input_file)]
+        return argv + [self.template(ship), "::::", str(input_file)]
 
     def write_input(self, path: Path, jobs) -> None:
         text = "".join(self.line(j) + "\n" for j in jobs)
@@ -108,7 +115,8 @@ class Parallel(Engine):
         run = self.ctx.run
         self.write_input(run / INPUT, self.ctx.plan.jobs)
         wrapper = run.install_wrapper()
-        argv = self.argv(self.logins(list(self.ctx.plan.worker.nodes)), run / INPUT, run / JOBLOG, resume=True)
+        argv = self.argv(self.logins(list(self.ctx.plan.worker.nodes)), run / INPUT, run / JOBLOG, resume=True,
+                         ship="env")
         script = run / SCRIPT
         script.write_text(
             "#!/usr/bin/env bash\n"
@@ -125,9 +133,7 @@ class Parallel(Engine):
         run = self.ctx.run
         self.write_input(run / ROUND_INPUT, rnd.todo)
         (run / ROUND_JOBLOG).unlink(missing_ok=True)
-        env = {**self.ctx.env, "IMGPIPE_JOB": (run / "imgpipe-job").read_text()}
-        return self.popen(self.argv(self.logins(rnd.nodes), run / ROUND_INPUT, run / ROUND_JOBLOG, resume=False),
-                          env=env)
+        return self.popen(self.argv(self.logins(rnd.nodes), run / ROUND_INPUT, run / ROUND_JOBLOG, resume=False))
 
     def end_round(self) -> None:
         super().end_round()

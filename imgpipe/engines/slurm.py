@@ -149,6 +149,7 @@ class Slurm(Parallel):
     tools = tuple((t, "slurm-client") for t in ("sinfo", "salloc", "srun", "squeue", "scancel", "sbatch")) + (
         ("parallel", "parallel"),)
     output = "slurm.stderr"
+    ship = "env"  # the wrapper goes with each job: srun passes the environment to its node
 
     def __init__(self, ctx) -> None:
         super().__init__(ctx)
@@ -302,7 +303,7 @@ class Slurm(Parallel):
         self.write_input(run / INPUT, self.ctx.plan.jobs)
         nodes = [n for n in self.nodes() if n not in self.probe(self.nodes())]
         pinned = sorted({j.host for j in self.ctx.plan.jobs if j.host and j.host in nodes})
-        argv = self.command(nodes, pinned, run / INPUT, run / JOBLOG, resume=True)
+        argv = self.command(nodes, pinned, run / INPUT, run / JOBLOG, resume=True)  # (ship: env)
         (run / SCRIPT).write_text(
             "#!/usr/bin/env bash\n"
             "# Resume this run through Slurm without imgpipe: GNU parallel runs, through Slurm, the jobs\n"
