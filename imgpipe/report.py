@@ -621,6 +621,47 @@ def data_uri(png: bytes) -> str:
     return "data:image/png;base64," + b64encode(png).decode("ascii")
 
 
+DRAW_POOL_MIN = 16  # previews to draw before it pays to start worker processes
+
+
+def _draw(item: tuple[str, str, str, dict]) -> tuple[str, dict | str]:
+    """Draw one preview (in a worker process): (job id, statistics), or (job id, error text)."""
+    job_id, image, png, key = item
+    try:
+        meta = render_preview(Path(image), Path(png), _worker_libs())
+        meta_path = Path(png).with_suffix(".json")
+        tmp = meta_path.with_name(f".{meta_path.name}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps({"key": key, "stats": meta}))
+        os.replace(tmp, meta_path)
+        return job_id, meta
+    except Exception as e:  # one unreadable image must not cost the report
+        return job_id, f"cannot preview: {type(e).__name__}: {e}"
+
+
+_LIBS = None
+
+
+def _worker_libs():
+    global _LIBS
+    if _LIBS is None:
+        _LIBS = preview_libs()
+    return _LIBS
+
+
+def _draw_all(todo: list[tuple[str, str, str, dict]]):
+    """Draw the previews not in the cache, on every CPU when there are many (each is
+    independent: a FITS read, a stretch, a PNG)."""
+    workers = min(len(todo) // DRAW_POOL_MIN, os.cpu_count() or 1, 8)
+    if workers < 2:
+        yield from map(_draw, todo)
+        return
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("fork" if "fork" in multiprocessing.get_all_start_methods() else None)
+    with ctx.Pool(workers) as pool:
+        yield from pool.imap_unordered(_draw, todo, chunksize=8)
+
+
 def previews(states: list[st.JobState], run_dir: Path, libs) -> dict[str, Preview]:
     """job id -> Preview for every done job with an image, its PNG as a data: URI for the page.
 
@@ -628,10 +669,12 @@ def previews(states: list[st.JobState], run_dir: Path, libs) -> dict[str, Previe
     jobs no longer done is pruned, but only when previews can be drawn (without astropy or
     matplotlib nothing in it is touched, so the next report with them is fast again).
     """
+    global _LIBS
     out: dict[str, Preview] = {}
     folder = run_dir / REPORT_DIR
     keep = set()
-    started, told = time.time(), False
+    cached: dict[str, dict] = {}
+    todo: list[tuple[str, str, str, dict]] = []
     for s in states:
         if s.state != "done":
             continue
@@ -648,26 +691,37 @@ def previews(states: list[st.JobState], run_dir: Path, libs) -> dict[str, Previe
         keep.update({png.name, meta_path.name})
         try:
             fst = image.stat()
-            key = {"fits": str(image), "mtime": fst.st_mtime, "size": fst.st_size, "thumb": THUMB,
-                   "format": PREVIEW_FORMAT}
-            meta = None
-            try:
-                cached = json.loads(meta_path.read_text())
-                if cached.get("key") == key and png.is_file():
-                    meta = cached["stats"]
-            except (OSError, ValueError, KeyError):
-                pass
-            if meta is None:
-                meta = render_preview(image, png, libs)
-                if not told and time.time() - started > 5:
-                    told = True
-                    print("imgpipe: drawing the image previews (kept in report/ for the next report)...",
-                          file=sys.stderr)
-                meta_path.write_text(json.dumps({"key": key, "stats": meta}))
-            p.png = data_uri(png.read_bytes())
+        except OSError as e:
+            p.error = f"cannot preview: {e.strerror or e}"
+            continue
+        key = {"fits": str(image), "mtime": fst.st_mtime, "size": fst.st_size, "thumb": THUMB,
+               "format": PREVIEW_FORMAT}
+        try:
+            old = json.loads(meta_path.read_text())
+            if old.get("key") == key and png.is_file():
+                cached[s.job.id] = old["stats"]
+                continue
+        except (OSError, ValueError, KeyError, AttributeError):
+            pass
+        todo.append((s.job.id, str(image), str(png), key))
+    if todo:
+        folder.mkdir(parents=True, exist_ok=True)
+        if len(todo) > 50:
+            print(f"imgpipe: drawing {len(todo)} image previews (kept in {folder} for the next report)...",
+                  file=sys.stderr)
+        _LIBS = libs
+        for job_id, meta in _draw_all(todo):
+            if isinstance(meta, str):
+                out[job_id].error = meta
+            else:
+                cached[job_id] = meta
+    for job_id, meta in cached.items():
+        p = out[job_id]
+        try:
+            p.png = data_uri((folder / f"{_safe(job_id)}.png").read_bytes())
             p.peak, p.rms, p.unit = meta["peak"], meta["rms"], meta["unit"]
             p.shape, p.beam = tuple(meta["shape"]), fmt_beam(*meta["beam"]) if meta["beam"] else ""
-        except Exception as e:  # one unreadable image must not cost the report
+        except Exception as e:  # a cache entry of another shape, or a PNG gone meanwhile
             p.error = f"cannot preview: {type(e).__name__}: {e}"
     if libs is not None and folder.is_dir():  # previews of jobs no longer done
         for f in folder.iterdir():

@@ -687,3 +687,34 @@ def test_cached_previews_outlive_a_report_without_preview_libs(run, tmp_path, mo
     page = parse(report.write_report(jobs))
     assert {f.name: f.stat().st_mtime_ns for f in folder.iterdir()} == cached  # nor drawn again
     assert len(list(section(page, "images").iter("img"))) == 2
+
+
+@needs_preview_libs
+def test_previews_drawn_by_worker_processes_are_the_ones_drawn_alone(run, tmp_path, monkeypatch):
+    """Many previews are drawn on every CPU: the same PNGs and statistics as one at a time."""
+    alone = copy_of(run, tmp_path / "alone")
+    report.write_report(alone)
+    monkeypatch.setattr(report, "DRAW_POOL_MIN", 1)  # 2 previews to draw: 2 worker processes
+    monkeypatch.setattr(report.os, "cpu_count", lambda: 2)
+    drawn_by = tmp_path / "drawn-by"
+    draw = report.render_preview
+
+    def spy(*args):
+        with open(drawn_by, "a") as f:
+            f.write(f"{os.getpid()}\n")
+        return draw(*args)
+
+    monkeypatch.setattr(report, "render_preview", spy)  # (the workers are forked: they see it)
+    pooled = copy_of(run, tmp_path / "pooled")
+    page = parse(report.write_report(pooled))
+    files = sorted(f.name for f in (alone.parent / report.REPORT_DIR).iterdir())
+    assert files == sorted(f.name for f in (pooled.parent / report.REPORT_DIR).iterdir()) and len(files) == 4
+    for name in files:
+        a, b = (p.parent / report.REPORT_DIR / name for p in (alone, pooled))
+        if name.endswith(".png"):
+            assert a.read_bytes() == b.read_bytes()
+        else:
+            assert json.loads(a.read_text())["stats"] == json.loads(b.read_text())["stats"]
+    assert len(list(section(page, "images").iter("img"))) == 2
+    pids = drawn_by.read_text().split()
+    assert len(pids) == 2 and str(os.getpid()) not in pids  # drawn in worker processes
