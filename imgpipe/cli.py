@@ -442,8 +442,12 @@ def _fmt_runtime(r: float | None) -> str:
     return f"{r // 3600}:{r % 3600 // 60:02d}:{r % 60:02d}"
 
 
-def _short(path: str) -> str:
+def _short(path: str, _here: list = []) -> str:
     """A path relative to here when it is below here (shorter to read), else as it is."""
+    if not _here:
+        _here.append(os.path.join(os.getcwd(), ""))
+    if os.path.isabs(path):
+        return path[len(_here[0]):] if path.startswith(_here[0]) else path
     rel = os.path.relpath(path)
     return path if rel.startswith("..") else rel
 

@@ -93,7 +93,7 @@ def claim_path(prefix: str) -> str:
 def read_record(path: str) -> Record:
     """The record at ``path``; OSError when it cannot be read, ValueError when it is not a record."""
     with open(path, "rb") as f:
-        data = json.loads(f.read().decode("utf-8"))
+        data = json.loads(f.read())  # (bytes: json reads UTF-8 itself, and says when it is not)
     if not isinstance(data, dict):
         raise ValueError("not a JSON object")
     command, images = data.get("command"), data.get("images", [])
@@ -102,12 +102,11 @@ def read_record(path: str) -> Record:
     if not isinstance(images, list) or not all(isinstance(i, str) for i in images):
         raise ValueError("its image list is not a list of file names")
 
-    def text(key):
-        value = data.get(key)
-        return value if isinstance(value, str) else None
+    text = {k: v for k in _TEXT_FIELDS if isinstance(v := data.get(k), str)}
+    return Record(path, command, tuple(images), **text)
 
-    return Record(path=path, command=command, images=tuple(images), job=text("job"), host=text("host"),
-                  start=text("start"), end=text("end"), run=text("run"), plan_digest=text("plan_digest"))
+
+_TEXT_FIELDS = ("job", "host", "start", "end", "run", "plan_digest")
 
 
 class _Listing:
@@ -117,7 +116,8 @@ class _Listing:
         self._names: dict[str, frozenset[str] | None] = {}
 
     def exists(self, path: str) -> bool:
-        folder, name = os.path.split(path)
+        cut = path.rfind("/") + 1
+        folder, name = path[: max(cut - 1, 1) if cut > 1 else cut], path[cut:]
         if folder not in self._names:
             try:
                 self._names[folder] = frozenset(os.listdir(folder or "."))

@@ -158,7 +158,11 @@ def read(path: str | os.PathLike) -> Plan:
             argv = split_command(command)
         except ValueError as e:
             raise ImgpipeError(f"line {n} is not ID<TAB>HOST<TAB>COMMAND ({e})", where=str(path)) from None
-        jobs.append(_job_from_argv(job_id, None if host == ANY_HOST else host, argv))
+        job = _job_from_argv(job_id, None if host == ANY_HOST else host, argv)
+        if "'" not in command and _QUOTED_WORDS.fullmatch(command):
+            # only bare safe words: shlex.join gives the line itself back (saves it for 50,000 jobs)
+            job.__dict__["command"] = command
+        jobs.append(job)
     try:
         worker = RunSettings.from_dict(json.loads(header["worker"]))
         digest = header["plan-digest"]
@@ -215,7 +219,11 @@ def _job_from_argv(job_id: str, host: str | None, argv: list[str]) -> Job:
     """
     try:
         name = argv[argv.index("-name") + 1]
-        t = len(argv) - 1 - argv[::-1].index("-temp-dir")
+        t = len(argv) - 2  # -temp-dir DIR comes just before the MSs: look for it from the end
+        while argv[t] != "-temp-dir":
+            t -= 1
+            if t < 0:
+                raise ValueError
         temp_dir = argv[t + 1]
     except (ValueError, IndexError):
         raise ImgpipeError(f"job {job_id}: command lacks -name or -temp-dir; was it planned by imgpipe?") from None

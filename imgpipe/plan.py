@@ -8,6 +8,7 @@ All user mistakes are found here, before anything runs, and raised as
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import math
@@ -47,8 +48,9 @@ class Job:
     sw: str | None = None
     cost: float = 0.0  # expected cost, relative units (job_cost); not part of the plan's digest
 
-    @property
+    @functools.cached_property
     def command(self) -> str:
+        """The argv as one shell line (worked out once: status reads tens of thousands)."""
         return shlex.join(self.argv)
 
     def as_dict(self) -> dict[str, Any]:
@@ -122,11 +124,46 @@ def expand_env(text: str, where: str, *, tilde: bool = True) -> str:
     return _ENV_RE.sub(sub, text)
 
 
+def compile_template(template: str, where: str) -> tuple[tuple[str, bool], ...]:
+    """The template as (text, is_token) pieces, ``~`` and ``$VAR`` of its literal parts expanded
+    (they are the same for every job), every token checked: ``fill`` then only joins."""
+    pieces: list[tuple[str, bool]] = []
+    pos = 0
+    probe = dict.fromkeys(TOKENS, "x")
+    for m in _TOKEN_RE.finditer(template):
+        pieces.append((expand_env(template[pos : m.start()], where, tilde=pos == 0), False))
+        expand_template(m.group(0), probe, where)  # (an unknown token: its error, with suggestions)
+        pieces.append((m.group(1), True))
+        pos = m.end()
+    pieces.append((expand_env(template[pos:], where, tilde=pos == 0), False))
+    return tuple(p for p in pieces if p[1] or p[0])
+
+
+def fill(pieces: tuple[tuple[str, bool], ...], tokens: dict[str, str | None], template: str, where: str) -> str:
+    """A compiled template's text for one job (errors as ``expand_template`` says them)."""
+    out = []
+    for text, is_token in pieces:
+        if is_token:
+            text = tokens.get(text)
+            if text is None:
+                return expand_template(template, tokens, where)  # (raises: it says why)
+        out.append(text)
+    result = "".join(out)
+    if _CONTROL_RE.search(result):
+        return expand_template(template, tokens, where)  # (raises)
+    return result
+
+
 def expand_template(template: str, tokens: dict[str, str | None], where: str) -> str:
     """Expand ``~``/env vars in the literal parts, then the ``$token$``s.
 
     A value a token brings in (an MS name holding ``$``, say) is never expanded again.
     """
+    if "$" not in template and not template.startswith("~"):  # nothing to expand (most values)
+        if _CONTROL_RE.search(template):
+            raise ImgpipeError(f"{template!r} contains a control character (newline?)", where=where,
+                               hint="imgpipe writes one job per line: remove the newline from the value")
+        return template
     pieces = []
     pos = 0
     for m in _TOKEN_RE.finditer(template):
@@ -283,6 +320,7 @@ def job_host(config: Config, group: Group, problems: list[str]) -> str | None:
 _NOT_PATH_WORDS: dict[str, tuple[int, ...]] = {"apply-facet-solutions": (1,)}
 
 
+@functools.lru_cache(maxsize=1024)
 def _safe_word(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9._+-]", "_", name) or "job"
 
@@ -293,14 +331,35 @@ def temp_dir_for(base: str, prefix: str) -> str:
     return os.path.join(base, f"{_safe_word(os.path.basename(prefix))}-{tag}.imgpipe-tmp")
 
 
+class Memo:
+    """What build_job works out once per plan, not once per job: the words of the options whose
+    values hold no ``$token$`` (most of them), the error locations, the cost of each option set."""
+
+    def __init__(self, config: Config):
+        self.where = {key: config.where("wsclean", key) for key in config.wsclean}
+        self.words: dict[str, list[str]] = {}  # key -> its words, for values that are the same in every job
+        self.cost: dict[tuple, tuple[float, float]] = {}  # option words -> (per MB of data, fixed)
+        self.templates: dict[tuple[str, str], tuple] = {}
+
+    def expand(self, template: str, tokens: dict[str, str | None], key: str) -> str:
+        """expand_template, the template compiled once per plan."""
+        where = self.where.get(key) or key
+        pieces = self.templates.get((key, template))
+        if pieces is None:
+            pieces = self.templates[(key, template)] = compile_template(template, where)
+        return fill(pieces, tokens, template, where)
+
+
 def build_job(
     job_id: str,
     config: Config,
     group: Group,
     facts: dict[str, MSFacts],
     host: str | None,
+    memo: Memo | None = None,
 ) -> Job:
     """The complete WSClean argv for one group of MSs (pure; raises ImgpipeError)."""
+    memo = memo or Memo(config)
     ws = config.wsclean
     last = group.last
     for m in group.ms:  # WSClean 3.1 crashes (segfault) on an MS without a spectral window
@@ -322,20 +381,21 @@ def build_job(
         tokens["obs_id"] = ""
 
     def where(key: str) -> str:
-        return config.where("wsclean", key)
+        return memo.where[key]
 
-    name = expand_template(ws["name"], tokens, where("name"))
+    name = memo.expand(ws["name"], tokens, "name")
     tokens["name"] = name
-    out_dir = expand_template(ws["out-dir"], tokens, where("out-dir")) if "out-dir" in ws else ""
+    out_dir = memo.expand(ws["out-dir"], tokens, "out-dir") if "out-dir" in ws else ""
     out_dir = os.path.abspath(out_dir) if out_dir else os.getcwd()
     prefix = os.path.normpath(os.path.join(out_dir, name))
-    if os.path.commonpath([out_dir, os.path.dirname(prefix)]) != out_dir or prefix == out_dir:
+    folder = os.path.dirname(prefix)  # (both normalised and absolute: a string test is enough)
+    if not (folder == out_dir or folder.startswith(out_dir.rstrip("/") + "/")) or prefix == out_dir:
         raise ImgpipeError(
             f"name {ws['name']!r} puts the images outside out-dir: {prefix}-*, not in {out_dir}",
             where=where("name"),
             hint="name is the images' prefix inside out-dir (no '..' in it); choose their directory with out-dir")
-    cfitsio = sorted(set(prefix) & set(CFITSIO_SYNTAX))
-    if cfitsio:
+    if any(c in prefix for c in CFITSIO_SYNTAX):
+        cfitsio = sorted(set(prefix) & set(CFITSIO_SYNTAX))
         raise ImgpipeError(
             f"the image name {prefix!r} contains {' and '.join(repr(c) for c in cfitsio)}: CFITSIO, which WSClean "
             "uses to write FITS files, reads them as its own syntax, so WSClean would fail after gridding",
@@ -343,7 +403,7 @@ def build_job(
             hint="choose an out-dir and name without '(' or '[' (an MS name brought in by $ms_basename$ or "
             "$ms_in$ counts too)",
         )
-    out_dir = os.path.dirname(prefix)
+    out_dir = folder
 
     argv: list[str] = ["wsclean", "-name", prefix]
     user_temp = None
@@ -351,9 +411,13 @@ def build_job(
     for key, value in ws.items():
         if key in ("name", "out-dir"):
             continue
+        static = memo.words.get(key)
+        if static is not None:
+            argv += static
+            continue
         opt = wsclean_options.lookup(key)
         if key == "temp-dir":
-            user_temp = os.path.abspath(expand_template(str(value), tokens, where(key)))
+            user_temp = os.path.abspath(memo.expand(str(value), tokens, key))
             continue
         if key == "channels-out":
             nchan = len(frozenset().union(*(facts[m.path].chan_freqs for m in group.ms)))
@@ -361,10 +425,13 @@ def build_job(
             argv += ["-channels-out", str(channels_out)]
             continue
         words = option_words(opt, value)
+        same = opt.kind != "path" or not any("$" in w for w in words)  # the same words in every job
         if opt.kind == "path":  # every path word expanded and made absolute, string or TOML list
             keep = _NOT_PATH_WORDS.get(key, ())
-            words = [w if i in keep else os.path.abspath(expand_template(w, tokens, where(key)))
+            words = [w if i in keep else os.path.abspath(memo.expand(w, tokens, key))
                      for i, w in enumerate(words)]
+        if same:
+            memo.words[key] = [f"-{key}", *words]
         argv.append(f"-{key}")
         argv += words
     multi_spw = [m.path for m in group.ms if facts[m.path].nspw > 1]
@@ -382,7 +449,7 @@ def build_job(
     return Job(
         id=job_id,
         host=host,
-        cost=job_cost(argv, sum(facts[m.path].data_bytes for m in group.ms)),
+        cost=memo_cost(memo, argv, len(group.ms), sum(facts[m.path].data_bytes for m in group.ms)),
         argv=tuple(argv),
         ms=tuple(m.path for m in group.ms),
         name=prefix,
@@ -474,7 +541,22 @@ def _option(argv, flag: str, count: int = 1) -> list[str] | None:
     return list(argv[i + 1: i + 1 + count])
 
 
+def memo_cost(memo: Memo, argv: list[str], nms: int, data_bytes: int) -> float:
+    """job_cost, its option part worked out once per set of option words."""
+    key = tuple(argv[3:-(nms + 2)])  # the words between -name PREFIX and -temp-dir DIR MS...
+    shape = memo.cost.get(key)
+    if shape is None:
+        shape = memo.cost[key] = cost_shape(argv)
+    per_mb, fixed = shape
+    return 0.1 + data_bytes / 1e6 * per_mb + fixed
+
+
 def job_cost(argv, data_bytes: int) -> float:
+    per_mb, fixed = cost_shape(argv)
+    return 0.1 + data_bytes / 1e6 * per_mb + fixed
+
+
+def cost_shape(argv) -> tuple[float, float]:
     """What a job is expected to cost, in relative units (~seconds of a small node).
 
     WSClean's time grows with the visibilities it grids (the MSs' data on disk) times the
@@ -501,7 +583,7 @@ def job_cost(argv, data_bytes: int) -> float:
     niter = number("-niter", 0)
     majors = 0.0 if niter <= 0 else (1.0 if number("-mgain", 1.0) >= 1.0 else min(number("-nmiter", 20), 1 + math.log2(1 + niter / 100)))
     passes = 2 + majors
-    return 0.1 + (data_bytes / 1e6) * passes * (1 + 0.2 * (images - 1)) * (1 + pixels) + images * pixels * (1 + niter / 1e4)
+    return passes * (1 + 0.2 * (images - 1)) * (1 + pixels), images * pixels * (1 + niter / 1e4)
 
 
 def longest_first(jobs: list[Job], slots: int) -> list[Job]:
@@ -535,10 +617,11 @@ def build_plan(
     problems = list(column_problems)
     groups = group_inputs(inputs, combine, combine_obs_ids)
     jobs: list[Job] = []
+    memo = Memo(config)
     for job_id, group in zip(job_ids(len(groups)), groups):
         host = job_host(config, group, problems)
         try:
-            jobs.append(build_job(job_id, config, group, facts, host))
+            jobs.append(build_job(job_id, config, group, facts, host, memo))
         except ImgpipeError as e:
             if str(e) not in problems:  # a config-level mistake is the same for every job: said once
                 problems.append(str(e))

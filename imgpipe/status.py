@@ -79,12 +79,17 @@ def job_states(plan: Plan, run_dir: Path) -> list[JobState]:
         in_round -= {r.job_id for r in read_rows(run_dir / ROUND_JOBLOG) if r.tag == plan.tag}  # ended
     sets = image_sets(plan.jobs)
     slurm = (run_dir / "slurm.sh").exists()  # (this run went through Slurm: its logs name jobs and steps)
+    logs = os.path.join(run_dir, LOGS)
+    try:
+        have_log = set(os.listdir(logs))  # (one listing, not a stat per job)
+    except OSError:
+        have_log = set()
     states = []
     for job in plan.jobs:
-        log = log_path(run_dir, job)
+        log_str = os.path.join(logs, job.id) if job.id in have_log else None
+        log = Path(log_str) if log_str else log_path(run_dir, job)
         row = rows.get(job.id)
         images = sets[job.id]
-        log_str = str(log) if log.exists() else None
         ids = slurm_ids(log) if slurm and log_str else None
         if job.id in in_round:
             if log.exists():  # its start: the wrapper's "start:" line (the log's times move with each line)
