@@ -184,6 +184,7 @@ class SshCluster:
         remote_env: dict[str, str] | None = None,
         source_bashrc: bool = False,
         startup_timeout: float = 20.0,
+        sshd_limits: bool = False,
     ):
         self.workdir = Path(workdir).absolute()
         self.names = list(names)
@@ -192,6 +193,7 @@ class SshCluster:
         self.control_master = control_master
         self.control_persist = control_persist
         self.startup_timeout = startup_timeout
+        self.sshd_limits = sshd_limits  # True: sshd's own MaxStartups and MaxSessions, as on a real node
         self.user = pwd.getpwuid(os.getuid()).pw_name
 
         self.ssh_config = self.workdir / "ssh_config"
@@ -470,10 +472,7 @@ PrintMotd no
 PrintLastLog no
 X11Forwarding no
 PermitUserEnvironment no
-# parallel may open many sessions at once: the defaults (10 unauthenticated
-# connections, 10 sessions per multiplexed connection) make ssh fail with 255.
-MaxStartups 200
-MaxSessions 200
+{self._limits_lines()}
 # scp uses the SFTP protocol by default since OpenSSH 9.0.
 Subsystem sftp internal-sftp
 LogLevel VERBOSE
@@ -482,6 +481,13 @@ LogLevel VERBOSE
         path = hdir / "sshd_config"
         path.write_text(text)
         return path
+
+    def _limits_lines(self) -> str:
+        if self.sshd_limits:
+            return "# sshd's defaults: MaxStartups 10:30:100, MaxSessions 10 (as on a real node)"
+        return ("# parallel may open many sessions at once: the defaults (10 unauthenticated\n"
+                "# connections, 10 sessions per multiplexed connection) make ssh fail with 255.\n"
+                "MaxStartups 200\nMaxSessions 200")
 
     def _write_client_config(self) -> None:
         blocks = []

@@ -693,6 +693,7 @@ def test_cached_previews_outlive_a_report_without_preview_libs(run, tmp_path, mo
 def test_previews_drawn_by_worker_processes_are_the_ones_drawn_alone(run, tmp_path, monkeypatch):
     """Many previews are drawn on every CPU: the same PNGs and statistics as one at a time."""
     alone = copy_of(run, tmp_path / "alone")
+    shutil.rmtree(alone.parent / report.REPORT_DIR, ignore_errors=True)  # (other tests' reports: no cache)
     report.write_report(alone)
     monkeypatch.setattr(report, "DRAW_POOL_MIN", 1)  # 2 previews to draw: 2 worker processes
     monkeypatch.setattr(report.os, "cpu_count", lambda: 2)
@@ -706,6 +707,7 @@ def test_previews_drawn_by_worker_processes_are_the_ones_drawn_alone(run, tmp_pa
 
     monkeypatch.setattr(report, "render_preview", spy)  # (the workers are forked: they see it)
     pooled = copy_of(run, tmp_path / "pooled")
+    shutil.rmtree(pooled.parent / report.REPORT_DIR, ignore_errors=True)
     page = parse(report.write_report(pooled))
     files = sorted(f.name for f in (alone.parent / report.REPORT_DIR).iterdir())
     assert files == sorted(f.name for f in (pooled.parent / report.REPORT_DIR).iterdir()) and len(files) == 4
