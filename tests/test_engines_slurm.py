@@ -22,7 +22,7 @@ import pytest
 from procs import job_processes
 from slurmcluster import SlurmCluster, missing_tools
 from test_engine_parallel import (
-    Run, expect, image_of, imgpipe, max_overlap, provenance_of, run_dir, start_imgpipe, tmp_dirs_left, wait_for,
+    Run, env_for, expect, image_of, imgpipe, max_overlap, provenance_of, run_dir, start_imgpipe, tmp_dirs_left, wait_for,
 )
 
 _missing = missing_tools()
@@ -135,9 +135,12 @@ def test_pinned_jobs_run_as_steps_on_their_nodes_and_a_rerun_asks_slurm_for_noth
 
 
 def test_with_slurm_nodes_0_every_job_is_a_slurm_job_placed_by_slurm(slurm, tmp_path, ms_factory):
+    """Also with no $SHELL, as under cron or a CI job: srun carries the environment to the node,
+    where GNU parallel's worker runs the command with $SHELL (without one it ran nothing, exit 0)."""
     ms = make_ms(ms_factory, tmp_path, 4)
     cfg = config(tmp_path, worker={"slurm_nodes": "0"})
-    r = expect(imgpipe(slurm, tmp_path, cfg, *ms), 0)
+    no_shell = {k: v for k, v in env_for(slurm, tmp_path).items() if k != "SHELL"}
+    r = expect(imgpipe(slurm, tmp_path, cfg, *ms, env=no_shell), 0)
     assert "all 4 job(s) done" in r.err, r
     rdir = run_dir(tmp_path)
     ids = [slurm_of(rdir, f"{i:04d}") for i in range(1, 5)]
