@@ -63,9 +63,14 @@ FAILURES = {
     17: ("memory", "out of memory: Slurm stopped it past the memory it asked for"),
     18: ("time-limit", "Slurm's time limit was reached"),
     19: ("slurm", "Slurm ended it (its allocation ended, or its step was refused or cancelled)"),
+    # given by the run loop, not by a job: its attempt ended 0, but its images say it is not done
+    20: ("no-images", "it ended without an error, but its images are not there (the job wrapper did not run "
+                      "through: see its log)"),
     124: ("timeout", "max_time reached"),
     255: ("connection", "ssh could not reach the node (or the connection dropped)"),
 }
+NO_IMAGES = 20
+
 # classes worth another attempt: the node, the network or Slurm (connection_retries), or the
 # job itself (retries)
 RETRY_CONNECTION = ("connection", "node", "slurm")

@@ -563,3 +563,36 @@ def test_max_time_stops_a_long_job(cluster, tmp_path, ms_factory):
     assert not job_processes(tmp_path), job_processes(tmp_path)
     assert not tmp_dirs_left(tmp_path)
     assert not provenance_of(tmp_path, ms[0]).exists()
+
+
+def test_a_job_that_ends_0_without_its_images_is_a_failure_not_done(tmp_path, ms_factory):
+    """The images are the truth, also against the engine's own word: a node whose cached job
+    wrapper does nothing (here: one that only says `exit 0`) gives rows that succeeded; the jobs
+    must come out failed, with a reason, and run for real once the node's wrapper is whole again."""
+    import hashlib
+
+    from imgpipe.run_dir import WRAPPER, bin_file
+
+    cache = tmp_path / "node-cache"
+    with SshCluster(tmp_path / "c", names=("node001",), remote_env={"XDG_CACHE_HOME": str(cache)}) as cluster:
+        name = f"{WRAPPER}-{hashlib.sha256(bin_file(WRAPPER).read_bytes()).hexdigest()[:12]}"
+        (cache / "imgpipe").mkdir(parents=True)
+        (cache / "imgpipe" / name).write_text("exit 0\n")  # (a non-empty file is not installed again)
+        ms = make_ms_set(ms_factory, tmp_path, 2)
+        cfg = config(tmp_path, cluster, worker={"nodes": "'node001'"})
+        r = expect(imgpipe(cluster, tmp_path, cfg, *ms), 1)
+        assert "job 0001: its attempt ended without an error, but its images are not there" in r.err, r
+        assert "all 2 job(s) done" not in r.err and "0 of 2 job(s) done" in r.err, r
+        assert [x["Exitval"] for x in joblog(run_dir(tmp_path))] == ["20", "20"]
+        s = expect(imgpipe(cluster, tmp_path, "status", cwd_jobs(tmp_path)), 1)
+        assert "images are not there" in s.out + s.err, s
+        assert not any(image_of(tmp_path, m).exists() for m in ms)
+
+        (cache / "imgpipe" / name).unlink()  # the next run's probe installs the real one
+        r = expect(imgpipe(cluster, tmp_path, cfg, *ms), 0)
+        assert "all 2 job(s) done" in r.err, r
+        assert all(image_of(tmp_path, m).exists() and provenance_of(tmp_path, m).exists() for m in ms)
+
+
+def cwd_jobs(tmp_path: Path) -> Path:
+    return run_dir(tmp_path) / "jobs.txt"

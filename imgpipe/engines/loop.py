@@ -29,15 +29,15 @@ import sys
 import threading
 import time
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from ..errors import ImgpipeError, PlanErrors
 from ..image_sets import foreign_problems, image_sets, FORCE_HINT
 from ..plan import Plan
 from ..run_dir import (
-    JOBLOG, LOGS, RETRY_CONNECTION, RETRY_JOB, ROUND_IDS, ROUND_JOBLOG, RunDir, append_rows, classify, job_error,
-    read_log, read_rows,
+    JOBLOG, LOGS, NO_IMAGES, RETRY_CONNECTION, RETRY_JOB, ROUND_IDS, ROUND_JOBLOG, RunDir, append_rows, classify,
+    job_error, log_ends, read_log, read_rows,
 )
 from . import load
 from .base import Context, Round, ssh_command
@@ -395,7 +395,7 @@ def _rounds(plan: Plan, run_dir: RunDir, eng, guard: Guard, stopper: Stopper, do
                 eng.stop(record, lambda: proc.poll() is None)
                 proc.wait()
             raise
-        rows = eng.rows()
+        rows = confirmed(plan, run_dir, eng.rows())
         if not halt.reason:
             _engine_said(output, output_start, todo, rows, eng.name)
         _end_round(run_dir, eng, guard, rows, seq_of, done)
@@ -415,6 +415,36 @@ def _rounds(plan: Plan, run_dir: RunDir, eng, guard: Guard, stopper: Stopper, do
     if not live:
         say("no node can be reached")
     return Outcome(0 if len(done) == len(plan.jobs) else 1, run_dir, done, unreachable, hints, halted=halt.reason)
+
+
+def confirmed(plan: Plan, run_dir: RunDir, rows: list) -> list:
+    """The round's rows, each success checked against the rule: a job whose attempt ended 0 is done
+    when its images, seen from here, say so, or, when its image directory cannot be seen from here
+    (a disk of the node's own), when its log says its wrapper finished. Any other success is turned
+    into a failure (NO_IMAGES): something ended 0 without running the job through (an empty
+    wrapper, a shell that ate the command...), and "done" is never said of images that are not there."""
+    by_id = {j.id: j for j in plan.jobs}
+    ok = [by_id[r.job_id] for r in rows if r.ok and r.job_id in by_id]
+    if not ok:
+        return rows
+    sets = image_sets(ok)
+    bad = {j.id for j in ok
+           if not sets[j.id].done and (os.path.isdir(os.path.dirname(j.name)) or not _wrapper_finished(run_dir, j.id))}
+    if not bad:
+        return rows
+    for jid in sorted(bad)[:3]:
+        say(f"job {jid}: its attempt ended without an error, but its images are not there "
+            f"(log {run_dir / LOGS / jid}): counted as failed")
+    if len(bad) > 3:
+        say(f"... and {len(bad) - 3} more such job(s)")
+    return [replace(r, exitval=NO_IMAGES) if r.ok and r.job_id in bad else r for r in rows]
+
+
+def _wrapper_finished(run_dir: RunDir, job_id: str) -> bool:
+    """Whether the job's log ends with its wrapper saying the images are done (made, or there already)."""
+    _, tail = log_ends(run_dir / LOGS / job_id)
+    mark = f"imgpipe-job {job_id} ["
+    return any(ln.startswith(mark) and ("]: done in " in ln or "]: already done (" in ln) for ln in tail.splitlines())
 
 
 def _end_round(run_dir: RunDir, eng, guard: Guard, rows, seq_of: dict[str, int], done: set[str]) -> None:
@@ -442,7 +472,7 @@ def _stop(plan: Plan, run_dir: RunDir, eng, guard: Guard, proc: subprocess.Popen
         proc.wait()
     # rows of jobs that ended before the stop, or succeeded anyway, are kept; the stopped ones
     # are dropped: they run again
-    rows = [r for r in eng.rows() if r.ok or r.start + r.runtime <= stopped_at]
+    rows = confirmed(plan, run_dir, [r for r in eng.rows() if r.ok or r.start + r.runtime <= stopped_at])
     _end_round(run_dir, eng, guard, rows, {j.id: n for n, j in enumerate(plan.jobs, start=1)}, done)
     say(f"stopped. {len(done)} of {len(plan.jobs)} job(s) done; run the same command again to resume.")
     return Outcome(130, run_dir, done, unreachable, hints, stopped=True)
