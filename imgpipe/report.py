@@ -65,6 +65,8 @@ REPORT = "report.html"
 REPORT_DIR = "report"  # the previews' cache (PNG and statistics), next to report.html; the page does not need it
 PREVIEW_FORMAT = 2  # in each cached preview's key: a cache of another format is drawn again
 THUMB = 256  # preview size in pixels (square)
+SLAB_PIXELS = 4_000_000  # pixels of an image read at a time to draw its preview
+SAMPLE_PIXELS = 250_000  # pixels the median and MAD are taken from (a strided sample: ~0.3% on the RMS)
 TAIL_LINES = 12  # log lines shown for each failure
 NO_PREVIEW_NOTE = "install imgpipe[report] (astropy, matplotlib) for image previews"
 INSTALL_HINT = "pip install 'imgpipe[report]'"
@@ -208,8 +210,11 @@ def stopped_attempts(logs: dict[str, list[LogFacts]], rows: list[Row], skip=()) 
     rows: they are not failures, the job runs again on resume). A row accounts for at most one log,
     the first, in time order, whose times it spans. ``skip``: logs not to count (a job still running)."""
     out = []
+    by_job: dict[str, list[Row]] = {}
+    for r in rows:
+        by_job.setdefault(r.job_id, []).append(r)
     for jid, facts in logs.items():
-        free = sorted((r for r in rows if r.job_id == jid), key=lambda r: r.start)
+        free = sorted(by_job.get(jid, ()), key=lambda r: r.start)
         for f in sorted((f for f in facts if f.start is not None and f.end is not None), key=lambda f: f.start):
             row = next((r for r in free if r.start - STOP_MATCH <= f.start
                         and f.end <= r.start + max(r.runtime, 0.0) + STOP_MATCH), None)
@@ -474,15 +479,32 @@ def main_image(prefix: str) -> Path | None:
     return Path(folder, found[0])
 
 
-def preview_libs():
-    """(astropy.io.fits, matplotlib) when both import, else None: previews are optional."""
+class PreviewLibs:
+    """(astropy.io.fits, matplotlib), imported when first unpacked: a report whose previews are all
+    in its cache needs neither (importing them costs about a second)."""
+
+    _modules = None
+
+    def __iter__(self):
+        if PreviewLibs._modules is None:
+            from astropy.io import fits
+            import matplotlib
+
+            PreviewLibs._modules = (fits, matplotlib)
+        return iter(PreviewLibs._modules)
+
+
+def preview_libs() -> PreviewLibs | None:
+    """The preview libraries when both are installed, else None: previews are optional. (A broken
+    installation shows later, as each preview's error.)"""
+    from importlib.util import find_spec
+
     try:
-        from astropy.io import fits
-        import matplotlib
-        from matplotlib.figure import Figure  # noqa: F401  (drawn without pyplot: no backend to choose)
-    except Exception:  # ImportError, or a broken installation: the report goes on without previews
+        if find_spec("astropy") is None or find_spec("matplotlib") is None:
+            return None
+    except (ImportError, ValueError):
         return None
-    return fits, matplotlib
+    return PreviewLibs()
 
 
 @dataclass
@@ -572,7 +594,7 @@ def render_preview(fits_path: Path, png_path: Path, libs) -> dict:
     """Write a THUMB x THUMB PNG ('inferno', see ``stretch``; 8-bit palette, so it stays small in the
     page); return peak, RMS, unit, shape, beam (BMAJ, BMIN in degrees, or None).
 
-    Memory stays small for big images: the statistics use a strided sample of <= ~4 Mpixels
+    Memory stays small for big images: the statistics use a strided sample of <= SAMPLE_PIXELS
     and the display is reduced by block maxima (so compact sources stay visible), row by row.
     """
     import warnings
@@ -591,17 +613,22 @@ def render_preview(fits_path: Path, png_path: Path, libs) -> dict:
         peak = float(np.nanmax(data))
         if not math.isfinite(peak):
             raise ValueError("the image holds no finite pixel")
-        step = max(1, math.ceil(math.sqrt(ny * nx / 4e6)))
-        sample = np.asarray(data[::step, ::step], dtype=np.float64)
+        step = max(1, math.ceil(math.sqrt(ny * nx / SAMPLE_PIXELS)))
+        sample = np.asarray(data[::step, ::step], dtype=np.float32)
         sample = sample[np.isfinite(sample)]
         med = float(np.median(sample))
-        rms = float(1.4826 * np.median(np.abs(sample - med)))  # robust: MAD, not fooled by the sources
+        dev = np.abs(sample - np.float32(med))
+        rms = float(1.4826 * np.median(dev))  # robust: MAD, not fooled by the sources
         if rms == 0.0:
-            rms = float(np.std(sample))
+            rms = float(np.std(sample, dtype=np.float64))
         k = max(1, math.ceil(max(ny, nx) / THUMB))  # one displayed pixel per block: a source stays a pixel
         if k > 1:
-            shown = np.stack([np.nanmax(np.asarray(data[i * k:(i + 1) * k, : nx // k * k], dtype=np.float32)
-                                        .reshape(k, nx // k, k), axis=(0, 2)) for i in range(ny // k)])
+            bx = nx // k
+            rows = max(1, SLAB_PIXELS // (k * nx))  # block rows at a time: a slab, never the whole image
+            shown = np.concatenate([
+                np.nanmax(np.asarray(data[i * k:min(i + rows, ny // k) * k, : bx * k], dtype=np.float32)
+                          .reshape(-1, k, bx, k), axis=(1, 3))
+                for i in range(0, ny // k, rows)])
         else:
             shown = np.asarray(data, dtype=np.float32)
     shown = np.where(np.isfinite(shown), shown, med)
@@ -618,6 +645,7 @@ def _safe(job_id: str) -> str:
 
 
 def data_uri(png: bytes) -> str:
+    """(base64 holds no character HTML needs escaped: the page writes it as it is)"""
     return "data:image/png;base64," + b64encode(png).decode("ascii")
 
 
@@ -710,6 +738,12 @@ def previews(states: list[st.JobState], run_dir: Path, libs) -> dict[str, Previe
             print(f"imgpipe: drawing {len(todo)} image previews (kept in {folder} for the next report)...",
                   file=sys.stderr)
         _LIBS = libs
+        try:
+            tuple(libs)  # imported here, once, before any worker is forked
+        except Exception as e:  # a broken installation: every preview says so, the report goes on
+            for job_id, *_ in todo:
+                out[job_id].error = f"cannot preview: the preview libraries do not import ({type(e).__name__}: {e})"
+            todo = []
         for job_id, meta in _draw_all(todo):
             if isinstance(meta, str):
                 out[job_id].error = meta
@@ -1019,7 +1053,7 @@ def render(plan: Plan, jobs_path: Path, run_dir: Path, states: list[st.JobState]
             p = prev.get(s.job.id)
             add(f'<div class="card" id="img-{esc(s.job.id)}" data-job="{esc(s.job.id)}">')
             if p and p.png:
-                add(f'<a href="{href(rel(p.fits, run_dir))}"><img src="{esc(p.png)}" width="{THUMB}" '
+                add(f'<a href="{href(rel(p.fits, run_dir))}"><img src="{p.png}" width="{THUMB}" '
                     f'height="{THUMB}" alt="{esc("preview of job " + s.job.id)}"/></a>')
             else:
                 reason = (p.error if p and p.error else "no preview") if libs_ok else "no preview"

@@ -690,6 +690,26 @@ def test_cached_previews_outlive_a_report_without_preview_libs(run, tmp_path, mo
 
 
 @needs_preview_libs
+def test_a_report_of_cached_previews_imports_no_preview_library_and_a_broken_one_is_said(run, tmp_path):
+    """The preview libraries cost ~1 s to import: a report whose previews are all cached does not
+    import them; when they are installed but do not import, each preview says why, the page is made."""
+    jobs = copy_of(run, tmp_path)
+    report.write_report(jobs)  # draws and caches the previews
+    code = ("import sys; from pathlib import Path; from imgpipe import report; "
+            f"report.write_report(Path({str(jobs)!r})); "
+            "print(sorted(m for m in ('astropy', 'matplotlib') if m in sys.modules))")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and r.stdout.strip() == "[]", r
+    shutil.rmtree(jobs.parent / report.REPORT_DIR)
+    code = ("import sys; sys.modules['astropy.io'] = None; from pathlib import Path; from imgpipe import report; "
+            f"print(report.write_report(Path({str(jobs)!r})))")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r
+    page = Path(r.stdout.strip()).read_text()
+    assert "cannot preview: the preview libraries do not import (ModuleNotFoundError" in page, page[-3000:]
+
+
+@needs_preview_libs
 def test_previews_drawn_by_worker_processes_are_the_ones_drawn_alone(run, tmp_path, monkeypatch):
     """Many previews are drawn on every CPU: the same PNGs and statistics as one at a time."""
     alone = copy_of(run, tmp_path / "alone")
