@@ -36,9 +36,11 @@ def processes_mentioning(text: str) -> list[str]:
 
 
 def job_processes(root: Path) -> list[str]:
-    """WSClean processes and job wrappers whose command line names a path under ``root``."""
+    """WSClean processes (by any path, or a script named wsclean run by its interpreter), their
+    ``timeout``, and job wrappers, whose command line names a path under ``root``."""
     return [p for p in processes_mentioning(str(root))
-            if p.split()[1] in ("wsclean", "timeout") or "imgpipe-job imgpipe-" in p]
+            if any(os.path.basename(w) in ("wsclean", "timeout") for w in p.split()[1:3])
+            or "imgpipe-job imgpipe-" in p]
 
 
 def wsclean_prefixes() -> list[str]:

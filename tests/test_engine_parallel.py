@@ -596,3 +596,34 @@ def test_a_job_that_ends_0_without_its_images_is_a_failure_not_done(tmp_path, ms
 
 def cwd_jobs(tmp_path: Path) -> Path:
     return run_dir(tmp_path) / "jobs.txt"
+
+
+def test_ctrl_c_stops_a_wsclean_run_by_a_site_script_and_its_children(cluster, tmp_path, ms_factory):
+    """Sites often put WSClean behind a script (modules, apptainer) that runs it as a child, not with
+    exec. Ctrl-C must stop the script and WSClean under it: the wrapper signals WSClean's process
+    group, not one pid (a TERM to the script alone waited for WSClean, which ran on)."""
+    site = tmp_path / "site-bin"
+    site.mkdir()
+    real = shutil.which("wsclean")
+    (site / "wsclean").write_text(f"#!/bin/sh\n# a site's wrapper: WSClean as a child\n{shlex.quote(real)} \"$@\"\n")
+    (site / "wsclean").chmod(0o755)
+    env_file = tmp_path / "site.sh"
+    env_file.write_text(f"export PATH={shlex.quote(str(site))}:$PATH\n")
+    ms = make_ms_set(ms_factory, tmp_path, 2)
+    cfg = config(tmp_path, cluster, worker={"max_concurrent": "1", "env_file": toml_str(str(env_file))},
+                 wsclean={"size": "'512 512'", "niter": "100000"})
+    proc = start_imgpipe(cluster, tmp_path, cfg, *ms)
+    try:
+        wait_for(lambda: len([p for p in job_processes(tmp_path) if p.split()[1] == real]) >= 2, 60,
+                 "two WSCleans under their site script")
+        assert any(p.split()[1:3] == ["/bin/sh", str(site / "wsclean")] for p in job_processes(tmp_path))
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 130, err
+    left = job_processes(tmp_path)
+    assert not left, f"still running after Ctrl-C: {left}"
+    assert not tmp_dirs_left(tmp_path), "temp dirs left behind"

@@ -1,7 +1,7 @@
 """Reaching the nodes and stopping what runs there, for every engine.
 
 - ``probe``: which nodes answer ``ssh NODE true`` (all at once, FAN_OUT at a time).
-- ``signal_jobs`` / ``jobs_running``: the wrappers of one plan (their argv carries the
+- ``signal_jobs`` / ``stop_jobs_on_nodes``: the wrappers of one plan (their argv carries the
   plan's tag) on every node, through ``pkill``/``pgrep`` there, run by a "shell" (ssh, or
   a Slurm step: ``commands.on_nodes``).
 - ``stop_engine``: the one stop procedure (Ctrl-C, SIGTERM, a killed imgpipe, a leftover);
@@ -73,12 +73,6 @@ def signal_jobs(tag: str, hosts, shell, sig: str = "TERM") -> None:
     on_nodes(hosts, script, shell, timeout=30)
 
 
-def jobs_running(tag: str, hosts, shell) -> list[str]:
-    """Hosts where a wrapper carrying ``tag`` still runs."""
-    results = on_nodes(hosts, f"pgrep -f {shlex.quote(wrapper_pattern(tag))}", shell, timeout=30)
-    return [h for h, r in results.items() if r.ok]
-
-
 def process_start(pid: int) -> int | None:
     """The start time of process ``pid`` (clock ticks since boot), None when it is gone or a zombie:
     with the pid, it names one process for good (a pid alone may be reused)."""
@@ -93,6 +87,21 @@ def process_start(pid: int) -> int | None:
     return int(fields[19])
 
 
+STOP_CONFIRM = 4.0  # seconds a node's stop connection waits for its wrappers to be gone
+
+
+def stop_jobs_on_nodes(tag: str, hosts, shell, wait: float = STOP_CONFIRM) -> list[str]:
+    """TERM every wrapper of ``tag`` on every host and wait there, up to ``wait`` s, until none is
+    left: one connection a node signals and confirms. Returns the hosts where some are still running
+    (or that could not be reached)."""
+    pattern = shlex.quote(wrapper_pattern(tag))
+    tries = max(1, int(wait / 0.2))
+    script = (f"pkill -TERM -f {pattern}; i=0; while pgrep -f {pattern} > /dev/null; do "
+              f"[ $i -ge {tries} ] && exit 3; sleep 0.2; i=$((i + 1)); done; exit 0")
+    results = on_nodes(hosts, script, shell, timeout=wait + 30)
+    return [h for h, r in results.items() if not r.ok]
+
+
 def stop_engine(pid: int, alive: Callable[[], bool], hold: int, tag: str, nodes, shell,
                 hold_pid: int | None = None) -> None:
     """Stop the engine (process group ``pid``) and every job of the plan ``tag`` on every node.
@@ -100,10 +109,13 @@ def stop_engine(pid: int, alive: Callable[[], bool], hold: int, tag: str, nodes,
     1. ``hold`` stops the engine from starting jobs while it keeps its ssh clients, so the
        wrappers' output still reaches logs/ (GNU parallel: SIGHUP; make: SIGSTOP); it goes
        to ``hold_pid`` when that is not the group's leader (GNU parallel inside salloc).
-    2. The wrappers get TERM (again every 2 s: a job just starting has no wrapper to signal yet):
-       they stop WSClean, remove their temp dirs, let their claims go and exit. Killing the
-       engine first would not do: with ssh multiplexing (ControlMaster) remote jobs outlive
-       their ssh clients, and the wrappers would lose their output in the middle of stopping.
+    2. The wrappers get TERM: they stop WSClean (its process group), remove their temp dirs, let
+       their claims go and exit. One connection a node signals them and waits until they are gone
+       (``stop_jobs_on_nodes``): no second round of connections to ask. While the engine still
+       runs, every node is signalled again (a job just starting had no wrapper to signal yet);
+       after, only the nodes where wrappers were left. Killing the engine first would not do:
+       with ssh multiplexing (ControlMaster) remote jobs outlive their ssh clients, and the
+       wrappers would lose their output in the middle of stopping.
     3. After STOP_GRACE, whatever is left gets KILL (the wrappers' children first), then the engine.
     """
     try:
@@ -111,16 +123,22 @@ def stop_engine(pid: int, alive: Callable[[], bool], hold: int, tag: str, nodes,
     except ProcessLookupError:
         pass
     deadline = time.time() + STOP_GRACE
-    next_term = 0.0
-    while alive() and time.time() < deadline:
-        if time.time() >= next_term:
-            signal_jobs(tag, nodes, shell, "TERM")
-            next_term = time.time() + 2.0
-            if hold == signal.SIGSTOP and not jobs_running(tag, nodes, shell):
-                break  # a stopped engine does not exit by itself
-        time.sleep(0.2)
-    if alive() or jobs_running(tag, nodes, shell):
-        signal_jobs(tag, nodes, shell, "KILL")
+    nodes = list(nodes)
+    left = nodes
+    while time.time() < deadline:
+        running = alive() and hold != signal.SIGSTOP  # (a stopped engine does not exit by itself)
+        left = stop_jobs_on_nodes(tag, nodes if running else left, shell,
+                                  wait=min(STOP_CONFIRM, max(0.2, deadline - time.time())))
+        if not left:  # no wrapper anywhere: the engine ends as its jobs' connections close
+            settle = time.time() + 2.0
+            while alive() and hold != signal.SIGSTOP and time.time() < settle:
+                time.sleep(0.05)
+            if not alive() or hold == signal.SIGSTOP:
+                break
+    else:
+        left = left or nodes
+    if left:
+        signal_jobs(tag, left, shell, "KILL")
     for sig in (signal.SIGTERM, signal.SIGCONT):
         try:
             os.killpg(pid, sig)
