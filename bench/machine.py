@@ -26,3 +26,54 @@ def wait_quiet(max_wait: float, threshold: float = 0.25) -> float:
         load = (cpu_busy() - b0) / 0.5
         if load < threshold or time.monotonic() >= deadline:
             return load
+
+
+def run_measured(argv: list[str], cwd: str, log: str, env: dict | None = None) -> dict:
+    """Run ``argv`` to its end: wall s, epoch start, exit code, peak RSS MB of the biggest process
+    of the tree, CPU s of the tree, and CPUs used meanwhile by other processes on the machine."""
+    import subprocess
+
+    with open(log, "wb") as out:
+        b0 = cpu_busy()
+        epoch = time.time()
+        t0 = time.perf_counter()
+        proc = subprocess.Popen(argv, cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=out)
+        _, status, usage = os.wait4(proc.pid, 0)
+        wall = time.perf_counter() - t0
+        busy = cpu_busy() - b0
+    cpu = usage.ru_utime + usage.ru_stime
+    return {"wall": wall, "epoch": epoch, "rc": os.waitstatus_to_exitcode(status), "rss_mb": usage.ru_maxrss / 1024,
+            "cpu": cpu, "others": max(0.0, busy - cpu) / wall}
+
+
+def link_copies(template: str, dests: list[str]) -> tuple[int, float]:
+    """Make each of ``dests`` a copy of the MS ``template`` made of hard links (directories
+    created, every file os.link()ed; casacore opens them read-only). Existing ones are kept.
+    Return (made, seconds)."""
+    import shutil
+
+    tree = [(os.path.relpath(d, template), files) for d, _, files in os.walk(template)]
+    made = 0
+    t0 = time.perf_counter()
+    for dest in dests:
+        if os.path.isdir(dest):
+            continue
+        os.makedirs(os.path.dirname(dest), exist_ok=True)
+        tmp = os.path.join(os.path.dirname(dest), "." + os.path.basename(dest) + ".tmp")
+        shutil.rmtree(tmp, ignore_errors=True)  # left by an interrupted run
+        for rel, files in tree:
+            d = os.path.normpath(os.path.join(tmp, rel))
+            os.mkdir(d)
+            for f in files:
+                os.link(os.path.join(template, rel, f), os.path.join(d, f))
+        os.rename(tmp, dest)  # a copy is there whole or not at all
+        made += 1
+    return made, time.perf_counter() - t0
+
+
+def spread(values) -> str:
+    """'median (min-max)' of a few ratios."""
+    import statistics
+
+    v = sorted(values)
+    return f"{statistics.median(v):.3f} ({v[0]:.3f}-{v[-1]:.3f})" if v else "-"

@@ -49,11 +49,12 @@ import sys
 import tempfile
 import time
 
-from machine import cpu_busy, wait_quiet  # bench/machine.py (bench/ is on sys.path when run)
+from machine import cpu_busy, link_copies, spread, wait_quiet  # bench/machine.py (bench/ is on sys.path when run)
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MSMAKER = os.path.join(REPO, "tests", "msmaker.py")
-TARGETS = {1000: 0.5, 10000: 3.0}  # seconds, wall, start-up included
+RATIO_TARGETS = {1000: 0.25, 10000: 0.3}  # imgpipe / nenucal, wall, start-up included (issue 13)
+ABSOLUTE_TARGETS = {50000: (5.0, 200)}  # seconds, MB
 CONFIG = "[wsclean]\nname = 'img'\nchannels-out = 'all'\n"  # data-column: the default CORRECTED_DATA
 
 
@@ -72,26 +73,9 @@ def make_template(workdir: str, python: str) -> str:
     return template
 
 
-def link_copies(template: str, workdir: str, n: int) -> tuple[int, float]:
+def link_ms_copies(template: str, workdir: str, n: int) -> tuple[int, float]:
     """Make ms/obs_00000.MS ... as hard-link copies of the template; return (made, seconds)."""
-    os.makedirs(os.path.join(workdir, "ms"), exist_ok=True)
-    tree = [(os.path.relpath(d, template), files) for d, _, files in os.walk(template)]
-    made = 0
-    t0 = time.perf_counter()
-    for i in range(n):
-        dest = ms_path(workdir, i)
-        if os.path.isdir(dest):
-            continue
-        tmp = os.path.join(os.path.dirname(dest), "." + os.path.basename(dest) + ".tmp")
-        shutil.rmtree(tmp, ignore_errors=True)  # left by an interrupted run
-        for rel, files in tree:
-            d = os.path.normpath(os.path.join(tmp, rel))
-            os.mkdir(d)
-            for f in files:
-                os.link(os.path.join(template, rel, f), os.path.join(d, f))
-        os.rename(tmp, dest)  # a copy is there whole or not at all
-        made += 1
-    return made, time.perf_counter() - t0
+    return link_copies(template, [ms_path(workdir, i) for i in range(n)])
 
 
 # ------------------------------------------------------------------ measuring
@@ -198,7 +182,12 @@ def breakdown(workdir: str, n: int) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--sizes", default="1000,10000", help="comma-separated numbers of MSs (default 1000,10000)")
+    ap.add_argument("--sizes", default="1000,10000,50000",
+                    help="comma-separated numbers of MSs (default 1000,10000,50000)")
+    ap.add_argument("--nenucal", metavar="EXE", help="nenucal's imgpipe executable: run it too, interleaved, "
+                    "as the baseline (`pip install nenucal==0.29.2` in a venv of its own)")
+    ap.add_argument("--nenucal-max", type=int, default=10000, metavar="N",
+                    help="run nenucal only up to N MSs (default 10,000: it takes ~20 s at 50,000)")
     ap.add_argument("--repeats", type=int, default=3, help="runs per size (default 3)")
     ap.add_argument("--keep", metavar="DIR", help="work in DIR and keep it (the MSs are reused next time)")
     ap.add_argument("--imgpipe", default=None, help="the imgpipe executable (default: next to this python)")
@@ -239,7 +228,7 @@ def measure(args, sizes: list[int], imgpipe: str, workdir: str) -> int:
     print(f"work dir {workdir}{' (kept)' if args.keep else ' (removed at the end)'}")
     t0 = time.perf_counter()
     template = make_template(workdir, sys.executable)
-    made, secs = link_copies(template, workdir, max(sizes))
+    made, secs = link_ms_copies(template, workdir, max(sizes))
     print(f"MSs: 1 real MS from tests/msmaker.py (16 channels, CORRECTED_DATA) + {max(sizes)} hard-link copies "
           f"({made} made now in {secs:.1f} s, {time.perf_counter() - t0:.1f} s with the template);")
     print("     casacore opens them read-only; each copy is its own directory (read as its own MS), but the copies share the")
@@ -252,47 +241,61 @@ def measure(args, sizes: list[int], imgpipe: str, workdir: str) -> int:
     print(f"start-up alone: `imgpipe --version` {startup * 1000:.0f} ms, "
           f"`python -c 'import casacore.tables'` {casacore_import * 1000:.0f} ms (medians of 5)")
 
+    nenucal_config = os.path.join(workdir, "nenucal.toml")
+    with open(nenucal_config, "w") as f:  # the same jobs; dry_run: nenucal builds them and starts nothing
+        f.write("[worker]\nnodes = 'localhost'\ndry_run = true\n\n"
+                f"[wsclean]\nname = 'img'\nout-dir = '{workdir}/nenucal-out'\nchannels-out = 'all'\n")
     rows = []
     noisy = 0.0
     redone = 0
     for n in sizes:
         paths = [ms_path(workdir, i) for i in range(n)]
         jobs = os.path.join(workdir, "runs", f"n{n}", "jobs.txt")
-        cmd = [imgpipe, "plan", "--jobs-file", jobs, config, *paths]
-        size = arg_bytes(cmd)
+        arms = {"imgpipe": [imgpipe, "plan", "--jobs-file", jobs, config, *paths]}
+        if args.nenucal and n <= args.nenucal_max:
+            arms["nenucal"] = [args.nenucal, nenucal_config, *paths]
+        size = arg_bytes(arms["imgpipe"])
         print(f"N={n}: argv + environment {size / 1024:.0f} KiB of ARG_MAX {os.sysconf('SC_ARG_MAX') / 1024:.0f} KiB")
-        walls, rsss = [], []
+        got_runs: dict[str, list] = {arm: [] for arm in arms}
         for r in range(args.repeats):
-            for attempt in range(args.redo + 1):
-                if os.path.exists(jobs):
-                    os.unlink(jobs)
-                log = os.path.join(workdir, f"plan-{n}-{r}.stderr")
-                before = wait_quiet(args.wait_quiet) if args.wait_quiet else None
-                wall, rss, rc, cpu, others = run_measured(cmd, workdir, log)
-                got = count_jobs(jobs)
-                ok = rc == 0 and got == n
-                print(f"  run {r + 1}: {wall:.3f} s, peak RSS {rss:.0f} MB, CPU {cpu:.2f} s; other processes used "
-                      f"{others:.2f} CPUs meanwhile" + ("" if before is None else f" ({before:.2f} just before)")
-                      + ("" if ok else f"  <-- exit {rc}, {got} jobs written; see {log}"), flush=True)
-                if not ok or others <= args.max_others or attempt == args.redo:
-                    break
-                redone += 1
-                print(f"         disturbed (others used > {args.max_others} CPUs): run {r + 1} again")
-            noisy = max(noisy, others)
-            if ok:
-                walls.append(wall)
-                rsss.append(rss)
+            order = list(arms) if r % 2 == 0 else list(arms)[::-1]  # interleaved: a b, b a, ...
+            for arm in order:
+                for attempt in range(args.redo + 1):
+                    if os.path.exists(jobs):
+                        os.unlink(jobs)
+                    log = os.path.join(workdir, f"plan-{arm}-{n}-{r}.stderr")
+                    before = wait_quiet(args.wait_quiet) if args.wait_quiet else None
+                    wall, rss, rc, cpu, others = run_measured(arms[arm], workdir, log)
+                    ok = rc == 0 and (arm != "imgpipe" or count_jobs(jobs) == n)
+                    print(f"  run {r + 1} {arm:<8} {wall:7.3f} s, peak RSS {rss:4.0f} MB, CPU {cpu:.2f} s; others used "
+                          f"{others:.2f} CPUs" + ("" if before is None else f" ({before:.2f} just before)")
+                          + ("" if ok else f"  <-- exit {rc}; see {log}"), flush=True)
+                    if not ok or others <= args.max_others or attempt == args.redo:
+                        break
+                    redone += 1
+                    print(f"         disturbed (others used > {args.max_others} CPUs): again")
+                noisy = max(noisy, others)
+                got_runs[arm].append((wall, rss) if ok else None)
+        walls = [x[0] for x in got_runs["imgpipe"] if x]
         if walls:
-            rows.append((n, min(walls), statistics.median(walls), walls[0], max(rsss), len(walls)))
+            ratios = [a[0] / b[0] for a, b in zip(got_runs["imgpipe"], got_runs.get("nenucal", [])) if a and b]
+            base = [x[0] for x in got_runs.get("nenucal", []) if x]
+            rows.append((n, min(walls), statistics.median(walls), max(x[1] for x in got_runs["imgpipe"] if x),
+                         statistics.median(base) if base else None, ratios))
 
     print()
-    print(f"{'N':>6} {'runs':>4} {'wall min':>9} {'median':>8} {'1st run':>8} {'peak RSS':>9} "
-          f"{'per MS':>8} {'target':>7}  result (median vs target)")
-    for n, lo, med, first, rss, k in rows:
-        target = TARGETS.get(n)
-        verdict = ("PASS" if med < target else "MISS") if target else "-"
-        print(f"{n:>6} {k:>4} {lo:>8.3f}s {med:>7.3f}s {first:>7.3f}s {rss:>6.0f} MB "
-              f"{med / n * 1000:>6.3f}ms {f'<{target:g} s' if target else '-':>7}  {verdict}")
+    print(f"{'N':>6} {'imgpipe min':>11} {'median':>8} {'peak RSS':>9} {'per MS':>8} {'nenucal':>8}  "
+          f"{'ratio (paired): median (min-max)':<34} target: result")
+    for n, lo, med, rss, base, ratios in rows:
+        verdict = "-"
+        if n in RATIO_TARGETS and ratios:
+            t = RATIO_TARGETS[n]
+            verdict = f"<= {t} x nenucal: {'PASS' if statistics.median(ratios) <= t else 'MISS'}"
+        elif n in ABSOLUTE_TARGETS:
+            t, mb = ABSOLUTE_TARGETS[n]
+            verdict = f"<= {t:g} s and <= {mb} MB: {'PASS' if med <= t and rss <= mb else 'MISS'}"
+        print(f"{n:>6} {lo:>10.3f}s {med:>7.3f}s {rss:>6.0f} MB {med / n * 1000:>6.3f}ms "
+              f"{f'{base:.3f}s' if base else '-':>8}  {spread(ratios) if ratios else '-':<34} {verdict}")
 
     if redone:
         print(f"{redone} disturbed run(s) were done again (only the last try of each counts)")
