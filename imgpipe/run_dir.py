@@ -167,8 +167,13 @@ def read_rows(path: str | os.PathLike) -> list[Row]:
         text = Path(path).read_text(encoding="utf-8", errors="replace")
     except FileNotFoundError:
         return []
+    return _parse_rows(text.split("\n")[1:])
+
+
+def _parse_rows(lines) -> list[Row]:
+    """The rows of job-log lines; lines that are not rows (the header, damage) are skipped."""
     rows = []
-    for line in text.split("\n")[1:]:
+    for line in lines:
         parts = line.split("\t", 8)
         if len(parts) < 9:
             continue
@@ -184,6 +189,35 @@ def read_rows(path: str | os.PathLike) -> list[Row]:
             continue
         rows.append(row)
     return rows
+
+
+class RowTail:
+    """The rows of a job log being written (the round's, by GNU parallel or make), read as they
+    come: each ``read`` parses only the whole lines added since the last one, so watching a round
+    of 50,000 jobs costs what is new, not the whole file again and again."""
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = path
+        self.rows: list[Row] = []
+        self._offset = 0
+        self._file: tuple[int, int] | None = None  # (device, inode) of the file read so far
+
+    def read(self) -> list[Row]:
+        try:
+            with open(self.path, "rb") as f:
+                st = os.fstat(f.fileno())
+                if (st.st_dev, st.st_ino) != self._file or st.st_size < self._offset:  # another file
+                    self._file, self._offset, self.rows = (st.st_dev, st.st_ino), 0, []
+                f.seek(self._offset)
+                data = f.read()
+        except FileNotFoundError:
+            self._file, self._offset, self.rows = None, 0, []
+            return self.rows
+        end = data.rfind(b"\n") + 1  # a half-written last line waits for the next read
+        if end:
+            self._offset += end
+            self.rows.extend(_parse_rows(data[:end].decode("utf-8", errors="replace").split("\n")))
+        return self.rows
 
 
 def append_rows(path: str | os.PathLike, rows: list[Row], seq_of: dict[str, int]) -> None:

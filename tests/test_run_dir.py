@@ -103,3 +103,32 @@ def test_wrapper_arguments_are_in_the_order_the_wrapper_reads_them(run_cli, writ
     assert args == [plan.tag, job.id, "4", "", "0", "1", "0", run.label, job.command]
     wrapper = open(os.path.join(os.path.dirname(__file__), "..", "bin", "imgpipe-job")).read()
     assert "tag=$1 id=$2 slots=$3 env_file=$4 max_time=$5 share=$6 force=$7 run=$8 command=$9" in wrapper
+
+
+def test_row_tail_reads_each_row_once_as_the_job_log_grows(tmp_path):
+    """The run loop watches the round's job log many times a second: it must read only what was
+    added, wait for a half-written row, and start again when the file is a new one (a new round)."""
+    from imgpipe.run_dir import JOBLOG_HEADER, RowTail, read_rows
+
+    log = tmp_path / "joblog.round.tsv"
+
+    def row(seq: int, exitval: int = 0) -> str:
+        return (f"{seq}\tnode001\t1796000000.{seq:03d}\t     1.000\t0\t0\t{exitval}\t0\t"
+                f"bash imgpipe-job imgpipe-0123456789ab {seq:04d} 1 '' 0 0 0 vm:/r 'wsclean -name /i/x'\n")
+
+    tail = RowTail(log)
+    assert tail.read() == []  # not there yet
+    log.write_text(JOBLOG_HEADER + "\n" + row(1))
+    assert [r.job_id for r in tail.read()] == ["0001"]
+    with open(log, "a") as f:
+        half = row(2, 10)
+        f.write(half[:30])  # GNU parallel is in the middle of writing it
+    assert [r.job_id for r in tail.read()] == ["0001"]
+    with open(log, "a") as f:
+        f.write(half[30:] + row(3))
+    rows = tail.read()
+    assert [(r.job_id, r.exitval) for r in rows] == [("0001", 0), ("0002", 10), ("0003", 0)]
+    assert rows == read_rows(log)
+    log.unlink()  # the next round's log: a new file, read from its start
+    log.write_text(JOBLOG_HEADER + "\n" + row(7))
+    assert [r.job_id for r in tail.read()] == ["0007"]

@@ -36,8 +36,8 @@ from ..errors import ImgpipeError, PlanErrors
 from ..image_sets import foreign_problems, image_sets, FORCE_HINT
 from ..plan import Plan
 from ..run_dir import (
-    JOBLOG, LOGS, NO_IMAGES, RETRY_CONNECTION, RETRY_JOB, ROUND_IDS, ROUND_JOBLOG, RunDir, append_rows, classify,
-    job_error, log_ends, read_log, read_rows,
+    JOBLOG, LOGS, NO_IMAGES, RETRY_CONNECTION, RETRY_JOB, ROUND_IDS, ROUND_JOBLOG, RowTail, RunDir, append_rows,
+    classify, job_error, log_ends, read_log, read_rows,
 )
 from . import load
 from .base import Context, Round, ssh_command
@@ -105,6 +105,7 @@ class Progress:
         self.waiting = waiting or (lambda: None)
         self.done, self.failed = done, set()  # (the loop's own sets: done grows as rounds end)
         self.round_ids: list[str] = []
+        self.tail = RowTail(run / ROUND_JOBLOG)  # the round's rows, read as they come
         self.history = list(history)  # runtimes of the plan's jobs done in earlier sessions
         self.session: list[float] = []  # runtimes of the jobs done in this session (rounds ended)
         self.slots = max(1, slots)
@@ -117,14 +118,21 @@ class Progress:
 
     def counts(self) -> tuple[int, int, dict[str, float], int, list]:
         """done, failed, running (job -> when it started), waiting, and the round's rows so far."""
-        rows = read_rows(self.run / ROUND_JOBLOG)
+        rows = self.tail.read()
         ok = {r.job_id for r in rows if r.ok}
         ended = {r.job_id for r in rows}
         done = len(self.done | ok)
         failed = len((self.failed | (ended - ok)) - ok - self.done)
         running = {}
-        for j in self.round_ids:  # a running job has a log; it started at its "start:" line
-            if j not in ended and (self.run / LOGS / j).exists():
+        pending = [j for j in self.round_ids if j not in ended]
+        if len(pending) > 64:  # one listing, not a stat per job
+            try:
+                logs = set(os.listdir(self.run / LOGS))
+            except OSError:
+                logs = set()
+            pending = [j for j in pending if j in logs]
+        for j in pending:  # a running job has a log; it started at its "start:" line
+            if (self.run / LOGS / j).exists():
                 started = read_log(self.run / LOGS / j).start
                 running[j] = started if started is not None and started <= time.time() else time.time()
         return done, failed, running, self.total - done - failed - len(running), rows
@@ -186,22 +194,28 @@ class Halt:
     def __init__(self, limit: int | None, run: RunDir, total: int, retries: "Retries") -> None:
         self.limit, self.run, self.total, self.retries = limit, run, total, retries
         self.reason: str | None = None
+        self._settled = False  # (auto) the first jobs did not all fail: the rule cannot apply any more
 
     def check(self, rows) -> str | None:
         """The reason to halt, once there is one (rows: this session's, in order)."""
-        if self.reason or self.limit == 0:
+        if self.reason or self.limit == 0 or self._settled:
             return self.reason
-        failed = [r for r in rows if not r.ok and classify(r.exitval, r.signal)[0] in self.COUNTED
-                  and self.retries.last_try(r)]
+
+        def counted(r) -> bool:
+            return not r.ok and classify(r.exitval, r.signal)[0] in self.COUNTED and self.retries.last_try(r)
+
         if self.limit:
-            if len(failed) >= self.limit:
-                self.reason = f"{len(failed)} jobs failed (halt_after = {self.limit})"
+            failed = sum(1 for r in rows if not r.ok and counted(r))  # (most rows are ok: cheap)
+            if failed >= self.limit:
+                self.reason = f"{failed} jobs failed (halt_after = {self.limit})"
             return self.reason
-        first = sorted(rows, key=lambda r: r.start + r.runtime)[:self.FIRST]
+        first = heapq.nsmallest(self.FIRST, rows, key=lambda r: r.start + r.runtime)
         if len(first) < min(self.FIRST, self.total) or any(r.ok for r in first):
+            # (rows come in the order jobs end: once many have, the first ones are known for good)
+            self._settled = len(rows) >= 4 * self.FIRST
             return None
         ways = {(classify(r.exitval, r.signal)[1], job_error(self.run / LOGS / (r.job_id or ""))) for r in first}
-        if len(ways) == 1 and all(r in failed for r in first):
+        if len(ways) == 1 and all(counted(r) for r in first):
             why, said = ways.pop()
             self.reason = (f"the first {len(first)} jobs all failed the same way ({why}"
                            + (f": {said}" if said else "") + "); fix that, then run again "
@@ -266,7 +280,7 @@ def _wait(proc: subprocess.Popen, stopper: Stopper, progress: Progress, halt: Ha
         if stopper.signal is not None:
             return False
         progress.tick()
-        if not halted and halt.check(rows + read_rows(progress.run / ROUND_JOBLOG)):
+        if not halted and halt.check(rows + progress.tail.read()):
             halted = True
             say(f"halting: no new job is started: {halt.reason}")
             eng.halt(proc)
@@ -386,7 +400,7 @@ def _rounds(plan: Plan, run_dir: RunDir, eng, guard: Guard, stopper: Stopper, do
         guard.watch(record)
         try:
             run_dir.write_state(engine=record)
-            progress.round_ids = [j.id for j in todo]
+            progress.round_ids, progress.tail = [j.id for j in todo], RowTail(run_dir / ROUND_JOBLOG)
             if not _wait(proc, stopper, progress, halt, eng, session):
                 return _stop(plan, run_dir, eng, guard, proc, record, progress, done, unreachable, hints)
         except BaseException:  # (the run directory's disk filled up, say): no engine is left behind
@@ -403,6 +417,9 @@ def _rounds(plan: Plan, run_dir: RunDir, eng, guard: Guard, stopper: Stopper, do
         progress.session += [r.runtime for r in rows if r.ok]
         if not retries.after_round(rows) or halt.check(session):
             break
+        if not any(j.id not in done and j.id not in retries.final and (j.host is None or j.host in live)
+                   for j in plan.jobs):
+            break  # nothing for another round: no need to ask the nodes again
         # a node that died during the round: stop sending jobs there
         newly = eng.probe(live)
         for host, why in newly.items():
