@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import shutil
+import sys
+import tempfile
 import time
 
 
@@ -77,3 +81,24 @@ def spread(values) -> str:
 
     v = sorted(values)
     return f"{statistics.median(v):.3f} ({v[0]:.3f}-{v[-1]:.3f})" if v else "-"
+
+
+@contextlib.contextmanager
+def work_dir(keep: str | None, prefix: str):
+    """The benchmark's working directory: ``keep`` (made if missing, kept: its MSs are reused next
+    time), or a new temporary one, removed afterwards."""
+    path = os.path.abspath(keep) if keep else tempfile.mkdtemp(prefix=prefix)
+    os.makedirs(path, exist_ok=True)
+    try:
+        yield path
+    finally:
+        if not keep:
+            shutil.rmtree(path, ignore_errors=True)
+
+
+def imgpipe_exe(given: str | None) -> str:
+    """The imgpipe to measure: --imgpipe, else the one next to this interpreter, else on PATH."""
+    exe = given or os.path.join(os.path.dirname(sys.executable), "imgpipe")
+    if not os.path.exists(exe):
+        exe = shutil.which("imgpipe") or sys.exit("imgpipe not found (give --imgpipe)")
+    return exe

@@ -46,9 +46,8 @@ import shutil
 import statistics
 import subprocess
 import sys
-import tempfile
 
-from machine import link_copies, run_measured, spread, wait_quiet  # bench/ is on sys.path when run
+from machine import imgpipe_exe, link_copies, run_measured, spread, wait_quiet, work_dir  # (bench/ is on sys.path when run)
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MSMAKER = os.path.join(REPO, "tests", "msmaker.py")
@@ -134,19 +133,12 @@ def main(argv: list[str] | None = None) -> int:
                     help="before each run, wait up to S s for other processes to use < 0.25 CPU (0: don't)")
     args = ap.parse_args(argv)
 
-    imgpipe = args.imgpipe or os.path.join(os.path.dirname(sys.executable), "imgpipe")
-    if not os.path.exists(imgpipe):
-        imgpipe = shutil.which("imgpipe") or sys.exit("makespan: imgpipe not found (give --imgpipe)")
+    imgpipe = imgpipe_exe(args.imgpipe)
     for tool in ("wsclean", "parallel", "make"):
         if shutil.which(tool) is None:
             sys.exit(f"makespan: {tool} is not on PATH")
-    work = os.path.abspath(args.keep) if args.keep else tempfile.mkdtemp(prefix="imgpipe-makespan-")
-    os.makedirs(work, exist_ok=True)
-    try:
+    with work_dir(args.keep, "imgpipe-makespan-") as work:
         return bench(args, imgpipe, work)
-    finally:
-        if not args.keep:
-            shutil.rmtree(work, ignore_errors=True)
 
 
 def bench(args, imgpipe: str, work: str) -> int:

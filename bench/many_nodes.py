@@ -36,11 +36,10 @@ import signal
 import statistics
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 
-from machine import link_copies, run_measured, spread, wait_quiet  # bench/ is on sys.path when run
+from machine import imgpipe_exe, link_copies, run_measured, spread, wait_quiet, work_dir  # (bench/ is on sys.path when run)
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(REPO, "tests"))
@@ -129,14 +128,8 @@ def main(argv=None) -> int:
     ap.add_argument("--imgpipe", help="the imgpipe executable (default: next to this python)")
     ap.add_argument("--wait-quiet", type=float, default=20, metavar="S")
     args = ap.parse_args(argv)
-    imgpipe = args.imgpipe or os.path.join(os.path.dirname(sys.executable), "imgpipe")
-    work = os.path.abspath(args.keep) if args.keep else tempfile.mkdtemp(prefix="imgpipe-nodes-")
-    os.makedirs(work, exist_ok=True)
-    try:
-        return bench(args, imgpipe, work)
-    finally:
-        if not args.keep:
-            shutil.rmtree(work, ignore_errors=True)
+    with work_dir(args.keep, "imgpipe-nodes-") as work:
+        return bench(args, imgpipe_exe(args.imgpipe), work)
 
 
 def bench(args, imgpipe: str, work: str) -> int:

@@ -42,14 +42,12 @@ import datetime
 import json
 import os
 import platform
-import shutil
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 
-from machine import cpu_busy, link_copies, spread, wait_quiet  # bench/machine.py (bench/ is on sys.path when run)
+from machine import cpu_busy, imgpipe_exe, link_copies, spread, wait_quiet, work_dir  # bench/machine.py (bench/ is on sys.path when run)
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MSMAKER = os.path.join(REPO, "tests", "msmaker.py")
@@ -208,16 +206,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     sizes = sorted(int(s) for s in args.sizes.split(","))
-    imgpipe = args.imgpipe or os.path.join(os.path.dirname(sys.executable), "imgpipe")
-    if not os.path.exists(imgpipe):
-        imgpipe = shutil.which("imgpipe") or sys.exit("plan_scale: imgpipe not found (give --imgpipe)")
-    workdir = os.path.abspath(args.keep) if args.keep else tempfile.mkdtemp(prefix="imgpipe-plan-bench-")
-    os.makedirs(workdir, exist_ok=True)
-    try:
-        return measure(args, sizes, imgpipe, workdir)
-    finally:
-        if not args.keep:
-            shutil.rmtree(workdir, ignore_errors=True)
+    with work_dir(args.keep, "imgpipe-plan-bench-") as workdir:
+        return measure(args, sizes, imgpipe_exe(args.imgpipe), workdir)
 
 
 def measure(args, sizes: list[int], imgpipe: str, workdir: str) -> int:

@@ -34,10 +34,9 @@ import shutil
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 
-from machine import link_copies, run_measured, spread, wait_quiet  # bench/ is on sys.path when run
+from machine import imgpipe_exe, link_copies, run_measured, spread, wait_quiet, work_dir  # (bench/ is on sys.path when run)
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
@@ -129,7 +128,8 @@ def bench_status(args, imgpipe: str, work: str) -> None:
         med = statistics.median(walls)
         print(f"status of {n} jobs: median {med:.2f} s (min {min(walls):.2f}, max {max(walls):.2f}); "
               f"{1e6 * (med - statistics.median(base)) / n:.1f} us a job beyond start-up; "
-              f"x start-up: {spread(ratios)}; target <= 1 s: {'PASS' if med <= 1.0 else 'MISS'}")
+              f"x start-up: {spread(ratios)}"
+              + (f"; target (50,000 jobs) <= 1 s: {'PASS' if med <= 1.0 else 'MISS'}" if n >= 50000 else ""))
 
 
 def bench_report(args, imgpipe: str, work: str) -> None:
@@ -195,7 +195,7 @@ def bench_report(args, imgpipe: str, work: str) -> None:
     print(f"cold report of {m_jobs} jobs: median {med:.1f} s (min {min(colds):.1f}, max {max(colds):.1f}), "
           f"{1000 * med / m_jobs:.1f} ms a job; warm {statistics.median(warms):.2f} s; "
           f"cold/warm {spread([c / w for c, w in zip(colds, warms)])}; "
-          f"target <= 20 s: {'PASS' if med <= 20 else 'MISS'}")
+          + (f"target (2,000 jobs) <= 20 s: {'PASS' if med <= 20 else 'MISS'}" if m_jobs >= 2000 else ""))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -207,19 +207,18 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--imgpipe", help="the imgpipe executable (default: next to this python)")
     ap.add_argument("--wait-quiet", type=float, default=20, metavar="S")
     args = ap.parse_args(argv)
-    imgpipe = args.imgpipe or os.path.join(os.path.dirname(sys.executable), "imgpipe")
-    work = os.path.abspath(args.keep) if args.keep else tempfile.mkdtemp(prefix="imgpipe-status-bench-")
-    os.makedirs(work, exist_ok=True)
+    imgpipe = imgpipe_exe(args.imgpipe)
+    with work_dir(args.keep, "imgpipe-status-bench-") as work:
+        return bench(args, imgpipe, work)
+
+
+def bench(args, imgpipe: str, work: str) -> int:
     print(f"imgpipe status/report benchmark, {datetime.datetime.now():%Y-%m-%d %H:%M}, host {platform.node()}, "
           f"{os.cpu_count()} CPUs; work dir {work}")
-    try:
-        if args.status_jobs:
-            bench_status(args, imgpipe, work)
-        if args.report_jobs:
-            bench_report(args, imgpipe, work)
-    finally:
-        if not args.keep:
-            shutil.rmtree(work, ignore_errors=True)
+    if args.status_jobs:
+        bench_status(args, imgpipe, work)
+    if args.report_jobs:
+        bench_report(args, imgpipe, work)
     return 0
 
 

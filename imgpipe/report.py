@@ -610,7 +610,20 @@ def render_preview(fits_path: Path, png_path: Path, libs) -> dict:
         if header.get("BMAJ") and header.get("BMIN"):
             beam = [float(header["BMAJ"]), float(header["BMIN"])]
         ny, nx = data.shape
-        peak = float(np.nanmax(data))
+        k = max(1, math.ceil(max(ny, nx) / THUMB))  # one displayed pixel per block: a source stays a pixel
+        if k > 1:
+            by, bx = ny // k, nx // k
+            rows = max(1, SLAB_PIXELS // (k * nx))  # block rows at a time: a slab, never the whole image
+            shown = np.concatenate([
+                np.nanmax(np.asarray(data[i * k:min(i + rows, by) * k, : bx * k], dtype=np.float32)
+                          .reshape(-1, k, bx, k), axis=(1, 3))
+                for i in range(0, by, rows)])
+            # the peak: the blocks' maxima, and the pixels of the edges no whole block covers
+            edges = [e for e in (data[by * k:, :], data[: by * k, bx * k:]) if e.size]
+            peak = float(np.nanmax(np.array([np.nanmax(shown), *(np.nanmax(e) for e in edges)])))
+        else:
+            shown = np.asarray(data, dtype=np.float32)
+            peak = float(np.nanmax(shown))
         if not math.isfinite(peak):
             raise ValueError("the image holds no finite pixel")
         step = max(1, math.ceil(math.sqrt(ny * nx / SAMPLE_PIXELS)))
@@ -621,16 +634,6 @@ def render_preview(fits_path: Path, png_path: Path, libs) -> dict:
         rms = float(1.4826 * np.median(dev))  # robust: MAD, not fooled by the sources
         if rms == 0.0:
             rms = float(np.std(sample, dtype=np.float64))
-        k = max(1, math.ceil(max(ny, nx) / THUMB))  # one displayed pixel per block: a source stays a pixel
-        if k > 1:
-            bx = nx // k
-            rows = max(1, SLAB_PIXELS // (k * nx))  # block rows at a time: a slab, never the whole image
-            shown = np.concatenate([
-                np.nanmax(np.asarray(data[i * k:min(i + rows, ny // k) * k, : bx * k], dtype=np.float32)
-                          .reshape(-1, k, bx, k), axis=(1, 3))
-                for i in range(0, ny // k, rows)])
-        else:
-            shown = np.asarray(data, dtype=np.float32)
     shown = np.where(np.isfinite(shown), shown, med)
     png = png_indexed(thumbnail(stretch(shown, med, rms, peak)), inferno(matplotlib))
     png_path.parent.mkdir(parents=True, exist_ok=True)
