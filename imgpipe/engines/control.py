@@ -130,7 +130,7 @@ def stop_engine(pid: int, alive: Callable[[], bool], hold: int, tag: str, nodes,
         left = stop_jobs_on_nodes(tag, nodes if running else left, shell,
                                   wait=min(STOP_CONFIRM, max(0.2, deadline - time.time())))
         if not left:  # no wrapper anywhere: the engine ends as its jobs' connections close
-            settle = time.time() + 2.0
+            settle = time.time() + 5.0  # (its ssh clients closing: on a busy machine, seconds)
             while alive() and hold != signal.SIGSTOP and time.time() < settle:
                 time.sleep(0.05)
             if not alive() or hold == signal.SIGSTOP:
