@@ -102,3 +102,18 @@ def imgpipe_exe(given: str | None) -> str:
     if not os.path.exists(exe):
         exe = shutil.which("imgpipe") or sys.exit("imgpipe not found (give --imgpipe)")
     return exe
+
+
+def joblog_rows(path: str) -> list[tuple[float, float, int]]:
+    """(start epoch, runtime s, exit value) of every row of a GNU parallel job log."""
+    rows = []
+    try:
+        with open(path, encoding="utf-8") as f:
+            next(f, None)
+            for line in f:
+                p = line.split("\t")
+                if len(p) >= 9:
+                    rows.append((float(p[2]), float(p[3]), int(p[6])))
+    except FileNotFoundError:
+        pass
+    return rows

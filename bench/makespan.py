@@ -47,7 +47,7 @@ import statistics
 import subprocess
 import sys
 
-from machine import imgpipe_exe, link_copies, run_measured, spread, wait_quiet, work_dir  # (bench/ is on sys.path when run)
+from machine import imgpipe_exe, joblog_rows, link_copies, run_measured, spread, wait_quiet, work_dir  # (bench/ is on sys.path when run)
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MSMAKER = os.path.join(REPO, "tests", "msmaker.py")
@@ -82,21 +82,6 @@ def read_jobs(jobs_file: str) -> list[tuple[str, list[str]]]:
 
 def word_after(argv: list[str], flag: str) -> str:
     return argv[len(argv) - 1 - argv[::-1].index(flag) + 1]
-
-
-def joblog_rows(path: str) -> list[tuple[float, float, int]]:
-    """(start epoch, runtime s, exit value) of every row of a GNU parallel job log."""
-    rows = []
-    try:
-        with open(path, encoding="utf-8") as f:
-            next(f, None)
-            for line in f:
-                p = line.split("\t")
-                if len(p) >= 9:
-                    rows.append((float(p[2]), float(p[3]), int(p[6])))
-    except FileNotFoundError:
-        pass
-    return rows
 
 
 def make_ms(work: str, times: list[int], trivial: bool) -> list[str]:

@@ -39,7 +39,7 @@ import sys
 import threading
 import time
 
-from machine import imgpipe_exe, link_copies, run_measured, spread, wait_quiet, work_dir  # (bench/ is on sys.path when run)
+from machine import imgpipe_exe, joblog_rows, link_copies, run_measured, spread, wait_quiet, work_dir  # (bench/ is on sys.path when run)
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(REPO, "tests"))
@@ -101,20 +101,6 @@ class CpuOf:
             except (OSError, IndexError):
                 return
             time.sleep(0.1)
-
-
-def joblog_starts(path: str) -> list[float]:
-    starts = []
-    try:
-        with open(path, encoding="utf-8") as f:
-            next(f, None)
-            for line in f:
-                p = line.split("\t")
-                if len(p) >= 9 and p[6] == "0":
-                    starts.append(float(p[2]))
-    except FileNotFoundError:
-        pass
-    return starts
 
 
 def main(argv=None) -> int:
@@ -208,7 +194,7 @@ def bench(args, imgpipe: str, work: str) -> int:
                 if arm == "imgpipe":
                     runs = os.path.join(rep, "imgpipe-runs")
                     joblog = os.path.join(runs, os.listdir(runs)[0], "joblog.tsv") if os.path.isdir(runs) else joblog
-                starts = joblog_starts(joblog)
+                starts = [start for start, _, rc in joblog_rows(joblog) if rc == 0]
                 images = sum(os.path.isfile(os.path.join(out, os.path.basename(p), "img-image.fits")) for p in ms)
                 ok = m["rc"] == 0 and images == len(ms) and len(starts) >= len(ms)
                 m["first"] = (min(starts) - m["epoch"]) if starts else float("nan")
