@@ -5,7 +5,7 @@ Per MS: that it exists and is a casacore table, its channel frequencies (for
 ``data-column`` (a missing column would only fail on the node, after start-up).
 
 Per MS also the size of its main table's files (``data_bytes``): the visibilities,
-what a job's cost grows with (plan.job_cost orders the jobs longest first).
+what a job's cost grows with (plan.cost_shape orders the jobs longest first).
 
 Speed: opening a table costs ~0.3-0.5 ms in casacore, and 10,000 MSs must be
 planned in seconds. So only SPECTRAL_WINDOW is opened with casacore for the

@@ -46,7 +46,7 @@ class Job:
     channels_out: int | None = None
     obs_id: str | None = None
     sw: str | None = None
-    cost: float = 0.0  # expected cost, relative units (job_cost); not part of the plan's digest
+    cost: float = 0.0  # expected cost, relative units (memo_cost); not part of the plan's digest
 
     @functools.cached_property
     def command(self) -> str:
@@ -542,17 +542,13 @@ def _option(argv, flag: str, count: int = 1) -> list[str] | None:
 
 
 def memo_cost(memo: Memo, argv: list[str], nms: int, data_bytes: int) -> float:
-    """job_cost, its option part worked out once per set of option words."""
+    """A job's expected cost (``cost_shape`` of its options, worked out once per set of option
+    words, applied to its MSs' data)."""
     key = tuple(argv[3:-(nms + 2)])  # the words between -name PREFIX and -temp-dir DIR MS...
     shape = memo.cost.get(key)
     if shape is None:
         shape = memo.cost[key] = cost_shape(argv)
     per_mb, fixed = shape
-    return 0.1 + data_bytes / 1e6 * per_mb + fixed
-
-
-def job_cost(argv, data_bytes: int) -> float:
-    per_mb, fixed = cost_shape(argv)
     return 0.1 + data_bytes / 1e6 * per_mb + fixed
 
 

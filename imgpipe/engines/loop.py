@@ -205,7 +205,7 @@ class Halt:
             return not r.ok and classify(r.exitval, r.signal)[0] in self.COUNTED and self.retries.last_try(r)
 
         if self.limit:
-            failed = sum(1 for r in rows if not r.ok and counted(r))  # (most rows are ok: cheap)
+            failed = sum(1 for r in rows if counted(r))  # (most rows are ok: counted stops at r.ok)
             if failed >= self.limit:
                 self.reason = f"{failed} jobs failed (halt_after = {self.limit})"
             return self.reason
