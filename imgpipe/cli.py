@@ -130,6 +130,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_run_dir_argument(status)
     status.add_argument("--json", action="store_true", help="print the status as JSON on stdout")
+    status.add_argument("--all", action="store_true",
+                        help=f"list every done job too (by default, past {DONE_LISTED} done jobs, one line says "
+                        "which are done, under the jobs that are not)")
 
     runs = sub.add_parser(
         "runs",
@@ -429,10 +432,16 @@ def local_runs() -> list[Path]:
     return sorted(Path(RUNS_DIR).glob(f"*/{JOBS_FILE_NAME}"), key=last_activity, reverse=True)
 
 
-def _fmt_time(t: float | None) -> str:
+def _fmt_time(t: float | None, _minutes: dict = {}) -> str:
+    """'MM-DD HH:MM:SS', local time (the minute worked out once: status prints 50,000 of them)."""
     import time as _time
 
-    return _time.strftime("%m-%d %H:%M:%S", _time.localtime(t)) if t else "-"
+    if not t:
+        return "-"
+    minute, second = divmod(int(t), 60)  # (every time zone is a whole number of minutes from UTC)
+    if minute not in _minutes:
+        _minutes[minute] = _time.strftime("%m-%d %H:%M", _time.localtime(minute * 60))
+    return f"{_minutes[minute]}:{second:02d}"
 
 
 def _fmt_runtime(r: float | None) -> str:
@@ -446,55 +455,73 @@ def _short(path: str, _here: list = []) -> str:
     """A path relative to here when it is below here (shorter to read), else as it is."""
     if not _here:
         _here.append(os.path.join(os.getcwd(), ""))
-    if os.path.isabs(path):
+    if path.startswith("/"):
         return path[len(_here[0]):] if path.startswith(_here[0]) else path
     rel = os.path.relpath(path)
     return path if rel.startswith("..") else rel
 
 
+DONE_LISTED = 100  # done jobs listed one by one by `imgpipe status` (more: one line, unless --all)
+
+
 def cmd_status(args: argparse.Namespace) -> int:
     import time as _time
 
-    from . import jobs_file
-    from .status import counts, exit_status, host_summary, job_states, ms_label, why_words
+    from .status import counts, exit_status, failure_words, host_summary, id_ranges, status_rows
+    from .status_memo import done_jobs
 
     path = find_run(args.run)
-    plan = jobs_file.read(path)
-    states = job_states(plan, path.parent)
-    c = counts(states)
+    digest, rows, done = status_rows(path, every_row=args.json or args.all)
+    if done is not None and len(done.ids) <= DONE_LISTED:
+        digest, rows, done = status_rows(path)  # (a memo gave the done jobs in brief: these are listed)
+    c = counts([r["state"] for r in rows] + ["done"] * len(done.ids) if done else (r["state"] for r in rows))
     now = _time.time()
+    for r in rows:
+        if r["state"] == "failed":
+            r["why"] = failure_words(r["why"], r["log"])
     if args.json:
-        jobs = []
-        for st in states:
-            d = st.as_dict()
-            if st.state == "running" and st.start:
-                d["elapsed"] = now - st.start
-            if st.state == "failed":
-                d["why"] = why_words(st)
-            jobs.append(d)
-        doc = {"run_dir": str(path.parent.resolve()), "jobs_file": str(path.resolve()), "digest": plan.digest,
-               "counts": c, "exit_status": exit_status(states), "hosts": host_summary(states), "jobs": jobs}
-        json.dump(doc, sys.stdout, indent=1, ensure_ascii=False)
-        sys.stdout.write("\n")
-        return exit_status(states)
+        for r in rows:
+            del r["label"]
+            if r["state"] == "running" and r["start"]:
+                r["elapsed"] = now - r["start"]
+        doc = {"run_dir": str(path.parent.resolve()), "jobs_file": str(path.resolve()), "digest": digest,
+               "counts": c, "exit_status": exit_status(c), "hosts": host_summary(rows), "jobs": []}
+        head = json.dumps(doc, indent=1, ensure_ascii=False)
+        # one job a line (json's indented writer is pure Python: 50,000 jobs took seconds)
+        jobs = ",\n  ".join(json.dumps(r, ensure_ascii=False) for r in rows)
+        sys.stdout.write(head[: -len("[]\n}")] + (f"[\n  {jobs}\n ]\n}}\n" if rows else "[]\n}\n"))
+        return exit_status(c)
     others = len(local_runs()) - 1 if not args.run else 0
-    print(f"run {path.parent.resolve()}" + (f"   (the latest of {others + 1} runs here: `imgpipe runs` lists them)"
-                                            if others > 0 else ""))
-    slurm = any(st.slurm for st in states)  # a run through Slurm: its job (and step) ids too
-    print(f"{'job':<6} {'host':<12} " + (f"{'slurm id':<10} " if slurm else "")
-          + f"{'state':<12} {'start':<15} {'runtime':>8}  {'MS':<22} {'images':<30} why")
+    out = [f"run {path.parent.resolve()}" + (f"   (the latest of {others + 1} runs here: `imgpipe runs` lists them)"
+                                             if others > 0 else "")]
     order = {"failed": 0, "running": 1, "not started": 2, "done": 3}
-    for st in sorted(states, key=lambda st: (order[st.state], st.job.id)):
-        runtime = now - st.start if st.state == "running" and st.start else st.runtime  # running: elapsed
-        why = why_words(st) + f" (log {_short(st.log)})" if st.state == "failed" else (st.why or "")
-        print(f"{st.job.id:<6} {st.host or st.job.host or '-':<12} " + (f"{st.slurm or '-':<10} " if slurm else "")
-              + f"{st.state:<12} {_fmt_time(st.start):<15} {_fmt_runtime(runtime):>8}  {ms_label(st.job):<22} "
-              f"{_short(st.job.name):<30} {why}".rstrip())
-    for host, h in sorted(host_summary(states).items()):
-        print(f"host {host:<12} {h['done']} done, {h['failed']} failed, busy {_fmt_runtime(h['busy'])}")
-    print(f"total: {c['done']}/{c['total']} done, {c['failed']} failed, {c['running']} running, "
-          f"{c['not started']} not started")
-    return exit_status(states)
+    listed = rows
+    if c["done"] > DONE_LISTED and not args.all:  # the jobs that need a look, not 50,000 lines of done
+        listed = [r for r in rows if r["state"] != "done"]
+        done = done or done_jobs(rows)
+    slurm = any(r.get("slurm") for r in listed)  # a run through Slurm: its job (and step) ids too
+    if listed:
+        out.append(f"{'job':<6} {'host':<12} " + (f"{'slurm id':<10} " if slurm else "")
+                   + f"{'state':<12} {'start':<15} {'runtime':>8}  {'MS':<22} {'images':<30} why")
+    line = "%-6s %-12s " + ("%-10s " if slurm else "%s") + "%-12s %-15s %8s  %-22s %-30s %s"
+    for r in sorted(listed, key=lambda r: (order[r["state"]], r["id"])):
+        state, start = r["state"], r["start"]
+        runtime = now - start if state == "running" and start else r["runtime"]  # running: elapsed
+        why = r["why"] or ""
+        if state == "failed":  # (an attempt that never reached its node has no log)
+            why += f" (log {_short(r['log'])})" if r["log"] else " (no log)"
+        out.append((line % (r["id"], r["host"] or r["planned_host"] or "-", (r["slurm"] or "-") if slurm else "",
+                            state, _fmt_time(start), _fmt_runtime(runtime), r["label"], _short(r["name"]),
+                            why)).rstrip())
+    if done is not None:
+        out.append(f"{c['done']} jobs done: {id_ranges(done.ids)} (`imgpipe status --all` lists each)")
+        rows = [r for r in rows if r["state"] != "done"]  # (the done ones are in `done`)
+    for host, h in sorted(host_summary(rows, done).items()):
+        out.append(f"host {host:<12} {h['done']} done, {h['failed']} failed, busy {_fmt_runtime(h['busy'])}")
+    out.append(f"total: {c['done']}/{c['total']} done, {c['failed']} failed, {c['running']} running, "
+               f"{c['not started']} not started")
+    print("\n".join(out))
+    return exit_status(c)
 
 
 def cmd_runs(args: argparse.Namespace) -> int:

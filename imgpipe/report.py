@@ -880,7 +880,7 @@ def render(plan: Plan, jobs_path: Path, run_dir: Path, states: list[st.JobState]
            logs: dict[str, list[LogFacts]] | None = None) -> str:
     logs = logs or {}
     job_by_id = {j.id: j for j in plan.jobs}
-    c = st.counts(states)
+    c = st.counts(s.state for s in states)
     bars = timeline_bars(plan, states, rows, now, logs)
     stopped = [b for b in bars if b.outcome == "stopped"]
     run_name = run_dir.name

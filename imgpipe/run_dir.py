@@ -35,7 +35,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import ImgpipeError
-from .jobs_file import umask_mode
 
 JOBLOG = "joblog.tsv"
 ROUND_JOBLOG = "joblog.round.tsv"
@@ -528,6 +527,8 @@ class RunDir:
         dest = self / name
         src = bin_file(name)
         if not dest.exists() or dest.read_bytes() != src.read_bytes():
+            from .jobs_file import umask_mode  # (not at the top: `imgpipe status` needs no plan module)
+
             shutil.copyfile(src, dest)
             dest.chmod(umask_mode(0o777))
         return dest

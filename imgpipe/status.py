@@ -20,14 +20,18 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Iterable
 
+from . import status_memo
 from .hosts import is_local
 from .image_sets import ImageSet, image_sets
 from .joblog import attempts, last_rows
-from .plan import Job, Plan
 from .run_dir import (
     LOGS, ROUND_IDS, ROUND_JOBLOG, SLURM_PLACED, Row, classify, job_error, read_log, read_rows, run_active,
 )
+
+if TYPE_CHECKING:  # (the plan's module is not needed to show a memo's rows)
+    from .plan import Job, Plan
 
 
 @dataclass(frozen=True)
@@ -87,14 +91,14 @@ def job_states(plan: Plan, run_dir: Path) -> list[JobState]:
     states = []
     for job in plan.jobs:
         log_str = os.path.join(logs, job.id) if job.id in have_log else None
-        log = Path(log_str) if log_str else log_path(run_dir, job)
+        log = os.path.join(logs, job.id)
         row = rows.get(job.id)
         images = sets[job.id]
         ids = slurm_ids(log) if slurm and log_str else None
         if job.id in in_round:
-            if log.exists():  # its start: the wrapper's "start:" line (the log's times move with each line)
+            if os.path.exists(log):  # its start: the wrapper's "start:" line (the log's times move with each line)
                 facts = read_log(log, job.id)
-                start = facts.start if facts.start is not None else log.stat().st_ctime
+                start = facts.start if facts.start is not None else os.stat(log).st_ctime
                 states.append(JobState(job, "running", host=job.host or node_name(facts.host, plan), start=start,
                                        log=str(log), images=images, slurm=ids))
             else:
@@ -119,10 +123,38 @@ def job_states(plan: Plan, run_dir: Path) -> list[JobState]:
     return states
 
 
+def status_rows(jobs_path: Path, plan: Plan | None = None,
+                every_row: bool = True) -> tuple[str, list[dict], status_memo.DoneJobs | None]:
+    """(the plan's digest, one row per job: ``JobState.as_dict()`` and its MS ``label``, None).
+
+    The rows are ``job_states`` itself, or its memo (``status_memo``) when nothing they were made
+    from has changed since. Without ``every_row``, the memo may give the rows of the jobs not
+    done only, and the done ones in brief (``DoneJobs``) in place of None.
+    """
+    jobs_path = Path(jobs_path)
+    run_dir = jobs_path.parent
+    kept = status_memo.load(run_dir, jobs_path, every_row)
+    if kept is not None:
+        return kept
+    started = time.time()
+    if plan is None:
+        from . import jobs_file  # (the plan is read only on this path)
+
+        plan = jobs_file.read(jobs_path)
+    states = job_states(plan, run_dir)
+    rows = [{**s.as_dict(), "label": ms_label(s.job)} for s in states]
+    # directories other than its prefix's that a record lists images in (images are "-...": rare)
+    others = {os.path.dirname(s.job.name + i) for s in states if s.images and s.images.record
+              for i in s.images.record.images if "/" in i}
+    others = sorted(others - {os.path.dirname(s.job.name) for s in states}) if others else []
+    status_memo.save(run_dir, jobs_path, plan.digest, rows, others, started)
+    return plan.digest, rows, None
+
+
 _SLURM_LINE = re.compile(rb"Slurm job (\d+)(?: step (\d+))?")
 
 
-def slurm_ids(log: Path) -> str | None:
+def slurm_ids(log: str | os.PathLike) -> str | None:
     """'JOB.STEP' (or 'JOB') of the last Slurm job a job's log names (the wrapper says it first thing)."""
     try:
         with open(log, "rb") as f:
@@ -146,12 +178,12 @@ def node_name(host: str | None, plan: Plan) -> str | None:
     return next((h for h in nodes if h == host or h.split(".")[0] == short), host)
 
 
-def host_from_log(log: Path, plan: Plan) -> str | None:
+def host_from_log(log: str | os.PathLike, plan: Plan) -> str | None:
     """The node a job's wrapper names in its log, as the plan names it."""
     return node_name(read_log(log).host, plan)
 
 
-def _host(row: Row, log: Path, plan: Plan) -> str:
+def _host(row: Row, log: str | os.PathLike, plan: Plan) -> str:
     """The node of an attempt: GNU parallel's ':' is this machine; a job Slurm placed names its node
     in its log."""
     if row.host == ":":
@@ -161,23 +193,27 @@ def _host(row: Row, log: Path, plan: Plan) -> str:
     return row.host
 
 
-def counts(states: list[JobState]) -> dict[str, int]:
+def counts(states: Iterable[str]) -> dict[str, int]:
+    """How many jobs are in each state (the states as words: ``JobState.state`` or a row's "state")."""
     out = {"done": 0, "failed": 0, "running": 0, "not started": 0}
-    for s in states:
-        out[s.state] += 1
-    out["total"] = len(states)
+    for state in states:
+        out[state] += 1
+    out["total"] = sum(out.values())
     return out
 
 
-def host_summary(states: list[JobState]) -> dict[str, dict]:
-    """host -> jobs done, failed, and busy seconds (sum of runtimes)."""
+def host_summary(rows: list[dict], done: status_memo.DoneJobs | None = None) -> dict[str, dict]:
+    """host -> jobs done, failed, and busy seconds (sum of runtimes), from status rows (and the
+    done jobs in brief)."""
     out: dict[str, dict] = {}
-    for s in states:
-        if s.host is None or s.state not in ("done", "failed"):
+    for host, (n, busy) in sorted(done.hosts.items()) if done else ():
+        out[host] = {"done": n, "failed": 0, "busy": busy}
+    for r in rows:
+        if r["host"] is None or r["state"] not in ("done", "failed"):
             continue
-        h = out.setdefault(s.host, {"done": 0, "failed": 0, "busy": 0.0})
-        h[s.state] += 1
-        h["busy"] += s.runtime or 0.0
+        h = out.setdefault(r["host"], {"done": 0, "failed": 0, "busy": 0.0})
+        h[r["state"]] += 1
+        h["busy"] += r["runtime"] or 0.0
     return out
 
 
@@ -201,26 +237,39 @@ GROUPS_SHOWN = 10  # ways of failing shown at the end of a run (the rest: imgpip
 
 def why_words(s: JobState) -> str:
     """Why a job failed, in words: its class's reason, and WSClean's (or the wrapper's) own words."""
-    said = job_error(s.log) if s.log else None
-    if s.why and said and said.lower() not in s.why.lower():
-        return f"{s.why}: {said}"
-    return s.why or said or "failed"
+    return failure_words(s.why, s.log)
 
 
-def id_ranges(ids: list[str]) -> str:
-    """'0001-0004, 0007' for a sorted list of job ids."""
-    out, run = [], []
+def failure_words(why: str | None, log: str | None) -> str:
+    said = job_error(log) if log else None
+    if why and said and said.lower() not in why.lower():
+        return f"{why}: {said}"
+    return why or said or "failed"
+
+
+def id_ranges(ids: list[str], width: int = 70) -> str:
+    """'0001-0004, 0007' for a sorted list of job ids, cut to ``width`` with ', ...'."""
+    out: list[str] = []
+    first = last = None  # the run of consecutive ids going on
+    last_n = -2
+    length = 0
     for jid in ids:
-        if run and jid.isdigit() and run[-1].isdigit() and int(jid) == int(run[-1]) + 1 and len(jid) == len(run[-1]):
-            run.append(jid)
+        n = int(jid) if jid.isdigit() else -2
+        if last is not None and n == last_n + 1 and n >= 0 and len(jid) == len(last):
+            last, last_n = jid, n
             continue
-        if run:
-            out.append(run[0] if len(run) == 1 else f"{run[0]}-{run[-1]}")
-        run = [jid]
-    if run:
-        out.append(run[0] if len(run) == 1 else f"{run[0]}-{run[-1]}")
+        if last is not None:
+            out.append(first if first == last else f"{first}-{last}")
+            length += len(out[-1]) + 2
+            if length > width + 2:  # (what follows would be cut anyway)
+                first = last = None
+                break
+        first = last = jid
+        last_n = n
+    if last is not None:
+        out.append(first if first == last else f"{first}-{last}")
     text = ", ".join(out)
-    return text if len(text) <= 70 else text[:67].rsplit(",", 1)[0] + ", ..."
+    return text if len(text) <= width else text[: width - 3].rsplit(",", 1)[0] + ", ..."
 
 
 def print_summary(plan: Plan, outcome, out=None) -> int:
@@ -278,9 +327,9 @@ def print_summary(plan: Plan, outcome, out=None) -> int:
     return outcome.code
 
 
-def exit_status(states: list[JobState]) -> int:
-    """`imgpipe status`'s exit status: 0 every job done, 1 some failed, 3 some running or not started."""
-    c = counts(states)
+def exit_status(c: dict[str, int]) -> int:
+    """`imgpipe status`'s exit status from ``counts``: 0 every job done, 1 some failed, 3 some running
+    or not started."""
     if c["failed"]:
         return 1
     return 0 if c["done"] == c["total"] else 3
@@ -318,7 +367,7 @@ def run_overview(jobs_path: Path) -> dict:
     except ImgpipeError as e:
         return {**row, "config": "-", "inputs": f"(unreadable: {e.message})",
                 "counts": {"done": 0, "failed": 0, "running": 0, "not started": 0, "total": 0}}
-    states = job_states(plan, jobs_path.parent)
+    rows = status_rows(jobs_path, plan)[1]  # (every row)
     ms = [m for j in plan.jobs for m in j.ms]
     names = sorted({os.path.basename(m.rstrip("/")) for m in ms})
     obs = sorted({j.obs_id for j in plan.jobs if j.obs_id})
@@ -328,4 +377,4 @@ def run_overview(jobs_path: Path) -> dict:
         inputs = f"{len(ms)} MSs: {names[0]} .. {names[-1]}"
     else:
         inputs = ", ".join(names)
-    return {**row, "config": plan.config_path, "inputs": inputs, "counts": counts(states)}
+    return {**row, "config": plan.config_path, "inputs": inputs, "counts": counts(r["state"] for r in rows)}

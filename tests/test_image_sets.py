@@ -283,3 +283,34 @@ def test_job_commands_with_hostile_names_are_compared_exactly(run_cli, tmp_path,
     assert shlex.split(job.command)[-1] == str(ms)
     code, log = wrapper(plan, job, tmp_path)
     assert code == 0 and "already done" in log, log
+
+
+def test_image_sets_asks_the_same_rule_whether_it_lists_a_directory_or_stats_each_image(tmp_path):
+    """Many sets in one directory (listed once) and one set alone (each image asked): the same
+    states as one set at a time, with the same missing images."""
+    from types import SimpleNamespace
+
+    from imgpipe import image_sets as sets_module
+
+    jobs = []
+    for folder, n in (("many", sets_module.LISTED + 3), ("alone", 1)):
+        (tmp_path / folder).mkdir()
+        for i in range(n):
+            prefix = str(tmp_path / folder / f"img{i}")
+            job = SimpleNamespace(id=f"{folder}{i}", name=prefix, command=f"wsclean -name {prefix} x.MS")
+            images = ["-MFS-image.fits", "-MFS-dirty.fits"]
+            for suffix in images:
+                Path(prefix + suffix).write_bytes(b"")
+            Path(prefix + ".imgpipe.json").write_text(json.dumps({"command": job.command, "images": images}))
+            jobs.append(job)
+    os.unlink(jobs[1].name + "-MFS-dirty.fits")
+    os.unlink(jobs[-1].name + "-MFS-image.fits")
+    Path(jobs[2].name + ".imgpipe.json").write_text("{")
+    Path(jobs[3].name + ".imgpipe.json").unlink()
+    together = image_sets(jobs)
+    assert together == {j.id: image_set(j) for j in jobs}
+    assert together[jobs[1].id].state == "incomplete"
+    assert together[jobs[1].id].missing == (jobs[1].name + "-MFS-dirty.fits",)
+    assert together[jobs[-1].id].missing == (jobs[-1].name + "-MFS-image.fits",)
+    assert [together[j.id].state for j in jobs[2:4]] == ["damaged", "absent"]
+    assert [together[j.id].state for j in jobs].count("done") == len(jobs) - 4
