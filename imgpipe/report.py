@@ -40,6 +40,7 @@ The page is also well-formed XML, which the tests rely on to read it.
 
 from __future__ import annotations
 
+import functools
 import html
 import json
 import math
@@ -542,8 +543,25 @@ def stretch(values, median: float, rms: float, peak: float):
     lo = median - 2.0 * rms
     hi = peak if peak > lo else lo + 1.0
     a = min(1.0, max(1e-4, 3.0 * rms / (hi - lo))) if rms > 0 else 0.1
-    x = np.clip((values - lo) / (hi - lo), 0.0, 1.0)
-    return np.arcsinh(x / a) / np.arcsinh(1.0 / a)
+    f32 = np.float32  # (a 256-level display needs no float64: half the time)
+    x = np.clip((np.asarray(values, dtype=f32) - f32(lo)) * f32(1.0 / (hi - lo)), f32(0.0), f32(1.0))
+    return np.arcsinh(x * f32(1.0 / a)) * f32(1.0 / np.arcsinh(1.0 / a))
+
+
+def block_max(a, k: int):
+    """The maximum of each k x k block of ``a`` (whose sides are multiples of k), NaN left out
+    (a block all NaN stays NaN)."""
+    import numpy as np
+
+    if k > 8:  # (large blocks: one reduction over both block axes)
+        return np.nanmax(a.reshape(a.shape[0] // k, k, a.shape[1] // k, k), axis=(1, 3))
+    cols = a[:, 0::k]  # small blocks: k element-wise maxima of strided views (20x faster for k = 2)
+    for j in range(1, k):
+        cols = np.fmax(cols, a[:, j::k])
+    out = cols[0::k]
+    for i in range(1, k):
+        out = np.fmax(out, cols[i::k])
+    return out
 
 
 def png_indexed(pixels, palette: bytes) -> bytes:
@@ -556,7 +574,7 @@ def png_indexed(pixels, palette: bytes) -> bytes:
     img = Image.fromarray(pixels, mode="P")
     img.putpalette(palette)
     buf = io.BytesIO()
-    img.save(buf, format="PNG", optimize=True)
+    img.save(buf, format="PNG", compress_level=1)  # (level 6: 8x the time for 6% fewer bytes)
     return buf.getvalue()
 
 
@@ -577,6 +595,7 @@ def thumbnail(norm, size: int = THUMB):
     return out
 
 
+@functools.lru_cache(maxsize=1)
 def inferno(matplotlib) -> bytes:
     """matplotlib's 'inferno' colour map as a 256-colour PNG palette (RGB bytes)."""
     import numpy as np
@@ -614,10 +633,9 @@ def render_preview(fits_path: Path, png_path: Path, libs) -> dict:
         if k > 1:
             by, bx = ny // k, nx // k
             rows = max(1, SLAB_PIXELS // (k * nx))  # block rows at a time: a slab, never the whole image
-            shown = np.concatenate([
-                np.nanmax(np.asarray(data[i * k:min(i + rows, by) * k, : bx * k], dtype=np.float32)
-                          .reshape(-1, k, bx, k), axis=(1, 3))
-                for i in range(0, by, rows)])
+            shown = np.concatenate([block_max(np.asarray(data[i * k:min(i + rows, by) * k, : bx * k],
+                                                         dtype=np.float32), k)
+                                    for i in range(0, by, rows)])
             # the peak: the blocks' maxima, and the pixels of the edges no whole block covers
             edges = [e for e in (data[by * k:, :], data[: by * k, bx * k:]) if e.size]
             peak = float(np.nanmax(np.array([np.nanmax(shown), *(np.nanmax(e) for e in edges)])))
