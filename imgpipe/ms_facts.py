@@ -11,9 +11,12 @@ Speed: opening a table costs ~0.3-0.5 ms in casacore, and 10,000 MSs must be
 planned in seconds. So only SPECTRAL_WINDOW is opened with casacore for the
 frequencies, and only once per distinct table: the MSs of a night mostly hold
 byte-identical SPECTRAL_WINDOW tables, and a digest of its files (~0.08 ms)
-tells which were read already. The column check first looks for the column's
-name, as casacore stores it (a length-prefixed string), in the main table's
-``table.dat``. Only when it is not found there is the main table opened with
+tells which were read already. What a table holds is kept under that digest in
+``~/.cache/imgpipe/spw/`` (a digest of the bytes: never out of date), so planning
+MSs whose tables were seen before (every resume plans again) opens no table
+and does not import casacore and numpy (~0.15 s). The column check first looks
+for the column's name, as casacore stores it (a length-prefixed string), in the
+main table's ``table.dat``. Only when it is not found there is the main table opened with
 casacore to confirm, so a "missing column" error is always casacore's own
 answer. Large inputs are read by two worker processes.
 """
@@ -21,8 +24,10 @@ answer. Large inputs are read by two worker processes.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import struct
+import sys
 from dataclasses import dataclass
 
 from .inputs import ms_problem
@@ -47,8 +52,7 @@ class MSFacts:
 def _name_in_table_dat(path: str, column: str) -> bool:
     """True when table.dat holds ``column`` as a casacore (AipsIO) string, either byte order."""
     raw = column.encode("utf-8")
-    with open(os.path.join(path, "table.dat"), "rb") as f:
-        data = f.read()
+    data = _read_file(os.path.join(path, "table.dat"))
     return struct.pack(">I", len(raw)) + raw in data or struct.pack("<I", len(raw)) + raw in data
 
 
@@ -64,6 +68,8 @@ def import_tables():
     never uses BLAS. The environment is restored afterwards, so the engines and
     WSClean, which are started later, see the user's own settings.
     """
+    if "casacore.tables" in sys.modules:
+        return sys.modules["casacore.tables"]
     saved = {k: os.environ.get(k) for k in _BLAS_THREADS}
     os.environ.update(_BLAS_THREADS)
     try:
@@ -84,11 +90,22 @@ def _table_key(path: str) -> bytes | None:
     try:
         names = sorted(e.name for e in os.scandir(path) if e.is_file() and e.name != "table.lock")
         for name in names:
-            with open(os.path.join(path, name), "rb") as f:
-                h.update(name.encode() + b"\0" + f.read() + b"\0")
+            h.update(name.encode() + b"\0" + _read_file(os.path.join(path, name)) + b"\0")
     except OSError:
         return None
     return h.digest()
+
+
+def _read_file(path: str) -> bytes:
+    """A whole (small) file, with plain system calls (Python's file objects cost more than the read)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        data = os.read(fd, 1 << 16)
+        if len(data) == 1 << 16:
+            data += b"".join(iter(lambda: os.read(fd, 1 << 20), b""))
+        return data
+    finally:
+        os.close(fd)
 
 
 def _data_bytes(path: str) -> int:
@@ -99,15 +116,55 @@ def _data_bytes(path: str) -> int:
         return 0
 
 
-def _read_spw(path: str, cache: dict) -> tuple[int, frozenset[float]]:
-    """(rows, distinct channel frequencies) of an MS's SPECTRAL_WINDOW, each distinct table read once."""
-    from casacore import tables  # already imported by read_facts (import_tables): a lookup
+def spw_cache_dir() -> str:
+    """Where the channels of each distinct SPECTRAL_WINDOW table are kept between plans."""
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(base, "imgpipe", "spw")
 
+
+def _kept_spw(key: bytes) -> tuple[int, frozenset[float]] | None:
+    """The (rows, channel frequencies) kept for a table of this digest, if any (a damaged entry is
+    no entry). The digest is of the table's bytes: an entry can never be out of date."""
+    try:
+        with open(os.path.join(spw_cache_dir(), key.hex() + ".json"), "rb") as f:
+            doc = json.loads(f.read())
+        nspw, freqs = doc["nspw"], doc["chan_freqs"]
+        if isinstance(nspw, int) and isinstance(freqs, list) and all(type(v) is float for v in freqs):
+            return nspw, frozenset(freqs)
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    return None
+
+
+def _keep_spw(key: bytes, nspw: int, freqs: frozenset[float]) -> None:
+    folder = spw_cache_dir()
+    tmp = os.path.join(folder, f".{key.hex()}.{os.getpid()}.tmp")
+    try:
+        os.makedirs(folder, exist_ok=True)
+        with open(tmp, "w") as f:
+            f.write(json.dumps({"nspw": nspw, "chan_freqs": sorted(freqs)}))  # (floats: repr, exact)
+        os.replace(tmp, os.path.join(folder, key.hex() + ".json"))
+    except OSError:  # (no cache: the next plan reads the table again)
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+
+
+def _read_spw(path: str, cache: dict) -> tuple[int, frozenset[float]]:
+    """(rows, distinct channel frequencies) of an MS's SPECTRAL_WINDOW, each distinct table read once:
+    once per plan (``cache``), and once at all (``spw_cache_dir``: a plan of MSs whose tables were
+    seen before opens none, and does not even import casacore)."""
     sub = os.path.join(path, "SPECTRAL_WINDOW")
     key = _table_key(sub)
-    if key is not None and key in cache:
-        return cache[key]
-    spw = tables.table(sub, ack=False, readonly=True, lockoptions="autonoread")
+    if key is not None:
+        if key in cache:
+            return cache[key]
+        kept = _kept_spw(key)
+        if kept is not None:
+            cache[key] = kept
+            return kept
+    spw = import_tables().table(sub, ack=False, readonly=True, lockoptions="autonoread")
     try:
         nspw = spw.nrows()
         try:
@@ -118,12 +175,11 @@ def _read_spw(path: str, cache: dict) -> tuple[int, frozenset[float]]:
         spw.close()
     if key is not None:
         cache[key] = (nspw, freqs)
+        _keep_spw(key, nspw, freqs)
     return nspw, freqs
 
 
 def _read_one(path: str, column: str | None, cache: dict) -> MSFacts | str:
-    from casacore import tables
-
     try:
         nspw, freqs = _read_spw(path, cache)
         size = _data_bytes(path)
@@ -132,7 +188,7 @@ def _read_one(path: str, column: str | None, cache: dict) -> MSFacts | str:
         if _name_in_table_dat(path, column):
             return MSFacts(path=path, chan_freqs=freqs, nspw=nspw, has_column=True,
                            columns=frozenset([column]), data_bytes=size)
-        main = tables.table(path, ack=False, readonly=True, lockoptions="autonoread")
+        main = import_tables().table(path, ack=False, readonly=True, lockoptions="autonoread")
         try:
             columns = frozenset(main.colnames())
         finally:
@@ -160,7 +216,6 @@ def _read_chunk(args: tuple[list[str], str | None]) -> list[MSFacts | str]:
 def read_facts(paths: list[str], column: str | None = None) -> tuple[dict[str, MSFacts], list[str]]:
     """Facts for every path, and the problems (one line per bad MS, all of them)."""
     problems: list[str] = []
-    import_tables()  # lazy (~0.1 s): imported once, before any fork
 
     workers = min(os.cpu_count() or 1, 4)
     if len(paths) < PARALLEL_MIN or workers < 2:

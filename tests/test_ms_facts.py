@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 
 from imgpipe import ms_facts
@@ -173,3 +174,40 @@ def test_identical_tables_are_read_once_and_different_ones_each(ms_factory, monk
     assert facts[fewer].nchan == 8
     fresh = {p: read_facts([p])[0][p] for p in [*same, copy, other, fewer]}  # each read on its own
     assert facts == fresh
+
+
+def test_a_table_seen_before_is_not_opened_again_nor_casacore_imported(ms_factory, tmp_path):
+    """The channels of each distinct SPECTRAL_WINDOW are kept under the digest of its bytes: the
+    next plan of those MSs (a fresh interpreter, as a resume is) opens no table and imports no
+    casacore; a table of other bytes is read; a damaged entry is read again and mended."""
+    import os
+    import subprocess
+    import sys
+
+    same = [str(ms_factory(f"same{i}.MS", nchan=16)) for i in range(2)]
+    other = str(ms_factory("other.MS", nchan=8, freq_start=60e6))
+    env = {**os.environ, "XDG_CACHE_HOME": str(tmp_path / "cache")}
+    code = (
+        "import sys, json\n"
+        "from imgpipe.ms_facts import read_facts\n"
+        "facts, problems = read_facts(sys.argv[1:], 'DATA')\n"
+        "print(json.dumps([sorted(facts[p].chan_freqs) for p in sys.argv[1:]]), 'casacore.tables' in sys.modules)\n"
+    )
+
+    def plan(*paths):
+        out = subprocess.run([sys.executable, "-c", code, *paths], env=env, capture_output=True, text=True,
+                             check=True).stdout.split(" ")
+        return json.loads(" ".join(out[:-1])), out[-1].strip() == "True"
+
+    first, imported = plan(*same)
+    assert imported and len(first[0]) == 16 and first[0] == first[1]
+    kept = list((tmp_path / "cache" / "imgpipe" / "spw").iterdir())
+    assert len(kept) == 1  # one distinct table
+    assert plan(*same) == (first, False)  # from what was kept: no casacore at all
+    both, imported = plan(*same, other)  # a table not seen: read
+    assert imported and both[:2] == first and len(both[2]) == 8 and min(both[2]) == 60e6
+    kept[0].write_text('{"nspw": 1, "chan_freqs": ["x"]}')  # damaged: not used, read again, mended
+    assert plan(*same) == (first, True)
+    assert plan(*same) == (first, False)
+    truth = {p: read_facts([p])[0][p] for p in [*same, other]}
+    assert [sorted(truth[p].chan_freqs) for p in [*same, other]] == both
