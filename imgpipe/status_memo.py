@@ -20,9 +20,9 @@ Just after a run a status reads everything; the next one, a few seconds later, w
 Two files in the run directory: ``status-memo.json`` holds what ``imgpipe status`` prints by
 default (the full row of each job not done; of the done ones, their ids and per host their
 number and busy time: ``DoneJobs``) and what the stamp is made of; ``status-memo-rows.json``
-every full row (``--all``, ``--json``), under the same stamp. JSON, not
-pickle: a run directory may be shared, and a memo is data. One that cannot be read, or does not
-match, is simply not used; one that cannot be written is not written.
+every full row (``--all``, ``--json``), under the same stamp. JSON, not pickle: a run
+directory may be shared, and a memo is data. One that cannot be read, or does not match, is
+simply not used; one that cannot be written is not written.
 """
 
 from __future__ import annotations
@@ -48,6 +48,7 @@ class _Unsettled(Exception):
 
 
 def _key(path: str) -> tuple[int, int, int] | None:
+    """What tells a file apart from what it was: (inode, size, mtime in ns); None: not there."""
     try:
         st = os.stat(path)
     except OSError:
