@@ -289,8 +289,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
         doc["jobs_file"] = os.path.abspath(path)
         for job in doc["jobs"]:
             job["state"] = _job_state(sets[job["id"]], args.force)
-        json.dump(doc, sys.stdout, indent=1, ensure_ascii=False)
-        sys.stdout.write("\n")
+        _print_json(doc, "jobs")
     else:
         _print_summary(plan, path, sets, args.force, sys.stdout, written=not args.dry_run)
     return 0
@@ -393,8 +392,7 @@ def cmd_inputs(args: argparse.Namespace) -> int:
         )
     rows = describe_inputs(config.data_handler, args.patterns)
     if args.json:
-        json.dump({"inputs": rows}, sys.stdout, indent=1, ensure_ascii=False)
-        sys.stdout.write("\n")
+        _print_json({"inputs": rows}, "inputs")
         return 0
     print(f"{'obs_id':<22} {'SW':<8} {'node':<12} {'state':<10} path")
     for r in rows:
@@ -430,6 +428,15 @@ def local_runs() -> list[Path]:
     from .status import last_activity
 
     return sorted(Path(RUNS_DIR).glob(f"*/{JOBS_FILE_NAME}"), key=last_activity, reverse=True)
+
+
+def _print_json(doc: dict, many: str) -> None:
+    """``doc`` as indented JSON on stdout, its list ``many`` last and one item a line: json's
+    indented writer is pure Python (50,000 jobs took seconds), its compact one is not."""
+    items = doc[many]
+    head = json.dumps({**{k: v for k, v in doc.items() if k != many}, many: []}, indent=1, ensure_ascii=False)
+    body = ",\n  ".join(json.dumps(item, ensure_ascii=False) for item in items)
+    sys.stdout.write(head[: -len("[]\n}")] + (f"[\n  {body}\n ]\n}}\n" if items else "[]\n}\n"))
 
 
 def _fmt_time(t: float | None, _minutes: dict = {}) -> str:
@@ -484,12 +491,8 @@ def cmd_status(args: argparse.Namespace) -> int:
             del r["label"]
             if r["state"] == "running" and r["start"]:
                 r["elapsed"] = now - r["start"]
-        doc = {"run_dir": str(path.parent.resolve()), "jobs_file": str(path.resolve()), "digest": digest,
-               "counts": c, "exit_status": exit_status(c), "hosts": host_summary(rows), "jobs": []}
-        head = json.dumps(doc, indent=1, ensure_ascii=False)
-        # one job a line (json's indented writer is pure Python: 50,000 jobs took seconds)
-        jobs = ",\n  ".join(json.dumps(r, ensure_ascii=False) for r in rows)
-        sys.stdout.write(head[: -len("[]\n}")] + (f"[\n  {jobs}\n ]\n}}\n" if rows else "[]\n}\n"))
+        _print_json({"run_dir": str(path.parent.resolve()), "jobs_file": str(path.resolve()), "digest": digest,
+                     "counts": c, "exit_status": exit_status(c), "hosts": host_summary(rows), "jobs": rows}, "jobs")
         return exit_status(c)
     others = len(local_runs()) - 1 if not args.run else 0
     out = [f"run {path.parent.resolve()}" + (f"   (the latest of {others + 1} runs here: `imgpipe runs` lists them)"
@@ -531,8 +534,7 @@ def cmd_runs(args: argparse.Namespace) -> int:
     rows = [run_overview(p) for p in paths]
     rows.sort(key=lambda r: r["last_activity"] or 0, reverse=True)
     if args.json:
-        json.dump({"runs": rows}, sys.stdout, indent=1, ensure_ascii=False)
-        sys.stdout.write("\n")
+        _print_json({"runs": rows}, "runs")
         return 0
     if not rows:
         print("no run here (imgpipe-runs/ is empty or missing)")
