@@ -369,3 +369,22 @@ def test_the_eta_of_a_resumed_run_is_close_to_the_truth(cluster, tmp_path, ms_fa
     # (the lines give whole seconds: the truth read from them is ±1 s, whatever the ETA)
     bad = [(at, eta, truth) for at, eta, truth in etas if truth >= 3 and not (truth - 1) / 2 <= eta <= 2 * (truth + 1)]
     assert not bad, (bad, lines)
+
+
+@pytest.mark.parametrize("pidfd", [True, False])
+def test_the_wait_for_the_engine_ends_when_it_exits_not_at_the_tick(monkeypatch, pidfd):
+    """The run loop waits for its engine a tick at a time, and wakes when the engine exits (with a
+    pidfd, or Popen.wait where there is none), not at the end of the tick."""
+    from imgpipe.engines import loop
+
+    if not pidfd:
+        monkeypatch.delattr(os, "pidfd_open", raising=False)
+    proc = subprocess.Popen(["sleep", "0.3"])
+    wait = loop._exit_waiter(proc)
+    t0 = time.monotonic()
+    wait(30)
+    assert time.monotonic() - t0 < 10  # (it ended after 0.3 s: a wait to the tick's end would be 30 s)
+    assert proc.poll() == 0
+    wait(30)  # an ended process: at once
+    wait(None)
+    assert time.monotonic() - t0 < 20
