@@ -16,9 +16,9 @@ tells which were read already. What a table holds is kept under that digest in
 MSs whose tables were seen before (every resume plans again) opens no table
 and does not import casacore and numpy (~0.15 s). The column check first looks
 for the column's name, as casacore stores it (a length-prefixed string), in the
-main table's ``table.dat``. Only when it is not found there is the main table opened with
-casacore to confirm, so a "missing column" error is always casacore's own
-answer. Large inputs are read by two worker processes.
+main table's ``table.dat``. Only when it is not found there is the main table
+opened with casacore to confirm, so a "missing column" error is always
+casacore's own answer. Large inputs are read by two worker processes.
 """
 
 from __future__ import annotations

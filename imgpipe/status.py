@@ -67,10 +67,6 @@ class JobState:
         }
 
 
-def log_path(run_dir: Path, job: Job) -> Path:
-    return Path(run_dir) / LOGS / job.id
-
-
 def job_states(plan: Plan, run_dir: Path) -> list[JobState]:
     run_dir = Path(run_dir)
     rows = last_rows(attempts(run_dir, plan.tag))
@@ -90,8 +86,8 @@ def job_states(plan: Plan, run_dir: Path) -> list[JobState]:
         have_log = set()
     states = []
     for job in plan.jobs:
-        log_str = os.path.join(logs, job.id) if job.id in have_log else None
         log = os.path.join(logs, job.id)
+        log_str = log if job.id in have_log else None  # (its path when there is one)
         row = rows.get(job.id)
         images = sets[job.id]
         ids = slurm_ids(log) if slurm and log_str else None
@@ -100,7 +96,7 @@ def job_states(plan: Plan, run_dir: Path) -> list[JobState]:
                 facts = read_log(log, job.id)
                 start = facts.start if facts.start is not None else os.stat(log).st_ctime
                 states.append(JobState(job, "running", host=job.host or node_name(facts.host, plan), start=start,
-                                       log=str(log), images=images, slurm=ids))
+                                       log=log, images=images, slurm=ids))
             else:
                 states.append(JobState(job, "not started", images=images))
         elif images.done:
