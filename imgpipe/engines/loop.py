@@ -279,7 +279,7 @@ def _wait(proc: subprocess.Popen, stopper: Stopper, progress: Progress, halt: Ha
     """Wait for the engine, ticking the progress line and minding the halt rule; False as soon
     as the user asks to stop."""
     halted = False
-    ended = _exit_waiter(proc)
+    ended = ExitWait(proc)
     try:
         while proc.poll() is None:
             if stopper.signal is not None:
@@ -289,40 +289,41 @@ def _wait(proc: subprocess.Popen, stopper: Stopper, progress: Progress, halt: Ha
                 halted = True
                 say(f"halting: no new job is started: {halt.reason}")
                 eng.halt(proc)
-            ended(TICK)  # returns as soon as the engine exits
+            ended.wait(TICK)  # returns as soon as the engine exits
     finally:
-        ended(None)
+        ended.close()
     return True
 
 
-def _exit_waiter(proc: subprocess.Popen):
-    """A function that waits up to its argument's seconds for ``proc`` to exit (None: done with
-    it). Through a pidfd, which wakes the wait only when the process exits: Popen.wait(timeout)
-    instead polls, waking ~45 times a second, which over a night of long jobs is CPU taken from
-    them (~5 ms a second here). Popen.wait where there is no pidfd (Linux < 5.3, not Linux)."""
-    import select
+class ExitWait:
+    """Waits for a process to exit, up to a timeout at a time, through a pidfd: the wait wakes only
+    when the process exits. (Popen.wait(timeout) polls instead, waking ~45 times a second: over a
+    night of long jobs, CPU taken from them, ~5 ms a second here.) Popen.wait where there is no
+    pidfd (Linux < 5.3, not Linux)."""
 
-    try:
-        fd = os.pidfd_open(proc.pid)
-    except (AttributeError, OSError):
-        fd = None
+    def __init__(self, proc: subprocess.Popen):
+        self.proc = proc
+        try:
+            self.fd: int | None = os.pidfd_open(proc.pid)
+        except (AttributeError, OSError):
+            self.fd = None
 
-    def wait(timeout: float | None) -> None:
-        nonlocal fd
-        if timeout is None:
-            if fd is not None:
-                os.close(fd)
-                fd = None
-            return
-        if fd is None:
+    def wait(self, timeout: float) -> None:
+        """Return when the process has exited (not reaped: Popen.poll does that) or after ``timeout`` s."""
+        if self.fd is None:
             try:
-                proc.wait(timeout=timeout)
+                self.proc.wait(timeout=timeout)
             except subprocess.TimeoutExpired:
                 pass
             return
-        select.select([fd], [], [], timeout)  # (readable once it has exited; proc.poll reaps it)
+        import select
 
-    return wait
+        select.select([self.fd], [], [], timeout)  # (readable once the process has exited)
+
+    def close(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
 
 
 def _engine_said(path: Path, start: int, todo, rows, name: str) -> None:
