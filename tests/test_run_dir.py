@@ -102,7 +102,7 @@ def test_wrapper_arguments_are_in_the_order_the_wrapper_reads_them(run_cli, writ
     # bin/imgpipe-job: TAG ID SLOTS ENV_FILE MAX_TIME SHARE FORCE RUN COMMAND
     assert args == [plan.tag, job.id, "4", "", "0", "1", "0", run.label, job.command]
     wrapper = open(os.path.join(os.path.dirname(__file__), "..", "bin", "imgpipe-job")).read()
-    assert "tag=$1 id=$2 slots=$3 env_file=$4 max_time=$5 share=$6 force=$7 run=$8 command=$9" in wrapper
+    assert "my ($tag, $id, $slots, $env_file, $max_time, $share, $force, $run, $command) = @ARGV;" in wrapper
 
 
 def test_row_tail_reads_each_row_once_as_the_job_log_grows(tmp_path):

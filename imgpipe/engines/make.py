@@ -64,11 +64,11 @@ class Make(Engine):
         """The shell command that runs the wrapper for ``job`` on ``host`` (from the run directory)."""
         words = self.wrapper_words(job.id, job.command, share="1" if share_resources(job) else "0")
         if is_local(host):
-            return "bash ./imgpipe-job " + shlex.join(words)
+            return "perl ./imgpipe-job " + shlex.join(words)
         # exec: the wrapper's parent is then sshd itself, whatever the login shell, so the wrapper
         # sees its connection go (bin/imgpipe-job, watch_parent); the wrapper is the one the probe
         # installed on the node
-        remote = f"exec bash {self.wrapper.path} " + shlex.join(words)
+        remote = f"exec perl {self.wrapper.path} " + shlex.join(words)
         return shlex.join([*self.ctx.ssh, "-o", "BatchMode=yes", "--", host, remote]) + " < /dev/null"
 
     def makefile(self, hosts: dict[str, str]) -> str:

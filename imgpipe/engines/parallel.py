@@ -90,8 +90,8 @@ class Parallel(Engine):
         words = self.wrapper_words("{id}", "{cmd}", share=self.share())
         quoted = " ".join(w if w in ("{id}", "{cmd}") else shlex.quote(w) for w in words)
         if ship == "env":
-            return 'bash -c "$IMGPIPE_JOB" ' + quoted
-        return f"bash {self.wrapper.path} {quoted}"
+            return 'perl -e "$IMGPIPE_JOB" ' + quoted
+        return f"perl {self.wrapper.path} {quoted}"
 
     def argv(self, logins: str, input_file: Path, joblog: Path, *, resume: bool, ship: str | None = None) -> list[str]:
         run, ship = self.ctx.run, ship or self.ship
