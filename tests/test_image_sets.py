@@ -276,6 +276,54 @@ def test_the_wrapper_compiles_under_strict_and_loads_no_module():
     assert used == [], used
 
 
+def test_every_part_of_the_wrapper_compiles_and_is_asked_for_by_name():
+    """The code after __END__ is compiled only when a job needs it (later('PART')): the whole
+    wrapper, parts included, must compile under strict and warnings, every part asked for must
+    be there, and every part there must be asked for."""
+    text = WRAPPER.read_text()
+    hot, parts = text.split("\n__END__\n")
+    names = re.findall(r"^#### (\S+)$", parts, re.M)
+    assert names[-1] == "(end)" and len(set(names)) == len(names), names
+    assert set(re.findall(r"later\('(\w+)'\)", text)) == set(names[:-1])
+    check = subprocess.run(["perl", "-Mstrict", "-Mwarnings", "-c", "-"], input=hot + "\n" + parts,
+                           capture_output=True, text=True)
+    assert check.returncode == 0 and check.stderr.strip().endswith("syntax OK"), check.stderr
+    assert check.stderr.count("\n") == 1, check.stderr
+
+
+def test_a_wrapper_sent_in_the_environment_finds_its_parts_there(made, tmp_path):
+    """parallel.sh and the Slurm engine send the wrapper in $IMGPIPE_JOB (`perl -e`): the parts
+    a job needs (here: a set made before, a command with a quoted word) come from there."""
+    plan, job = made
+    args = wrapper_args(plan, job.id, job.command.replace(" -pol I ", " -pol 'I' "), share="0", force=False,
+                        run=f"test:{tmp_path}")
+    env = {**os.environ, "IMGPIPE_JOB": WRAPPER.read_text()}
+    proc = subprocess.run(["perl", "-e", env["IMGPIPE_JOB"], "imgpipe-job", *args], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=60)
+    # (the quoted word is read as the bare one: same command words, so the record's command is another text)
+    assert proc.returncode == 15 and "were made by another command" in proc.stdout, proc
+    args = wrapper_args(plan, job.id, job.command, share="0", force=False, run=f"test:{tmp_path}")
+    proc = subprocess.run(["perl", "-e", env["IMGPIPE_JOB"], "imgpipe-job", *args], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0 and "already done" in proc.stdout, proc
+
+
+@pytest.mark.parametrize("word", ["$(touch {p})", "`touch {p}`", "; touch {p}", "| touch {p}", "&& touch {p}",
+                                  "> {p}", '"$(touch {p})"', "*"])
+def test_a_command_with_anything_a_shell_would_run_is_refused_not_run(made, tmp_path, word):
+    """The wrapper splits the jobs file's command into words itself: what a shell would expand or
+    run (a hand-edited jobs file, a bug) is refused (exit 12), and nothing of it runs."""
+    plan, job = made
+    pwned = tmp_path / "pwned"
+    command = job.command + " " + word.format(p=pwned)
+    args = wrapper_args(plan, job.id, command, share="0", force=False, run=f"test:{tmp_path}")
+    proc = subprocess.run(["perl", str(WRAPPER), "imgpipe-job", *args], cwd=tmp_path, capture_output=True,
+                          text=True, timeout=60)
+    assert proc.returncode == 12 and "cannot read the command line" in proc.stdout, proc
+    assert not pwned.exists()
+    assert image_set(job).done  # and the images made before are untouched
+
+
 def test_job_commands_with_hostile_names_are_compared_exactly(run_cli, tmp_path, ms_factory):
     """The node reads the record's command as text: quotes, backslashes, tabs and $ must not fool it."""
     ms = ms_factory('a "b" \\c\t$HOME `x`.MS')
