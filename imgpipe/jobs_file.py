@@ -181,8 +181,12 @@ def read(path: str | os.PathLike) -> Plan:
     return plan
 
 
-# What shlex.quote writes: bare safe words, '...' runs, and "'" for a quote inside them.
-_QUOTED_WORDS = re.compile(r"""(?:[A-Za-z0-9_@%+=:,./-]+|'[^']*'|"'")+(?: (?:[A-Za-z0-9_@%+=:,./-]+|'[^']*'|"'")+)*""")
+# What shlex.quote writes: bare safe words, '...' runs, and "'" for a quote inside them. A bare
+# run is taken whole only ((?!...)): with `[...]+` free to stop anywhere inside `(...)+`, a line
+# that does not match (a jobs file edited by hand) took exponential time to say so.
+_QUOTED_WORDS = re.compile(
+    r"""(?:[A-Za-z0-9_@%+=:,./-]+(?![A-Za-z0-9_@%+=:,./-])|'[^']*'|"'")+"""
+    r"""(?: (?:[A-Za-z0-9_@%+=:,./-]+(?![A-Za-z0-9_@%+=:,./-])|'[^']*'|"'")+)*""")
 _BARE_WORDS = re.compile(r"[A-Za-z0-9_@%+=:,./-]+(?: [A-Za-z0-9_@%+=:,./-]+)*")
 _QUOTED_PIECE = re.compile(r"""('[^']*'|"'")""")
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import os
 import shlex
+import subprocess
+import sys
 from dataclasses import replace
 from pathlib import Path
 
@@ -153,6 +155,7 @@ def test_read_round_trips_combined_and_unpinned(run_cli, write_config, ms_factor
 
 @pytest.mark.parametrize("edit", [
     lambda t: t.replace("-size 64 64", "-size 128 128"),
+    lambda t: t.replace("-size 64 64", "-size 64 64 $(touch /tmp/imgpipe-pwned)"),  # (read at once, then refused)
     lambda t: t.replace("\tnode002\t", "\tnode001\t"),
     lambda t: t.replace('"max_concurrent": 4', '"max_concurrent": 8'),
     lambda t: "\n".join(ln for ln in t.split("\n") if not ln.startswith("0002")),
@@ -334,6 +337,22 @@ def test_split_command_reads_what_shlex_quote_wrote(seed):
         words = [rng.choice(HOSTILE_WORDS) + rng.choice(HOSTILE_WORDS) for _ in range(rng.randint(1, 6))]
         line = shlex.join(words)
         assert jobs_file.split_command(line) == words == shlex.split(line)
+
+
+def test_a_long_line_imgpipe_would_not_write_is_read_at_once():
+    """A hand-edited command of the usual length with one word the fast reader does not take (an
+    unquoted $(...)) is read as shlex reads it. The fast reader's pattern once backtracked
+    exponentially on such a line: `imgpipe run` and `imgpipe status` hung at 100 % CPU. (A hang
+    check in a child with a generous timeout, not a speed test: the old pattern took hours.)"""
+    line = ("wsclean -name /data/night/images/SW01_T001.MS/img -pol I $(touch /tmp/x) -weight briggs 0 "
+            "-data-column CORRECTED_DATA -size 256 256 -scale 3arcmin -niter 200 -auto-threshold 3 "
+            "-channels-out 4 -no-update-model-required -temp-dir /data/night/images/SW01_T001.MS/"
+            "img-bd985a9e.imgpipe-tmp /data/night/data/SW01_T001.MS")
+    code = ("import shlex, sys; from imgpipe.jobs_file import split_command; "
+            "line = sys.argv[1]; assert split_command(line) == shlex.split(line); "
+            "assert split_command(line + ' `id`') == shlex.split(line + ' `id`')")
+    proc = subprocess.run([sys.executable, "-c", code, line], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
 
 
 @pytest.mark.parametrize("line", ["a  b", " a", "a ", "'a'\"b\"", "a\\ b", "\"a b\"", "a 'b", "a\tb", "$x 'y'"])
