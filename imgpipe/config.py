@@ -14,7 +14,6 @@ Nothing here touches a Measurement Set or a node.
 
 from __future__ import annotations
 
-import difflib
 import math
 import os
 import re
@@ -193,6 +192,8 @@ def _where(origins: dict[tuple[str, str], Path], default: Path, section: str, ke
 
 
 def suggest(name: str, valid) -> str | None:
+    import difflib  # only on the error path
+
     matches = difflib.get_close_matches(name, list(valid), n=1, cutoff=0.6)
     return matches[0] if matches else None
 

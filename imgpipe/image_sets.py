@@ -220,8 +220,6 @@ def _runtime(record: Record) -> float | None:
 def seconds_per_cost(jobs, sets: dict[str, ImageSet]) -> dict[tuple[str, ...], float]:
     """For each set of options (a job's command but its names and MSs), how many seconds one unit of
     ``Job.cost`` took, from the records of the done jobs with those options (their median)."""
-    import statistics
-
     rates: dict[tuple[str, ...], list[float]] = {}
     for job in jobs:
         s = sets.get(job.id)
@@ -230,6 +228,10 @@ def seconds_per_cost(jobs, sets: dict[str, ImageSet]) -> dict[tuple[str, ...], f
         runtime = _runtime(s.record)
         if runtime is not None:
             rates.setdefault(_signature(job), []).append(runtime / job.cost)
+    if not rates:
+        return {}
+    import statistics  # (5 ms to import: only when some job ran before)
+
     return {sig: statistics.median(r) for sig, r in rates.items()}
 
 

@@ -145,6 +145,7 @@ def read(path: str | os.PathLike) -> Plan:
                            hint="make one with `imgpipe plan CONFIG INPUTS...`")
     header: dict[str, str] = {}
     jobs: list[Job] = []
+    bare_words = re.compile(_BARE_WORDS)
     for n, line in enumerate(lines[1:], start=2):
         if not line:
             continue
@@ -155,7 +156,7 @@ def read(path: str | os.PathLike) -> Plan:
             continue
         try:
             job_id, host, command = line.split("\t", 2)
-            bare = _BARE_WORDS.fullmatch(command)  # (most lines: safe words only, no quote)
+            bare = bare_words.fullmatch(command)  # (most lines: safe words only, no quote)
             argv = command.split(" ") if bare else split_command(command)
         except ValueError as e:
             raise ImgpipeError(f"line {n} is not ID<TAB>HOST<TAB>COMMAND ({e})", where=str(path)) from None
@@ -184,11 +185,12 @@ def read(path: str | os.PathLike) -> Plan:
 # What shlex.quote writes: bare safe words, '...' runs, and "'" for a quote inside them. A bare
 # run is taken whole only ((?!...)): with `[...]+` free to stop anywhere inside `(...)+`, a line
 # that does not match (a jobs file edited by hand) took exponential time to say so.
-_QUOTED_WORDS = re.compile(
+# (Patterns, compiled on first use through re's own cache: `imgpipe plan` never reads a jobs file.)
+_QUOTED_WORDS = (
     r"""(?:[A-Za-z0-9_@%+=:,./-]+(?![A-Za-z0-9_@%+=:,./-])|'[^']*'|"'")+"""
     r"""(?: (?:[A-Za-z0-9_@%+=:,./-]+(?![A-Za-z0-9_@%+=:,./-])|'[^']*'|"'")+)*""")
-_BARE_WORDS = re.compile(r"[A-Za-z0-9_@%+=:,./-]+(?: [A-Za-z0-9_@%+=:,./-]+)*")
-_QUOTED_PIECE = re.compile(r"""('[^']*'|"'")""")
+_BARE_WORDS = r"[A-Za-z0-9_@%+=:,./-]+(?: [A-Za-z0-9_@%+=:,./-]+)*"
+_QUOTED_PIECE = r"""('[^']*'|"'")"""
 
 
 def split_command(command: str) -> list[str]:
@@ -197,13 +199,13 @@ def split_command(command: str) -> list[str]:
     A line that is not exactly what ``shlex.quote`` writes (words joined by one space)
     goes through ``shlex.split`` itself, so the result is the same for any line.
     """
-    if not _QUOTED_WORDS.fullmatch(command):
+    if not re.fullmatch(_QUOTED_WORDS, command):
         return shlex.split(command)
     if "'" not in command:
         return command.split(" ")
     words: list[str] = []
     word: list[str] = []
-    for i, part in enumerate(_QUOTED_PIECE.split(command)):
+    for i, part in enumerate(re.split(_QUOTED_PIECE, command)):
         if i % 2:  # a quoted piece
             word.append("'" if part == "\"'\"" else part[1:-1])
         elif part:  # bare text: a space ends a word

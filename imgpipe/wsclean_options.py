@@ -286,13 +286,14 @@ def _parse_table(text: str) -> dict[str, WscleanOption]:
 
 # ---------------------------------------------------------------- what each word must be
 
+# (Patterns, compiled on first use through re's own cache: most plans check few such words.)
 _NUMBER = r"-?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?"
-_INT_RE = re.compile(r"-?\d+")
-_NUMBER_RE = re.compile(_NUMBER)
-_ANGLE_RE = re.compile(rf"({_NUMBER})\s*(deg|degrees|rad|amin|arcmin|asec|arcsec|mas|masec|'|'')?", re.IGNORECASE)
-_FLUX_RE = re.compile(rf"({_NUMBER})\s*(Jy|jy|mJy|mjy|µJy|µjy|nJy|njy|KJy|kjy)?")
-_RA_RE = re.compile(r"\d+h\d+m\d+(?:\.\d*)?s|\d+:\d+:\d+(?:\.\d*)?")  # 12h30m00s, 12:30:00 (all three parts)
-_DEC_RE = re.compile(r"[-+]?\d+d\d+m\d+(?:\.\d*)?s|[-+]?\d+\.\d+\.\d+(?:\.\d*)?")  # 60d00m00s, 60.00.00
+_INT_RE = r"-?\d+"
+_NUMBER_RE = _NUMBER
+_ANGLE_RE = rf"(?i:({_NUMBER})\s*(deg|degrees|rad|amin|arcmin|asec|arcsec|mas|masec|'|'')?)"
+_FLUX_RE = rf"({_NUMBER})\s*(Jy|jy|mJy|mjy|µJy|µjy|nJy|njy|KJy|kjy)?"
+_RA_RE = r"\d+h\d+m\d+(?:\.\d*)?s|\d+:\d+:\d+(?:\.\d*)?"  # 12h30m00s, 12:30:00 (all three parts)
+_DEC_RE = r"[-+]?\d+d\d+m\d+(?:\.\d*)?s|[-+]?\d+\.\d+\.\d+(?:\.\d*)?"  # 60d00m00s, 60.00.00
 _POL_WORDS = ("i", "q", "u", "v", "xx", "xy", "yx", "yy", "rr", "rl", "lr", "ll", "iquv")
 
 _NUMBERS = {  # spec -> (integer?, lowest, lowest allowed?, words, example)
@@ -308,7 +309,7 @@ _NUMBERS = {  # spec -> (integer?, lowest, lowest allowed?, words, example)
 
 def _number_problem(spec: str, word: str) -> str | None:
     integer, low, inclusive, words, _ = _NUMBERS[spec]
-    if not (_INT_RE if integer else _NUMBER_RE).fullmatch(word):
+    if not re.fullmatch(_INT_RE if integer else _NUMBER_RE, word):
         return words
     x = float(word)
     if not math.isfinite(x) or (low is not None and (x < low or (x == low and not inclusive))):
@@ -323,19 +324,19 @@ def _word_problem(spec: str, word: str) -> str | None:
     if spec in ("text", "path"):
         return None
     if spec == "angle":
-        m = _ANGLE_RE.fullmatch(word)
+        m = word and re.fullmatch(_ANGLE_RE, word)
         ok = m and math.isfinite(float(m.group(1)))
         return None if ok or not word else "an angle: a number and a unit (deg, amin, asec, mas, rad), e.g. 1amin"
     if spec == "flux":
-        m = _FLUX_RE.fullmatch(word)
+        m = word and re.fullmatch(_FLUX_RE, word)
         ok = m and math.isfinite(float(m.group(1)))
         return None if ok or not word else "a flux density: a number and a unit (Jy, mJy, µJy, nJy), e.g. 1mJy"
     if spec in ("ra", "dec"):
-        ok = (_RA_RE if spec == "ra" else _DEC_RE).fullmatch(word)
+        ok = word and re.fullmatch(_RA_RE if spec == "ra" else _DEC_RE, word)
         what = "a right ascension such as 12h30m00s" if spec == "ra" else "a declination such as 60d00m00s"
         return None if ok or not word else what
     if spec == "field":
-        ok = word == "all" or all(_INT_RE.fullmatch(w) and int(w) >= 0 for w in word.split(","))
+        ok = not word or word == "all" or all(re.fullmatch(_INT_RE, w) and int(w) >= 0 for w in word.split(","))
         return None if ok or not word else "'all' or field ids separated by commas, e.g. 0,1"
     if spec == "pol":
         return None  # checked whole by wsclean_command.pol_problem

@@ -13,15 +13,19 @@ Adding an engine means adding one module here: ``names()`` finds it.
 from __future__ import annotations
 
 import importlib
-import pkgutil
+import os
 
 SUPPORT = ("base", "loop", "control")  # the modules that are no engine
 DEFAULT = "parallel"
 
 
 def names() -> list[str]:
-    """The engines there are: every module of this package but the support modules."""
-    found = [m.name for m in pkgutil.iter_modules(__path__) if m.name not in SUPPORT]
+    """The engines there are: every module of this package but the support modules.
+
+    (A listing of the package's folder: ``pkgutil.iter_modules`` imports ``inspect``, 18 ms of
+    every imgpipe command's start-up, bench/README.md.)"""
+    found = [name[:-3] for folder in __path__ for name in os.listdir(folder)
+             if name.endswith(".py") and not name.startswith("_") and name[:-3] not in SUPPORT]
     return sorted(found, key=lambda n: (n != DEFAULT, n))
 
 
