@@ -177,7 +177,7 @@ def breakdown(workdir: str, n: int) -> dict:
         ms_problem(p)
     extra.append(("  of MS facts: existence/readability checks (serial, re-timed)", time.perf_counter() - t0))
     t0 = time.perf_counter()
-    ms_facts._read_chunk((paths[:1000], data_column(config)))
+    ms_facts._read_chunk((paths[:1000], data_column(config), False))
     per = (time.perf_counter() - t0) / min(n, 1000)
     extra.append((f"  of MS facts: one MS read serially (x{n} = {per * n:.2f} s of CPU)", per))
     return {"n": n, "stages": stages, "extra": extra, "bytes": len(text)}

@@ -18,7 +18,9 @@ and does not import casacore and numpy (~0.15 s). The column check first looks
 for the column's name, as casacore stores it (a length-prefixed string), in the
 main table's ``table.dat``. Only when it is not found there is the main table
 opened with casacore to confirm, so a "missing column" error is always
-casacore's own answer. Large inputs are read by two worker processes.
+casacore's own answer. Large inputs are read by worker processes (``read_facts``): one reads
+the first MS's table (importing casacore) while the others digest, and leave it the few distinct
+tables they have not seen before.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ import json
 import os
 import struct
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from .inputs import ms_problem
 
@@ -49,10 +51,11 @@ class MSFacts:
         return len(self.chan_freqs)
 
 
-def _name_in_table_dat(path: str, column: str) -> bool:
-    """True when table.dat holds ``column`` as a casacore (AipsIO) string, either byte order."""
+def _name_in_table_dat(path: str, column: str, dir_fd: int | None = None) -> bool:
+    """True when table.dat holds ``column`` as a casacore (AipsIO) string, either byte order.
+    (With ``dir_fd``, the MS's directory already open: ``path`` is not looked up again.)"""
     raw = column.encode("utf-8")
-    data = _read_file(os.path.join(path, "table.dat"))
+    data = _read_file("table.dat" if dir_fd is not None else os.path.join(path, "table.dat"), dir_fd)
     return struct.pack(">I", len(raw)) + raw in data or struct.pack("<I", len(raw)) + raw in data
 
 
@@ -83,22 +86,33 @@ def import_tables():
     return tables
 
 
-def _table_key(path: str) -> bytes | None:
+# A directory opened to look inside it: files are then opened and stat'ed relative to it, so the
+# kernel does not walk the MS's whole path again for each (~10 % of the time an MS's facts take).
+_O_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
+
+
+def _table_key(path: str, dir_fd: int | None = None) -> bytes | None:
     """A digest of a table's files (all but its lock file): two tables with the same key are the same
     table. Reading ~3 small files costs a fraction of a casacore open (bench/plan_scale.py)."""
     h = hashlib.blake2b(digest_size=20)
     try:
-        names = sorted(e.name for e in os.scandir(path) if e.is_file() and e.name != "table.lock")
-        for name in names:
-            h.update(name.encode() + b"\0" + _read_file(os.path.join(path, name)) + b"\0")
+        fd = os.open(path, _O_DIR, dir_fd=dir_fd)
     except OSError:
         return None
+    try:
+        names = sorted(e.name for e in os.scandir(fd) if e.is_file() and e.name != "table.lock")
+        for name in names:
+            h.update(name.encode() + b"\0" + _read_file(name, fd) + b"\0")
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
     return h.digest()
 
 
-def _read_file(path: str) -> bytes:
+def _read_file(path: str, dir_fd: int | None = None) -> bytes:
     """A whole (small) file, with plain system calls (Python's file objects cost more than the read)."""
-    fd = os.open(path, os.O_RDONLY)
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC, dir_fd=dir_fd)
     try:
         data = os.read(fd, 1 << 16)
         if len(data) == 1 << 16:
@@ -108,8 +122,9 @@ def _read_file(path: str) -> bytes:
         os.close(fd)
 
 
-def _data_bytes(path: str) -> int:
-    """The size of the main table's own files (its subtables are directories, not counted)."""
+def _data_bytes(path: str | int) -> int:
+    """The size of the main table's own files (its subtables are directories, not counted);
+    ``path`` may be the directory's open descriptor."""
     try:
         return sum(e.stat().st_size for e in os.scandir(path) if e.is_file(follow_symlinks=False))
     except OSError:
@@ -151,20 +166,29 @@ def _keep_spw(key: bytes, nspw: int, freqs: frozenset[float]) -> None:
             pass
 
 
+def _known_spw(path: str, cache: dict, dir_fd: int | None = None) -> tuple[bytes | None, tuple[int, frozenset[float]] | None]:
+    """(the digest of an MS's SPECTRAL_WINDOW, its (rows, channel frequencies) if this plan or an
+    earlier one read a table of that digest). ``dir_fd``: the MS's directory, open."""
+    key = _table_key("SPECTRAL_WINDOW" if dir_fd is not None else os.path.join(path, "SPECTRAL_WINDOW"), dir_fd)
+    if key is None:
+        return None, None
+    if key not in cache:
+        kept = _kept_spw(key)
+        if kept is None:
+            return key, None
+        cache[key] = kept
+    return key, cache[key]
+
+
 def _read_spw(path: str, cache: dict) -> tuple[int, frozenset[float]]:
     """(rows, distinct channel frequencies) of an MS's SPECTRAL_WINDOW, each distinct table read once:
     once per plan (``cache``), and once at all (``spw_cache_dir``: a plan of MSs whose tables were
     seen before opens none, and does not even import casacore)."""
-    sub = os.path.join(path, "SPECTRAL_WINDOW")
-    key = _table_key(sub)
-    if key is not None:
-        if key in cache:
-            return cache[key]
-        kept = _kept_spw(key)
-        if kept is not None:
-            cache[key] = kept
-            return kept
-    spw = import_tables().table(sub, ack=False, readonly=True, lockoptions="autonoread")
+    key, known = _known_spw(path, cache)
+    if known is not None:
+        return known
+    spw = import_tables().table(os.path.join(path, "SPECTRAL_WINDOW"), ack=False, readonly=True,
+                                lockoptions="autonoread")
     try:
         nspw = spw.nrows()
         try:
@@ -179,38 +203,106 @@ def _read_spw(path: str, cache: dict) -> tuple[int, frozenset[float]]:
     return nspw, freqs
 
 
-def _read_one(path: str, column: str | None, cache: dict) -> MSFacts | str:
+# A worker that has not imported casacore leaves up to this many distinct SPECTRAL_WINDOW tables,
+# never seen before, to be read by another process (read_facts): a night of MSs with a few distinct
+# tables pays one casacore import (0.2 s, in one worker, while the others digest) instead of one per
+# worker. A night whose tables all differ has them read by every worker, in parallel, as before.
+DEFER_MAX = 8
+
+
+@dataclass(frozen=True)
+class _Deferred:
+    """A worker's facts of an MS but its channels: its SPECTRAL_WINDOW is read by another process."""
+
+    key: bytes
+    facts: MSFacts
+
+
+def _read_one(path: str, column: str | None, cache: dict, deferred: set | None = None) -> MSFacts | _Deferred | str:
     try:
-        nspw, freqs = _read_spw(path, cache)
-        size = _data_bytes(path)
+        fd = os.open(path, _O_DIR)
+    except OSError as e:
+        return f"{path}: cannot be read as a Measurement Set: {e.strerror}"
+    try:
+        return _read_open(path, fd, column, cache, deferred)
+    finally:
+        os.close(fd)
+
+
+def _read_open(path: str, fd: int, column: str | None, cache: dict, deferred: set | None) -> MSFacts | _Deferred | str:
+    """_read_one, the MS's directory open as ``fd``."""
+    try:
+        later = None
+        key, known = _known_spw(path, cache, fd)
+        if (known is None and deferred is not None and key is not None and "casacore.tables" not in sys.modules
+                and (key in deferred or len(deferred) < DEFER_MAX)):
+            deferred.add(key)  # (a worker without casacore: a table it has not read is left to another)
+            later, known = key, (0, frozenset())
+        nspw, freqs = known or _read_spw(path, cache)
+        size = _data_bytes(fd)
         if column is None:
-            return MSFacts(path=path, chan_freqs=freqs, nspw=nspw, data_bytes=size)
-        if _name_in_table_dat(path, column):
-            return MSFacts(path=path, chan_freqs=freqs, nspw=nspw, has_column=True,
-                           columns=frozenset([column]), data_bytes=size)
-        main = import_tables().table(path, ack=False, readonly=True, lockoptions="autonoread")
-        try:
-            columns = frozenset(main.colnames())
-        finally:
-            main.close()
+            facts = MSFacts(path=path, chan_freqs=freqs, nspw=nspw, data_bytes=size)
+        elif _name_in_table_dat(path, column, fd):
+            facts = MSFacts(path=path, chan_freqs=freqs, nspw=nspw, has_column=True,
+                            columns=frozenset([column]), data_bytes=size)
+        else:
+            main = import_tables().table(path, ack=False, readonly=True, lockoptions="autonoread")
+            try:
+                columns = frozenset(main.colnames())
+            finally:
+                main.close()
+            facts = MSFacts(path=path, chan_freqs=freqs, nspw=nspw, has_column=column in columns,
+                            columns=columns, data_bytes=size)
     except (RuntimeError, OSError) as e:  # casacore raises RuntimeError
         return f"{path}: cannot be read as a Measurement Set: {str(e).strip()}"
-    return MSFacts(path=path, chan_freqs=freqs, nspw=nspw, has_column=column in columns, columns=columns,
-                   data_bytes=size)
+    return facts if later is None else _Deferred(later, facts)
 
 
-def _checked_read(path: str, column: str | None, cache: dict) -> MSFacts | str:
+def _checked_read(path: str, column: str | None, cache: dict, deferred: set | None = None) -> MSFacts | _Deferred | str:
     """_read_one; the path checks (several syscalls an MS) only when it fails, to say why in plain words."""
-    result = _read_one(path, column, cache)
+    result = _read_one(path, column, cache, deferred)
     if isinstance(result, str) or (column is None and not os.path.isfile(os.path.join(path, "table.dat"))):
         return ms_problem(path) or result
     return result
 
 
-def _read_chunk(args: tuple[list[str], str | None]) -> list[MSFacts | str]:
-    paths, column = args
+def _read_chunk(args: tuple[list[str], str | None, bool]) -> list[MSFacts | _Deferred | str]:
+    paths, column, defer = args
     cache: dict = {}  # distinct SPECTRAL_WINDOW tables, by the digest of their files
-    return [_checked_read(p, column, cache) for p in paths]
+    deferred: set | None = set() if defer else None
+    return [_checked_read(p, column, cache, deferred) for p in paths]
+
+
+def _read_first_table(path: str) -> dict:
+    """{digest: (rows, channels)} of one MS's SPECTRAL_WINDOW, read (and kept) unless seen before;
+    {} when it cannot be read (the MS's own read says why)."""
+    cache: dict = {}
+    try:
+        _read_spw(path, cache)
+    except (RuntimeError, OSError):
+        pass
+    return cache
+
+
+def _complete(results: list, known: dict, column: str | None, pool, workers: int) -> None:
+    """Fill in the MSs whose table a worker left (``_Deferred``): from the table read by
+    ``_read_first_table`` (``known``) or kept meanwhile by another worker; those of a table nobody
+    read yet are read again in full, in the workers (the same facts, or problem, as serially)."""
+    deferred = [i for i, r in enumerate(results) if isinstance(r, _Deferred)]
+    for i in deferred:
+        key = results[i].key
+        if key not in known:
+            known[key] = _kept_spw(key)  # (None: no process read it)
+    again = [results[i].facts.path for i in deferred if known[results[i].key] is None]
+    redone = {}
+    if again:
+        size = -(-len(again) // workers)
+        chunks = [(again[i : i + size], column, False) for i in range(0, len(again), size)]
+        redone = dict(zip(again, (r for part in pool.map(_read_chunk, chunks, chunksize=1) for r in part)))
+    for i in deferred:
+        r = results[i]
+        table = known[r.key]
+        results[i] = redone[r.facts.path] if table is None else replace(r.facts, nspw=table[0], chan_freqs=table[1])
 
 
 def read_facts(paths: list[str], column: str | None = None) -> tuple[dict[str, MSFacts], list[str]]:
@@ -219,14 +311,18 @@ def read_facts(paths: list[str], column: str | None = None) -> tuple[dict[str, M
 
     workers = min(os.cpu_count() or 1, 4)
     if len(paths) < PARALLEL_MIN or workers < 2:
-        results = _read_chunk((paths, column))
+        results = _read_chunk((paths, column, False))
     else:
         import multiprocessing
 
-        size = -(-len(paths) // workers)
-        chunks = [(paths[i : i + size], column) for i in range(0, len(paths), size)]
+        # One worker reads the first MS's table (importing casacore only if it was never seen) while
+        # the others start on the MSs; small chunks, so that it then takes its share of them.
+        size = -(-len(paths) // (4 * workers))
+        chunks = [(paths[i : i + size], column, True) for i in range(0, len(paths), size)]
         with multiprocessing.get_context("fork").Pool(workers) as pool:
-            results = [r for part in pool.map(_read_chunk, chunks) for r in part]
+            first = pool.apply_async(_read_first_table, (paths[0],))
+            results = [r for part in pool.map(_read_chunk, chunks, chunksize=1) for r in part]
+            _complete(results, first.get(), column, pool, workers)
     facts: dict[str, MSFacts] = {}
     for path, result in zip(paths, results):
         if isinstance(result, str):

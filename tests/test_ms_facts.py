@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import shutil
 
+import pytest
+
 from imgpipe import ms_facts
 from imgpipe.ms_facts import _name_in_table_dat, read_facts
 
@@ -60,7 +62,7 @@ def test_missing_column_is_confirmed_by_casacore(ms_factory):
 def test_casacore_confirms_a_column_the_fast_path_missed(ms_factory, monkeypatch):
     # The fast path may miss a name (a table.dat laid out differently): casacore has the last word.
     ms = ms_factory("c.MS", corrected_data=True)
-    monkeypatch.setattr(ms_facts, "_name_in_table_dat", lambda path, column: False)
+    monkeypatch.setattr(ms_facts, "_name_in_table_dat", lambda path, column, dir_fd=None: False)
     f = _one(ms, "CORRECTED_DATA")
     assert f.has_column is True
     assert "CORRECTED_DATA" in f.columns and "DATA" in f.columns
@@ -119,6 +121,80 @@ def test_parallel_read_gives_the_same_facts(ms_factory, monkeypatch):
     assert [parallel[p].has_column for p in paths] == [False, True, False, True]
 
 
+_FIRST_PLAN = """
+import json, os, sys
+from imgpipe import ms_facts
+ms_facts.PARALLEL_MIN, ms_facts.DEFER_MAX = 2, int(sys.argv[1])
+ms_facts.os.cpu_count = lambda: 2
+real = ms_facts.import_tables
+def counting():
+    if "casacore.tables" not in sys.modules:
+        with open(sys.argv[2], "a") as f:
+            f.write(f"{os.getpid()}\\n")
+    return real()
+ms_facts.import_tables = counting
+facts, problems = ms_facts.read_facts(sys.argv[3:], "DATA")
+print(json.dumps({"facts": {p: [f.nspw, sorted(f.chan_freqs), f.has_column, f.data_bytes]
+                            for p, f in facts.items()},
+                  "problems": problems, "parent_imported": "casacore.tables" in sys.modules}))
+"""
+
+
+def _first_plan(tmp_path, paths, defer_max=8) -> tuple[dict, list[int]]:
+    """read_facts in 2 worker processes, in a fresh interpreter (no casacore imported, as in the CLI)
+    with nothing kept from before: (what it read, the pids of the processes that imported casacore)."""
+    import os
+    import subprocess
+    import sys
+
+    log = tmp_path / f"imports-{defer_max}"
+    env = {**os.environ, "XDG_CACHE_HOME": str(tmp_path / f"cache-{defer_max}")}
+    out = subprocess.run([sys.executable, "-c", _FIRST_PLAN, str(defer_max), str(log), *paths], env=env,
+                         capture_output=True, text=True, check=True).stdout
+    return json.loads(out), [int(x) for x in log.read_text().split()] if log.exists() else []
+
+
+def _as_json(facts) -> dict:
+    return {p: [f.nspw, sorted(f.chan_freqs), f.has_column, f.data_bytes] for p, f in facts.items()}
+
+
+def test_a_first_plan_imports_casacore_in_one_worker_only(ms_factory, tmp_path):
+    """The MSs of a night share one SPECTRAL_WINDOW table: one worker imports casacore and reads it
+    while the other digests, instead of both paying the import (0.2 s); never the parent."""
+    paths = [str(ms_factory(f"same{i}.MS", nchan=16)) for i in range(6)]
+    got, importers = _first_plan(tmp_path, paths)
+    assert got["problems"] == [] and got["parent_imported"] is False
+    assert len(importers) == 1, importers
+    assert got["facts"] == _as_json(read_facts(paths, "DATA")[0])
+    assert len(list((tmp_path / "cache-8" / "imgpipe" / "spw").iterdir())) == 1  # kept for the next plan
+
+
+@pytest.mark.parametrize("defer_max", [0, 1, 8])
+def test_a_first_plan_in_workers_reads_what_a_serial_one_reads(ms_factory, tmp_path, defer_max):
+    """Whichever process reads which table (left to another worker, up to DEFER_MAX of them, or read
+    where it was met), the facts are those of a serial read, and every distinct table is kept."""
+    paths = [str(ms_factory(f"same{i}.MS", nchan=16)) for i in range(3)]
+    paths += [str(ms_factory("other.MS", nchan=16, freq_start=60e6)), str(ms_factory("fewer.MS", nchan=8))]
+    paths += [str(ms_factory(f"late{i}.MS", nchan=4, freq_start=70e6 + i * 1e6)) for i in range(3)]
+    got, _ = _first_plan(tmp_path, paths, defer_max)
+    assert got["problems"] == [] and got["parent_imported"] is False
+    assert got["facts"] == _as_json(read_facts(paths, "DATA")[0])
+    assert len(list((tmp_path / f"cache-{defer_max}" / "imgpipe" / "spw").iterdir())) == 6
+
+
+def test_a_damaged_table_left_to_another_worker_is_the_same_problem_as_serially(ms_factory, tmp_path):
+    good = [str(ms_factory(f"good{i}.MS")) for i in range(2)]
+    bad = [ms_factory(f"bad{i}.MS", nchan=8) for i in range(4)]
+    for ms in bad:  # a table.f0 that casacore cannot read, the same bytes in all: one digest
+        (ms / "SPECTRAL_WINDOW" / "table.f0").write_bytes(b"damaged")
+    paths = [*good, *map(str, bad)]
+    facts, problems = read_facts(paths, "DATA")
+    assert [p.split(":")[0] for p in problems] == [str(b) for b in bad]
+    got, _ = _first_plan(tmp_path, paths)
+    assert got["problems"] == problems
+    assert got["facts"] == _as_json(facts)
+
+
 # ------------------------------------------------------------ the casacore import
 
 
@@ -147,9 +223,10 @@ def test_casacore_is_imported_without_blas_threads_and_the_environment_is_kept(t
 # ------------------------------------------------------------ SPECTRAL_WINDOW read once per distinct table
 
 
-def test_identical_tables_are_read_once_and_different_ones_each(ms_factory, monkeypatch):
+def test_identical_tables_are_read_once_and_different_ones_each(ms_factory, monkeypatch, tmp_path):
     """MSs whose SPECTRAL_WINDOW files are byte-identical share one casacore read; an MS whose
     table differs (other channels) gets its own, and its own facts."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))  # no table kept from before
     same = [str(ms_factory(f"same{i}.MS", nchan=16)) for i in range(3)]
     other = str(ms_factory("other.MS", nchan=16, freq_start=60e6))
     fewer = str(ms_factory("fewer.MS", nchan=8))
