@@ -649,17 +649,18 @@ def make_plan(config: Config, args: list[str], *, combine: bool = False, combine
     if problems:
         raise PlanErrors(problems, hint="check the paths (every missing or unreadable MS is listed)")
     plan = build_plan(config, inputs, facts, combine=combine, combine_obs_ids=combine_obs_ids)
-    problems = check_out_dirs(plan.jobs)
+    problems = check_out_dirs(plan.jobs, known_dirs=facts)  # (every MS was just opened as a directory)
     if problems:
         raise PlanErrors(problems, hint="out-dir (and name) must lead to a directory the nodes can make: "
                          "move the file away, or choose another out-dir")
     return plan
 
 
-def check_out_dirs(jobs) -> list[str]:
-    """One problem per image (or temp) directory that cannot be one: it, or a directory above it, is a file."""
+def check_out_dirs(jobs, known_dirs=()) -> list[str]:
+    """One problem per image (or temp) directory that cannot be one: it, or a directory above it, is a file.
+    ``known_dirs``: absolute paths known to be directories (the MSs: out-dir is often inside them)."""
     problems: list[str] = []
-    seen: dict[str, str | None] = {}
+    seen: dict[str, str | None] = dict.fromkeys(known_dirs)
     for job, path in ((j, d) for j in jobs for d in (j.out_dir, os.path.dirname(j.temp_dir))):
         start = path
         while path not in seen and not os.path.lexists(path) and os.path.dirname(path) != path:

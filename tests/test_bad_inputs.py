@@ -79,6 +79,9 @@ PLAN_CASES = [
     ("out-dir-file", "[wsclean]\nout-dir = '{tmp}/a-file'\n", ["cannot be made", "a-file is a file"]),
     ("out-dir-under-file", "[wsclean]\nout-dir = '{tmp}/a-file/images'\n", ["cannot be made", "a-file is a file"]),
     ("temp-dir-file", "[wsclean]\ntemp-dir = '{tmp}/a-file'\n", ["the temp-dir", "a-file is a file"]),
+    # (the MSs are known directories: what is inside one is still looked at)
+    ("out-dir-in-ms-under-file", "[wsclean]\nout-dir = '$ms_in$/table.dat/images'\n",
+     ["cannot be made", "a.MS/table.dat is a file"]),
 ]
 
 
