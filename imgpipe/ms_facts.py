@@ -278,7 +278,8 @@ def _read_first_table(path: str) -> dict:
     {} when it cannot be read (the MS's own read says why)."""
     cache: dict = {}
     try:
-        _read_spw(path, cache)
+        if _known_spw(path, cache)[0] is not None:  # (no digest: no table to read, and casacore would log)
+            _read_spw(path, cache)
     except (RuntimeError, OSError):
         pass
     return cache

@@ -92,6 +92,24 @@ def test_every_bad_path_is_listed(tmp_path, ms_factory):
     assert str(good) not in text
 
 
+@pytest.mark.parametrize("workers", [False, True], ids=["serial", "workers"])
+def test_a_file_given_as_an_ms_is_said_once_without_casacore_noise(tmp_path, ms_factory, capfd, monkeypatch,
+                                                                    workers):
+    """casacore logs a WARN line of its own on stderr when asked to open a table below a file:
+    no table is opened below what is not a directory (the first MS of the list included, whose
+    table a worker reads first)."""
+    a_file = tmp_path / "a-file.MS"
+    a_file.write_text("not a table")
+    good = [str(ms_factory(f"good{i}.MS")) for i in range(3)]
+    if workers:
+        monkeypatch.setattr(ms_facts, "PARALLEL_MIN", 2)
+        monkeypatch.setattr(ms_facts.os, "cpu_count", lambda: 2)
+    facts, problems = read_facts([str(a_file), *good], "DATA")
+    assert problems == [f"{a_file}: is not a Measurement Set (no casacore table.dat in it)"]
+    assert sorted(facts) == sorted(good)
+    assert capfd.readouterr().err == ""
+
+
 def test_table_without_spectral_window_is_refused(tmp_path, ms_factory):
     ms = ms_factory("nospw.MS")
     shutil.rmtree(ms / "SPECTRAL_WINDOW")
