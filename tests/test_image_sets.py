@@ -308,6 +308,30 @@ def test_a_wrapper_sent_in_the_environment_finds_its_parts_there(made, tmp_path)
     assert proc.returncode == 0 and "already done" in proc.stdout, proc
 
 
+def test_a_wrapper_removed_while_its_job_runs_still_reads_its_parts(run_cli, tmp_path, ms_factory):
+    """A node's ~/.cache cleaned while a job runs: the part a failure needs is still read, from
+    perl's own handle on the removed file, so WSClean's failure is said as such (exit 10), not as a
+    set-up failure (12). That handle is not inherited by WSClean."""
+    plan = plan_of(run_cli, tmp_path, ms_factory("obs.MS"))
+    (job,) = plan.jobs
+    copy = tmp_path / "imgpipe-job-copy"
+    shutil.copy(WRAPPER, copy)
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    stand_in = bindir / "wsclean"  # (fails, after removing the wrapper that started it)
+    stand_in.write_text(f'#!/bin/sh\n[ "$1" = --version ] && {{ echo "WSClean version 3.1.0"; exit 0; }}\n'
+                        f'ls -l /proc/$$/fd > {tmp_path}/fds\nrm -f {copy}\nexit 1\n')
+    stand_in.chmod(0o755)
+    args = wrapper_args(plan, job.id, job.command, share="0", force=False, run=f"test:{tmp_path}")
+    proc = subprocess.run(["perl", str(copy), "imgpipe-job", *args], cwd=tmp_path, capture_output=True, text=True,
+                          timeout=60, env={**os.environ, "PATH": f"{bindir}:{os.environ['PATH']}"})
+    assert not copy.exists()
+    assert proc.returncode == 10 and "WSClean failed with exit status 1" in proc.stdout, proc
+    assert "cannot compile" not in proc.stdout
+    fds = (tmp_path / "fds").read_text()
+    assert str(copy) not in fds and claim_path(job.name) in fds, fds  # (the claim is inherited, on purpose)
+
+
 @pytest.mark.parametrize("word", ["$(touch {p})", "`touch {p}`", "; touch {p}", "| touch {p}", "&& touch {p}",
                                   "> {p}", '"$(touch {p})"', "*"])
 def test_a_command_with_anything_a_shell_would_run_is_refused_not_run(made, tmp_path, word):
