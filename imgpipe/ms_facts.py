@@ -180,13 +180,11 @@ def _known_spw(path: str, cache: dict, dir_fd: int | None = None) -> tuple[bytes
     return key, cache[key]
 
 
-def _read_spw(path: str, cache: dict) -> tuple[int, frozenset[float]]:
-    """(rows, distinct channel frequencies) of an MS's SPECTRAL_WINDOW, each distinct table read once:
-    once per plan (``cache``), and once at all (``spw_cache_dir``: a plan of MSs whose tables were
-    seen before opens none, and does not even import casacore)."""
-    key, known = _known_spw(path, cache)
-    if known is not None:
-        return known
+def _open_spw(path: str, key: bytes | None, cache: dict) -> tuple[int, frozenset[float]]:
+    """(rows, distinct channel frequencies) of an MS's SPECTRAL_WINDOW read with casacore, kept under
+    its digest ``key`` (if any): each distinct table is read once per plan (``cache``), and once at
+    all (``spw_cache_dir``: a plan of MSs whose tables were seen before opens none, and does not
+    even import casacore). Callers ask ``_known_spw`` first."""
     spw = import_tables().table(os.path.join(path, "SPECTRAL_WINDOW"), ack=False, readonly=True,
                                 lockoptions="autonoread")
     try:
@@ -238,7 +236,7 @@ def _read_open(path: str, fd: int, column: str | None, cache: dict, deferred: se
                 and (key in deferred or len(deferred) < DEFER_MAX)):
             deferred.add(key)  # (a worker without casacore: a table it has not read is left to another)
             later, known = key, (0, frozenset())
-        nspw, freqs = known or _read_spw(path, cache)
+        nspw, freqs = known or _open_spw(path, key, cache)
         size = _data_bytes(fd)
         if column is None:
             facts = MSFacts(path=path, chan_freqs=freqs, nspw=nspw, data_bytes=size)
@@ -278,8 +276,9 @@ def _read_first_table(path: str) -> dict:
     {} when it cannot be read (the MS's own read says why)."""
     cache: dict = {}
     try:
-        if _known_spw(path, cache)[0] is not None:  # (no digest: no table to read, and casacore would log)
-            _read_spw(path, cache)
+        key, known = _known_spw(path, cache)
+        if key is not None and known is None:  # (no digest: no table to read, and casacore would log)
+            _open_spw(path, key, cache)
     except (RuntimeError, OSError):
         pass
     return cache

@@ -251,16 +251,13 @@ def test_identical_tables_are_read_once_and_different_ones_each(ms_factory, monk
     copy = same[0][: -len(".MS")] + "-copy.MS"
     shutil.copytree(same[0], copy)
     opened = []
-    real = ms_facts._read_spw
+    real = ms_facts._open_spw
 
-    def counting(path, cache):
-        before = len(cache)
-        out = real(path, cache)
-        if len(cache) > before:
-            opened.append(path)
-        return out
+    def counting(path, key, cache):
+        opened.append(path)
+        return real(path, key, cache)
 
-    monkeypatch.setattr(ms_facts, "_read_spw", counting)
+    monkeypatch.setattr(ms_facts, "_open_spw", counting)
     facts, problems = read_facts([*same, copy, other, fewer])
     assert problems == []
     assert len(opened) == 3  # one read for the four identical tables, one for each other table
