@@ -111,6 +111,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--long-times", type=int, default=1600, help="integrations of a long job's MS (default 1600)")
     ap.add_argument("--size", type=int, default=512, help="image size in pixels (default 512)")
     ap.add_argument("--niter", type=int, default=5000, help="clean iterations (default 5000, mgain 0.5)")
+    ap.add_argument("--gridder", choices=("w-stacking", "wgridder"), default="w-stacking",
+                    help="WSClean's gridder (default w-stacking, WSClean's own default; wgridder: "
+                         "use-wgridder = true, whose jobs keep one CPU busy at -j 1)")
     ap.add_argument("--jobs", type=int, help="number of jobs of --mix trivial (default 500)")
     ap.add_argument("--keep", metavar="DIR", help="work in DIR and keep it (the MSs are reused next time)")
     ap.add_argument("--imgpipe", help="the imgpipe executable (default: next to this python)")
@@ -156,12 +159,13 @@ def bench(args, imgpipe: str, work: str) -> int:
                 "[wsclean]\nname = 'img'\nout-dir = '${IMGPIPE_BENCH_OUT}/$ms_basename$'\n"
                 "data-column = 'DATA'\nno-update-model-required = true\n"
                 f"size = '{args.size} {args.size}'\nscale = '1arcmin'\nniter = {args.niter}\nmgain = 0.5\n"
-                f"j = {threads}\n")
+                f"j = {threads}\n" + ("use-wgridder = true\n" if args.gridder == "wgridder" else ""))
     if trivial:
         print(f"{len(ms)} jobs of a stand-in WSClean (writes an empty image), {args.slots} at a time")
     else:
         print(f"{len(ms)} jobs, {args.slots} at a time; MS integrations in input order: {times} (12 antennas, "
-              f"16 channels); wsclean -size {args.size} {args.size} -niter {args.niter} -mgain 0.5 -j {threads}")
+              f"16 channels); wsclean -size {args.size} {args.size} -niter {args.niter} -mgain 0.5 -j {threads}"
+              + (" -use-wgridder" if args.gridder == "wgridder" else ""))
 
     # the bare arms' lines: planned once (the plan does not depend on IMGPIPE_BENCH_OUT's value
     # beyond the paths, which are rewritten per run below)
