@@ -22,6 +22,16 @@ from sshcluster import SshCluster
 REPO = Path(__file__).resolve().parent.parent
 
 
+@pytest.fixture(scope="session", autouse=True)
+def own_cache_home(tmp_path_factory):
+    """imgpipe's caches (SPECTRAL_WINDOW channels, the node wrapper, GNU parallel's home) in
+    the session's tmp, not in the user's ~/.cache: a test starts from no cache and leaves
+    nothing behind. The ssh "nodes" get the same XDG_CACHE_HOME (sshcluster passes it on)."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("XDG_CACHE_HOME", str(tmp_path_factory.mktemp("xdg-cache")))
+        yield
+
+
 @pytest.fixture
 def own_cluster(tmp_path):
     """Two ssh "nodes" (node001, node002) of this test's own, for tests that stop or cut one."""

@@ -211,7 +211,7 @@ class SshCluster:
         self.remote_path = os.pathsep.join(dict.fromkeys(e for e in entries if e))
 
         self.remote_env = {"PATH": self.remote_path}
-        for var in ("PYTHONPATH", "VIRTUAL_ENV"):
+        for var in ("PYTHONPATH", "VIRTUAL_ENV", "XDG_CACHE_HOME"):
             if os.environ.get(var):
                 self.remote_env[var] = os.environ[var]
         if not source_bashrc:
