@@ -25,8 +25,9 @@ REPO = Path(__file__).resolve().parent.parent
 @pytest.fixture(scope="session", autouse=True)
 def own_cache_home(tmp_path_factory):
     """imgpipe's caches (SPECTRAL_WINDOW channels, the node wrapper, GNU parallel's home) in
-    the session's tmp, not in the user's ~/.cache: a test starts from no cache and leaves
-    nothing behind. The ssh "nodes" get the same XDG_CACHE_HOME (sshcluster passes it on)."""
+    the session's tmp, not in the user's ~/.cache: a test session starts from no cache and
+    leaves nothing in the user's. The ssh "nodes" get the same XDG_CACHE_HOME (sshcluster
+    passes it on). A test that needs a cache of its own sets XDG_CACHE_HOME itself."""
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("XDG_CACHE_HOME", str(tmp_path_factory.mktemp("xdg-cache")))
         yield
