@@ -2,6 +2,8 @@
 """When does the night end: the same jobs through imgpipe and through bare GNU parallel.
 
     .venv/bin/python bench/makespan.py --mix long-last      # 7 short jobs + 1 long one, last in the input
+    .venv/bin/python bench/makespan.py --mix long-last --gridder wgridder --long-times 1200
+                                                            # the same with jobs that use one CPU each
     .venv/bin/python bench/makespan.py --mix ascending      # 10 jobs, each longer than the one before
     .venv/bin/python bench/makespan.py --mix equal          # 8 equal jobs: parallel and make engines
     .venv/bin/python bench/makespan.py --mix trivial        # 500 jobs of a stand-in WSClean: per-job cost
