@@ -284,6 +284,12 @@ def _read_first_table(path: str) -> dict:
     return cache
 
 
+def _chunks(paths: list[str], parts: int, column: str | None, defer: bool) -> list[tuple[list[str], str | None, bool]]:
+    """``paths`` cut into at most ``parts`` runs, as _read_chunk's arguments."""
+    size = -(-len(paths) // parts)
+    return [(paths[i : i + size], column, defer) for i in range(0, len(paths), size)]
+
+
 def _complete(results: list, known: dict, column: str | None, pool, workers: int) -> None:
     """Fill in the MSs whose table a worker left (``_Deferred``): from the table read by
     ``_read_first_table`` (``known``) or kept meanwhile by another worker; those of a table nobody
@@ -296,8 +302,7 @@ def _complete(results: list, known: dict, column: str | None, pool, workers: int
     again = [results[i].facts.path for i in deferred if known[results[i].key] is None]
     redone = {}
     if again:
-        size = -(-len(again) // workers)
-        chunks = [(again[i : i + size], column, False) for i in range(0, len(again), size)]
+        chunks = _chunks(again, workers, column, False)
         redone = dict(zip(again, (r for part in pool.map(_read_chunk, chunks, chunksize=1) for r in part)))
     for i in deferred:
         r = results[i]
@@ -317,8 +322,7 @@ def read_facts(paths: list[str], column: str | None = None) -> tuple[dict[str, M
 
         # One worker reads the first MS's table (importing casacore only if it was never seen) while
         # the others start on the MSs; small chunks, so that it then takes its share of them.
-        size = -(-len(paths) // (4 * workers))
-        chunks = [(paths[i : i + size], column, True) for i in range(0, len(paths), size)]
+        chunks = _chunks(paths, 4 * workers, column, True)
         with multiprocessing.get_context("fork").Pool(workers) as pool:
             first = pool.apply_async(_read_first_table, (paths[0],))
             results = [r for part in pool.map(_read_chunk, chunks, chunksize=1) for r in part]

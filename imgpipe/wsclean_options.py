@@ -289,7 +289,6 @@ def _parse_table(text: str) -> dict[str, WscleanOption]:
 # (Patterns, compiled on first use through re's own cache: most plans check few such words.)
 _NUMBER = r"-?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?"
 _INT_RE = r"-?\d+"
-_NUMBER_RE = _NUMBER
 _ANGLE_RE = rf"(?i:({_NUMBER})\s*(deg|degrees|rad|amin|arcmin|asec|arcsec|mas|masec|'|'')?)"
 _FLUX_RE = rf"({_NUMBER})\s*(Jy|jy|mJy|mjy|µJy|µjy|nJy|njy|KJy|kjy)?"
 _RA_RE = r"\d+h\d+m\d+(?:\.\d*)?s|\d+:\d+:\d+(?:\.\d*)?"  # 12h30m00s, 12:30:00 (all three parts)
@@ -309,7 +308,7 @@ _NUMBERS = {  # spec -> (integer?, lowest, lowest allowed?, words, example)
 
 def _number_problem(spec: str, word: str) -> str | None:
     integer, low, inclusive, words, _ = _NUMBERS[spec]
-    if not re.fullmatch(_INT_RE if integer else _NUMBER_RE, word):
+    if not re.fullmatch(_INT_RE if integer else _NUMBER, word):
         return words
     x = float(word)
     if not math.isfinite(x) or (low is not None and (x < low or (x == low and not inclusive))):
