@@ -176,6 +176,12 @@ def breakdown(workdir: str, n: int) -> dict:
     for p in paths:
         ms_problem(p)
     extra.append(("  of MS facts: existence/readability checks (serial, re-timed)", time.perf_counter() - t0))
+    from imgpipe.plan import make_plan
+
+    t0 = time.perf_counter()
+    make_plan(config, paths)
+    extra.append(("  make_plan: input resolution, MS facts and build_plan overlapped, + out-dir check",
+                  time.perf_counter() - t0))
     t0 = time.perf_counter()
     ms_facts._read_chunk((paths[:1000], data_column(config), False))
     per = (time.perf_counter() - t0) / min(n, 1000)

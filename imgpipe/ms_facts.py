@@ -30,6 +30,7 @@ import json
 import os
 import struct
 import sys
+from collections.abc import Iterator
 from dataclasses import dataclass, replace
 
 from .inputs import ms_problem
@@ -290,10 +291,11 @@ def _chunks(paths: list[str], parts: int, column: str | None, defer: bool) -> li
     return [(paths[i : i + size], column, defer) for i in range(0, len(paths), size)]
 
 
-def _complete(results: list, known: dict, column: str | None, pool, workers: int) -> None:
+def _complete(results: list, known: dict, column: str | None, pool, workers: int) -> list[int]:
     """Fill in the MSs whose table a worker left (``_Deferred``): from the table read by
     ``_read_first_table`` (``known``) or kept meanwhile by another worker; those of a table nobody
-    read yet are read again in full, in the workers (the same facts, or problem, as serially)."""
+    read yet are read again in full, in the workers (the same facts, or problem, as serially).
+    Returns the indices filled in."""
     deferred = [i for i, r in enumerate(results) if isinstance(r, _Deferred)]
     for i in deferred:
         key = results[i].key
@@ -308,26 +310,52 @@ def _complete(results: list, known: dict, column: str | None, pool, workers: int
         r = results[i]
         table = known[r.key]
         results[i] = redone[r.facts.path] if table is None else replace(r.facts, nspw=table[0], chan_freqs=table[1])
+    return deferred
+
+
+# Chunks a large input is cut into, per worker: iter_facts hands each one on as soon as it is read,
+# so that the planner builds the jobs of one chunk while the workers read the next ones. Up to
+# CHUNKS_PER_WORKER, so that little is left to build once the last chunk is in, of at least
+# CHUNK_MIN MSs each (a chunk handed on costs a round trip), and never fewer than 4 a worker (one
+# worker starts with the first MS's table, and then takes its share).
+CHUNKS_PER_WORKER = 16
+CHUNK_MIN = 500
+
+
+def iter_facts(paths: list[str], column: str | None = None) -> Iterator[list[tuple[int, MSFacts | str]]]:
+    """Batches of (index in ``paths``, facts or the problem), every path in exactly one: in order,
+    a chunk at a time as the workers read them, but for the few a worker left to another process's
+    casacore read (``_Deferred``), which come last. A caller can work on the first MSs while the
+    others are read (a batch at a time: work on many MSs at once runs faster than one at a time
+    between other work)."""
+    workers = min(os.cpu_count() or 1, 4)
+    if len(paths) < PARALLEL_MIN or workers < 2:
+        yield list(enumerate(_read_chunk((paths, column, False))))
+        return
+    import multiprocessing
+
+    # One worker reads the first MS's table (importing casacore only if it was never seen) while
+    # the others start on the MSs; small chunks, so that it then takes its share of them.
+    parts = max(4 * workers, min(CHUNKS_PER_WORKER * workers, len(paths) // CHUNK_MIN))
+    chunks = _chunks(paths, parts, column, True)
+    with multiprocessing.get_context("fork").Pool(workers) as pool:
+        first = pool.apply_async(_read_first_table, (paths[0],))
+        results: list = []
+        for part in pool.imap(_read_chunk, chunks, chunksize=1):
+            start = len(results)
+            results += part
+            yield [(start + k, r) for k, r in enumerate(part) if not isinstance(r, _Deferred)]
+        yield [(i, results[i]) for i in _complete(results, first.get(), column, pool, workers)]
 
 
 def read_facts(paths: list[str], column: str | None = None) -> tuple[dict[str, MSFacts], list[str]]:
-    """Facts for every path, and the problems (one line per bad MS, all of them)."""
-    problems: list[str] = []
-
-    workers = min(os.cpu_count() or 1, 4)
-    if len(paths) < PARALLEL_MIN or workers < 2:
-        results = _read_chunk((paths, column, False))
-    else:
-        import multiprocessing
-
-        # One worker reads the first MS's table (importing casacore only if it was never seen) while
-        # the others start on the MSs; small chunks, so that it then takes its share of them.
-        chunks = _chunks(paths, 4 * workers, column, True)
-        with multiprocessing.get_context("fork").Pool(workers) as pool:
-            first = pool.apply_async(_read_first_table, (paths[0],))
-            results = [r for part in pool.map(_read_chunk, chunks, chunksize=1) for r in part]
-            _complete(results, first.get(), column, pool, workers)
+    """Facts for every path, and the problems (one line per bad MS, all of them, in input order)."""
+    results: list = [None] * len(paths)
+    for batch in iter_facts(paths, column):
+        for i, result in batch:
+            results[i] = result
     facts: dict[str, MSFacts] = {}
+    problems: list[str] = []
     for path, result in zip(paths, results):
         if isinstance(result, str):
             problems.append(result)

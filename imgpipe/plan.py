@@ -623,6 +623,13 @@ def build_plan(
                 problems.append(str(e))
     if problems:
         raise PlanErrors(problems, hint=data_column_hint(config) if column_problems else None)
+    return _checked_plan(config, inputs, jobs, combine=combine, combine_obs_ids=combine_obs_ids)
+
+
+def _checked_plan(config: Config, inputs: list[MSInput], jobs: list[Job], *, combine: bool,
+                  combine_obs_ids: bool) -> Plan:
+    """The plan of these jobs, in the order they should start, once no two of them write the same
+    images (PlanErrors otherwise)."""
     collisions = check_collisions(jobs)
     if collisions:
         hint = "make out-dir or name differ per job, e.g. out-dir = '$ms_basename$/images'"
@@ -640,38 +647,98 @@ def build_plan(
 
 
 def make_plan(config: Config, args: list[str], *, combine: bool = False, combine_obs_ids: bool = False) -> Plan:
-    """Resolve the inputs, read each MS once, and build the plan."""
+    """Resolve the inputs, read each MS once, and build the plan.
+
+    With one job per MS (no --combine), each MS's job is built as soon as its facts are in, while
+    the worker processes read the next MSs (ms_facts.iter_facts): on 2 CPUs, a plan of 50,000 MSs
+    no longer waits for every MS before building the first job. These are the jobs build_plan
+    makes (build_job is pure); on the first sign of a problem the planner stops building early,
+    and build_plan, on all the facts, says what is wrong, as it always did.
+    """
     from .inputs import resolve_inputs
-    from .ms_facts import read_facts
+    from .ms_facts import iter_facts
 
     inputs = resolve_inputs(config, args)
-    facts, problems = read_facts([i.path for i in inputs], data_column(config))
-    if problems:
-        raise PlanErrors(problems, hint="check the paths (every missing or unreadable MS is listed)")
-    plan = build_plan(config, inputs, facts, combine=combine, combine_obs_ids=combine_obs_ids)
-    problems = check_out_dirs(plan.jobs, known_dirs=facts)  # (every MS was just opened as a directory)
+    early = not combine  # (a combined job needs every MS of its group: built at the end)
+    groups = group_inputs(inputs, False, False) if early else []
+    ids = job_ids(len(groups))
+    jobs: list[Job | None] = [None] * len(groups)
+    memo = Memo(config)
+    out_dirs = OutDirCheck()
+    facts: dict[str, MSFacts] = {}
+    unreadable: dict[int, str] = {}
+    for batch in iter_facts([item.path for item in inputs], data_column(config)):
+        built = []
+        for i, result in batch:
+            if isinstance(result, str):
+                unreadable[i] = result
+                continue
+            facts[inputs[i].path] = result
+            out_dirs.seen.setdefault(inputs[i].path, None)  # (just opened as a directory)
+            if early and not unreadable:
+                trouble: list[str] = []
+                host = job_host(config, groups[i], trouble)
+                if trouble or result.has_column is False:
+                    early = False
+                    continue
+                try:
+                    jobs[i] = job = build_job(ids[i], config, groups[i], facts, host, memo)
+                except ImgpipeError:
+                    early = False
+                    continue
+                built.append(job)
+        # (each kind of work over the whole batch: interleaved per job, the same work took 1.2 x)
+        for job in built:
+            out_dirs.add(job)
+        for job in built:
+            job.command  # (its shell line: the image states and the jobs file read it)
+    if unreadable:
+        raise PlanErrors([unreadable[i] for i in sorted(unreadable)],
+                         hint="check the paths (every missing or unreadable MS is listed)")
+    if early:
+        plan = _checked_plan(config, inputs, jobs, combine=combine, combine_obs_ids=combine_obs_ids)
+    else:
+        plan = build_plan(config, inputs, facts, combine=combine, combine_obs_ids=combine_obs_ids)
+    if not early or out_dirs.problems:  # (the problems in the plan's order)
+        problems = check_out_dirs(plan.jobs, known_dirs=facts)  # (every MS was just opened as a directory)
+    else:
+        problems = []
     if problems:
         raise PlanErrors(problems, hint="out-dir (and name) must lead to a directory the nodes can make: "
                          "move the file away, or choose another out-dir")
     return plan
 
 
+class OutDirCheck:
+    """The image (and temp) directories of jobs, checked one job at a time: one problem per
+    directory that cannot be one, because it, or a directory above it, is a file."""
+
+    def __init__(self, known_dirs=()):
+        # path -> None when it is a directory, else the file in the way; known_dirs: absolute paths
+        # known to be directories (the MSs: out-dir is often inside them)
+        self.seen: dict[str, str | None] = dict.fromkeys(known_dirs)
+        self.problems: list[str] = []
+
+    def add(self, job: Job) -> None:
+        seen = self.seen
+        for path in (job.out_dir, os.path.dirname(job.temp_dir)):
+            start = path
+            while path not in seen and not os.path.lexists(path) and os.path.dirname(path) != path:
+                path = os.path.dirname(path)  # up to the first part that exists
+            if path not in seen:
+                seen[path] = None if os.path.isdir(path) else path
+            blocker = seen[path]
+            if blocker is not None:
+                what = "is a file" if os.path.isfile(blocker) else "is not a directory"
+                which = "image directory" if start == job.out_dir else "temp-dir"
+                text = f"the {which} {start} cannot be made: {blocker} {what}"
+                if text not in self.problems:
+                    self.problems.append(text)
+
+
 def check_out_dirs(jobs, known_dirs=()) -> list[str]:
-    """One problem per image (or temp) directory that cannot be one: it, or a directory above it, is a file.
-    ``known_dirs``: absolute paths known to be directories (the MSs: out-dir is often inside them)."""
-    problems: list[str] = []
-    seen: dict[str, str | None] = dict.fromkeys(known_dirs)
-    for job, path in ((j, d) for j in jobs for d in (j.out_dir, os.path.dirname(j.temp_dir))):
-        start = path
-        while path not in seen and not os.path.lexists(path) and os.path.dirname(path) != path:
-            path = os.path.dirname(path)  # up to the first part that exists
-        if path not in seen:
-            seen[path] = None if os.path.isdir(path) else path
-        blocker = seen[path]
-        if blocker is not None:
-            what = "is a file" if os.path.isfile(blocker) else "is not a directory"
-            which = "image directory" if start == job.out_dir else "temp-dir"
-            text = f"the {which} {start} cannot be made: {blocker} {what}"
-            if text not in problems:
-                problems.append(text)
-    return problems
+    """OutDirCheck's problems for these jobs, in their order."""
+    check = OutDirCheck(known_dirs)
+    for job in jobs:
+        check.add(job)
+    return check.problems

@@ -151,10 +151,18 @@ def counting():
             f.write(f"{os.getpid()}\\n")
     return real()
 ms_facts.import_tables = counting
+handed_on = []
+every = ms_facts.iter_facts
+def noting(*args):
+    for batch in every(*args):
+        handed_on.extend(i for i, _ in batch)
+        yield batch
+ms_facts.iter_facts = noting
 facts, problems = ms_facts.read_facts(sys.argv[3:], "DATA")
 print(json.dumps({"facts": {p: [f.nspw, sorted(f.chan_freqs), f.has_column, f.data_bytes]
                             for p, f in facts.items()},
-                  "problems": problems, "parent_imported": "casacore.tables" in sys.modules}))
+                  "problems": problems, "parent_imported": "casacore.tables" in sys.modules,
+                  "handed_on": handed_on}))
 """
 
 
@@ -197,6 +205,7 @@ def test_a_first_plan_in_workers_reads_what_a_serial_one_reads(ms_factory, tmp_p
     got, _ = _first_plan(tmp_path, paths, defer_max)
     assert got["problems"] == [] and got["parent_imported"] is False
     assert got["facts"] == _as_json(read_facts(paths, "DATA")[0])
+    assert sorted(got["handed_on"]) == list(range(len(paths)))  # each MS once (iter_facts), those left last
     assert len(list((tmp_path / f"cache-{defer_max}" / "imgpipe" / "spw").iterdir())) == 6
 
 

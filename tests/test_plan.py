@@ -613,3 +613,149 @@ def test_longest_first_puts_a_busy_nodes_pinned_jobs_before_unpinned_ones_of_the
     order = [j.id for j in longest_first(jobs, slots=2)]
     assert order == ["0002", "0003", "0004", "0006", "0005", "0001"], order
     assert [j.id for j in longest_first(jobs, slots=2)] == order  # deterministic
+
+
+# ------------------------------------------------------------ jobs built while the MSs are read
+
+
+def _plan_as_before(cfg, paths, combine=False):
+    """What make_plan gave before it built jobs while reading: every fact first, then build_plan,
+    then the out-dir check in the plan's order (PlanErrors, or the plan)."""
+    from imgpipe.errors import PlanErrors
+    from imgpipe.inputs import resolve_inputs
+    from imgpipe.ms_facts import read_facts
+    from imgpipe.plan import build_plan, check_out_dirs, data_column
+
+    inputs = resolve_inputs(cfg, paths)
+    facts, problems = read_facts([i.path for i in inputs], data_column(cfg))
+    if problems:
+        raise PlanErrors(problems)
+    plan = build_plan(cfg, inputs, facts, combine=combine)
+    problems = check_out_dirs(plan.jobs, known_dirs=facts)
+    if problems:
+        raise PlanErrors(problems)
+    return plan
+
+
+@pytest.fixture
+def in_workers(monkeypatch, tmp_path):
+    """read_facts/iter_facts in 2 worker processes from 2 MSs on, one MS a chunk, and a cache of
+    SPECTRAL_WINDOW tables of this test's own (a first plan: tables left to another worker)."""
+    from imgpipe import ms_facts
+
+    monkeypatch.setattr(ms_facts, "PARALLEL_MIN", 2)
+    monkeypatch.setattr(ms_facts, "CHUNK_MIN", 1)
+    monkeypatch.setattr(ms_facts.os, "cpu_count", lambda: 2)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "fresh-cache"))
+
+
+def _night(ms_factory, n=10):
+    """MSs of different shapes: shared tables, another band, fewer channels, two SPWs."""
+    paths = [str(ms_factory(f"obs{i:02d}.MS", nchan=16)) for i in range(n - 3)]
+    paths.insert(2, str(ms_factory("other.MS", nchan=16, freq_start=60e6)))
+    paths.insert(5, str(ms_factory("fewer.MS", nchan=8)))
+    paths.append(str(ms_factory("two.MS", nchan=8, nspw=2)))
+    return paths
+
+
+@pytest.mark.parametrize("options", ["", "channels-out = 'all'\nout-dir = '$ms_in$/../img-$ms_basename$'\n"])
+def test_jobs_built_while_reading_are_the_jobs_of_the_whole_plan(write_config, ms_factory, in_workers, options):
+    from imgpipe.config import load_config
+    from imgpipe.plan import make_plan
+
+    paths = _night(ms_factory)
+    cfg = load_config(config(write_config, options))
+    plan = make_plan(cfg, paths)
+    assert len(plan.jobs) == len(paths)
+    assert plan == _plan_as_before(cfg, paths)  # the same jobs, order and digest
+    assert make_plan(cfg, paths, combine=True) == _plan_as_before(cfg, paths, combine=True)
+
+
+def test_the_first_jobs_are_built_before_the_last_ms_is_read(write_config, ms_factory, in_workers, tmp_path):
+    """The point of building while reading: the last worker's read waits (up to 60 s) for the
+    planner's first job; a planner that read every MS first would make it wait in vain."""
+    import time
+
+    from imgpipe import ms_facts, plan as plan_module
+    from imgpipe.config import load_config
+
+    paths = _night(ms_factory, 6)
+    go, late = tmp_path / "first-job-built", tmp_path / "waited-in-vain"
+    checked_read, build_job = ms_facts._checked_read, plan_module.build_job
+
+    def last_one_waits(path, *args):  # (runs in a worker process, forked with this patch)
+        if path == paths[-1]:
+            for _ in range(600):
+                if go.exists():
+                    break
+                time.sleep(0.1)
+            else:
+                late.touch()
+        return checked_read(path, *args)
+
+    def first_job_says_go(*args, **kwargs):
+        go.touch()
+        return build_job(*args, **kwargs)
+
+    ms_facts._checked_read = last_one_waits
+    plan_module.build_job = first_job_says_go
+    try:
+        plan = plan_module.make_plan(load_config(config(write_config)), paths)
+    finally:
+        ms_facts._checked_read, plan_module.build_job = checked_read, build_job
+    assert go.exists() and not late.exists()
+    assert [j.ms[0] for j in sorted(plan.jobs, key=lambda j: j.id)] == paths
+
+
+def _same_error(cfg, paths):
+    from imgpipe.errors import PlanErrors
+    from imgpipe.plan import make_plan
+
+    with pytest.raises(PlanErrors) as before:
+        _plan_as_before(cfg, paths)
+    with pytest.raises(PlanErrors) as now:
+        make_plan(cfg, paths)
+    assert now.value.problems == before.value.problems
+    return now.value.problems
+
+
+def test_a_problem_met_while_reading_is_reported_as_a_whole_plan_would(write_config, ms_factory, in_workers,
+                                                                        tmp_path):
+    from imgpipe.config import load_config
+
+    paths = _night(ms_factory)
+    cfg = load_config(config(write_config))
+
+    # MSs that cannot be read, after jobs were built: all of them, in input order
+    broken = [tmp_path / "gone.MS", ms_factory("plain.MS")]
+    (broken[1] / "table.dat").unlink()
+    problems = _same_error(cfg, [*paths[:6], str(broken[0]), *paths[6:], str(broken[1])])
+    assert [p.split(":")[0] for p in problems] == [str(b) for b in broken]
+
+    # a job that cannot be built (CFITSIO syntax in one MS's name), after others were
+    problems = _same_error(cfg, [*paths[:6], str(ms_factory("obs(1).MS")), *paths[6:]])
+    assert len(problems) == 1 and "CFITSIO" in problems[0]
+
+    # the data column missing from some MSs: every one listed, as before
+    with_column = load_config(config(write_config, "data-column = 'CORRECTED_DATA'\n", name="col.toml"))
+    corrected = [str(ms_factory(f"c{i}.MS", corrected_data=True)) for i in range(3)]
+    problems = _same_error(with_column, [*corrected, *paths[:3]])
+    assert [p.split(":")[0] for p in problems] == paths[:3]
+
+    # image directories that cannot be made (a file where one goes): in the plan's order
+    for p in (paths[1], paths[7]):
+        (Path(p) / "images").write_text("not a directory")
+    problems = _same_error(cfg, paths)
+    assert len(problems) == 2 and all("is a file" in p for p in problems)
+
+
+def test_a_node_that_cannot_be_told_stops_early_building_and_is_reported(write_config, ms_factory, in_workers,
+                                                                          tmp_path):
+    from imgpipe.config import load_config
+
+    paths = [str(ms_factory(f"obs{i}.MS", where=tmp_path / "net" / f"node00{1 + i % 2}")) for i in range(6)]
+    stray = str(ms_factory("stray.MS", where=tmp_path / "elsewhere"))
+    cfg = load_config(config(write_config, worker="nodes = 'node[001-002]'\nrun_on_file_host = true\n"
+                             "run_on_file_host_pattern = '/net/(node\\d{3})/'\n"))
+    problems = _same_error(cfg, [*paths[:3], stray, *paths[3:]])
+    assert len(problems) == 1 and problems[0].startswith(f"{stray}: run_on_file_host_pattern")
