@@ -759,3 +759,27 @@ def test_a_node_that_cannot_be_told_stops_early_building_and_is_reported(write_c
                              "run_on_file_host_pattern = '/net/(node\\d{3})/'\n"))
     problems = _same_error(cfg, [*paths[:3], stray, *paths[3:]])
     assert len(problems) == 1 and problems[0].startswith(f"{stray}: run_on_file_host_pattern")
+
+
+@pytest.mark.parametrize("batch", [1, 2, 1000])
+def test_the_digest_is_that_of_the_whole_plan_as_one_json_text(write_config, monkeypatch, batch):
+    """Runs are named by the digest (imgpipe-runs/<config>-<digest12>): hashing a batch of jobs at a
+    time must give the digest of the whole text, as before, whatever the names hold."""
+    import hashlib
+
+    from imgpipe import plan as plan_module
+    from imgpipe.config import load_config
+    from imgpipe.plan import Job, plan_digest
+
+    worker = load_config(config(write_config, worker="nodes = 'node[001-002]'")).worker.run_settings()
+    names = ["plain", "ünïcødé 観測", 'quo"te\\back', "$(rm -rf ~)", "tab\there", "\u2028sep"]
+    jobs = tuple(Job(id=f"{i:04d}", host=None if i % 2 else "node001", ms=(f"/d/{n}.MS",), name=f"/d/{n}",
+                     argv=("wsclean", "-name", f"/d/{n}", f"/d/{n}.MS"), out_dir="/d", temp_dir="/d/t")
+                 for i, n in enumerate(names))
+    monkeypatch.setattr(plan_module, "_DIGEST_BATCH", batch)
+    whole = json.dumps({"worker": worker.as_dict(), "jobs": [[j.id, j.host, list(j.argv)] for j in jobs]},
+                       sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+    assert plan_digest(worker, jobs) == hashlib.sha256(whole.encode("utf-8")).hexdigest()
+    assert plan_digest(worker, ()) == hashlib.sha256(json.dumps(
+        {"worker": worker.as_dict(), "jobs": []}, sort_keys=True, ensure_ascii=False,
+        separators=(",", ":")).encode("utf-8")).hexdigest()
