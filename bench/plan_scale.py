@@ -129,6 +129,9 @@ def median_time(argv: list[str], runs: int = 5) -> float:
 
 def breakdown(workdir: str, n: int) -> dict:
     """Time each stage of `imgpipe plan` in-process; run in a fresh interpreter (see main)."""
+    import gc
+
+    gc.disable()  # (as imgpipe's main does while a command builds its jobs)
     stages: list[tuple[str, float]] = []
     t = time.perf_counter()
 
@@ -178,6 +181,8 @@ def breakdown(workdir: str, n: int) -> dict:
     extra.append(("  of MS facts: existence/readability checks (serial, re-timed)", time.perf_counter() - t0))
     from imgpipe.plan import make_plan
 
+    size = len(text)
+    del plan, text, facts  # (make_plan from nothing, as the CLI runs it)
     t0 = time.perf_counter()
     make_plan(config, paths)
     extra.append(("  make_plan: input resolution, MS facts and build_plan overlapped, + out-dir check",
@@ -186,7 +191,7 @@ def breakdown(workdir: str, n: int) -> dict:
     ms_facts._read_chunk((paths[:1000], data_column(config), False))
     per = (time.perf_counter() - t0) / min(n, 1000)
     extra.append((f"  of MS facts: one MS read serially (x{n} = {per * n:.2f} s of CPU)", per))
-    return {"n": n, "stages": stages, "extra": extra, "bytes": len(text)}
+    return {"n": n, "stages": stages, "extra": extra, "bytes": size}
 
 
 # ------------------------------------------------------------------ main
