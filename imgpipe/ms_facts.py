@@ -322,6 +322,22 @@ CHUNKS_PER_WORKER = 16
 CHUNK_MIN = 500
 
 
+def _worker_start() -> None:
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def worker_pool(workers: int):
+    """A pool of forked worker processes (the planner's MS readers, the report's preview drawers)
+    that leave Ctrl-C to the command, which stops them (the pool's terminate, leaving its ``with``):
+    a KeyboardInterrupt in each worker would print its Python traceback under "interrupted"."""
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("fork" if "fork" in multiprocessing.get_all_start_methods() else None)
+    return ctx.Pool(workers, initializer=_worker_start)
+
+
 def iter_facts(paths: list[str], column: str | None = None) -> Iterator[list[tuple[int, MSFacts | str]]]:
     """Batches of (index in ``paths``, facts or the problem), every path in exactly one: in order,
     a chunk at a time as the workers read them, but for the few a worker left to another process's
@@ -332,13 +348,11 @@ def iter_facts(paths: list[str], column: str | None = None) -> Iterator[list[tup
     if len(paths) < PARALLEL_MIN or workers < 2:
         yield list(enumerate(_read_chunk((paths, column, False))))
         return
-    import multiprocessing
-
     # One worker reads the first MS's table (importing casacore only if it was never seen) while
     # the others start on the MSs; small chunks, so that it then takes its share of them.
     parts = max(4 * workers, min(CHUNKS_PER_WORKER * workers, len(paths) // CHUNK_MIN))
     chunks = _chunks(paths, parts, column, True)
-    with multiprocessing.get_context("fork").Pool(workers) as pool:
+    with worker_pool(workers) as pool:
         first = pool.apply_async(_read_first_table, (paths[0],))
         results: list = []
         for part in pool.imap(_read_chunk, chunks, chunksize=1):

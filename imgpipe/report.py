@@ -704,10 +704,9 @@ def _draw_all(todo: list[tuple[str, str, str, dict]]):
     if workers < 2:
         yield from map(_draw, todo)
         return
-    import multiprocessing
+    from .ms_facts import worker_pool
 
-    ctx = multiprocessing.get_context("fork" if "fork" in multiprocessing.get_all_start_methods() else None)
-    with ctx.Pool(workers) as pool:
+    with worker_pool(workers) as pool:
         yield from pool.imap_unordered(_draw, todo, chunksize=8)
 
 

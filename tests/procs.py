@@ -88,3 +88,24 @@ class WscleanSampler:
     @property
     def doubles(self) -> dict[str, int]:
         return {name: n for name, n in self.most.items() if n > 1}
+
+
+def alive(pid: int) -> bool:
+    """``pid`` is running (a zombie is gone, only not yet reaped)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return f.read().rsplit(b")", 1)[1].split()[0] != b"Z"
+    except OSError:
+        return False
+
+
+def none_alive(pids, within: float = 5.0) -> bool:
+    """True once none of ``pids`` runs, waiting up to ``within`` seconds."""
+    import time
+
+    end = time.monotonic() + within
+    while any(alive(p) for p in pids):
+        if time.monotonic() > end:
+            return False
+        time.sleep(0.1)
+    return True

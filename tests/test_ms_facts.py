@@ -7,6 +7,8 @@ import shutil
 
 import pytest
 
+from procs import none_alive
+
 from imgpipe import ms_facts
 from imgpipe.ms_facts import _name_in_table_dat, read_facts
 
@@ -312,3 +314,55 @@ def test_a_table_seen_before_is_not_opened_again_nor_casacore_imported(ms_factor
     assert plan(*same) == (first, False)
     truth = {p: read_facts([p])[0][p] for p in [*same, other]}
     assert [sorted(truth[p].chan_freqs) for p in [*same, other]] == both
+
+
+_SLOW_PLAN = """
+import os, sys, time
+from imgpipe import ms_facts
+ms_facts.PARALLEL_MIN = 2
+ms_facts.os.cpu_count = lambda: 2
+read = ms_facts._checked_read
+def slow(path, *args):  # (in the worker processes: each says it is reading)
+    with open(sys.argv[1], "a") as f:
+        f.write(f"{os.getpid()}\\n")
+    time.sleep(0.5)
+    return read(path, *args)
+ms_facts._checked_read = slow
+from imgpipe.cli import main
+sys.exit(main(sys.argv[2:]))
+"""
+
+
+
+def test_ctrl_c_while_the_workers_read_stops_them_and_says_interrupted(ms_factory, write_config, tmp_path):
+    """Ctrl-C (SIGINT to the terminal's process group) during a large plan: exit 130 with one line,
+    no Python traceback from the reading workers, no worker left, nothing written."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    paths = [str(ms_factory(f"m{i}.MS")) for i in range(12)]
+    cfg = write_config("[wsclean]\nname = 'img'\ndata-column = false\n")
+    marker = tmp_path / "reading"
+    proc = subprocess.Popen([sys.executable, "-c", _SLOW_PLAN, str(marker), "plan", str(cfg), *paths],
+                            cwd=tmp_path, start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    try:
+        for _ in range(300):  # both workers reading
+            if marker.exists() and len(set(marker.read_text().split())) >= 2:
+                break
+            time.sleep(0.1)
+        else:
+            raise AssertionError("the workers never started reading")
+        os.killpg(proc.pid, signal.SIGINT)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == 130
+    assert err == "imgpipe: interrupted\n" and out == ""
+    workers = {int(p) for p in marker.read_text().split()}
+    assert none_alive(workers)
+    assert not (tmp_path / "imgpipe-runs").exists()

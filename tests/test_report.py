@@ -27,6 +27,7 @@ from xml.etree import ElementTree as ET
 import pytest
 
 from conftest import needs
+from procs import none_alive
 from test_status import HOSTILE, imgpipe, make_run, run_env, write_config
 
 from imgpipe import jobs_file as jf
@@ -707,6 +708,47 @@ def test_a_report_of_cached_previews_imports_no_preview_library_and_a_broken_one
     assert r.returncode == 0, r
     page = Path(r.stdout.strip()).read_text()
     assert "cannot preview: the preview libraries do not import (ModuleNotFoundError" in page, page[-3000:]
+
+
+_SLOW_REPORT = """
+import os, sys, time
+from imgpipe import report
+report.DRAW_POOL_MIN = 1
+report.os.cpu_count = lambda: 2
+def slow(*args):  # (in the worker processes: each says it is drawing)
+    with open(sys.argv[1], "a") as f:
+        f.write(f"{os.getpid()}\\n")
+    time.sleep(60)
+report.render_preview = slow
+from imgpipe.cli import main
+sys.exit(main(["report", sys.argv[2]]))
+"""
+
+
+@needs_preview_libs
+def test_ctrl_c_while_previews_are_drawn_says_interrupted_and_stops_the_workers(run, tmp_path):
+    """Ctrl-C (SIGINT to the process group) during a cold report: exit 130 with one line, no Python
+    traceback from the drawing workers, and none of them left."""
+    jobs = copy_of(run, tmp_path)
+    shutil.rmtree(jobs.parent / report.REPORT_DIR, ignore_errors=True)
+    marker = tmp_path / "drawing"
+    proc = subprocess.Popen([sys.executable, "-c", _SLOW_REPORT, str(marker), str(jobs)], env={**os.environ, **run.env},
+                            start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        for _ in range(600):  # a worker drawing (the 2 previews are one chunk of work)
+            if marker.exists() and marker.read_text().strip():
+                break
+            time.sleep(0.1)
+        else:
+            raise AssertionError("no worker started drawing")
+        os.killpg(proc.pid, signal.SIGINT)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == 130 and err == "imgpipe: interrupted\n" and out == "", err
+    workers = {int(p) for p in marker.read_text().split()}
+    assert proc.pid not in workers and none_alive(workers)
 
 
 @needs_preview_libs
