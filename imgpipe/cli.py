@@ -16,6 +16,7 @@ import argparse
 import gc
 import json
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -591,12 +592,27 @@ def _collect_again() -> None:
     gc.enable()
 
 
+class Terminated(BaseException):
+    """SIGTERM (``kill``, a batch system's time limit) outside the run's loop, which has its own
+    handling: the command stops as for Ctrl-C (the worker processes stopped, no temp file left)."""
+
+
+def _terminated(signum, frame):
+    raise Terminated(signum)
+
+
 def main(argv: list[str] | None = None) -> int:
     collecting, frozen = gc.isenabled(), gc.get_freeze_count()
     gc.disable()
     try:
+        old_term = signal.signal(signal.SIGTERM, _terminated)
+    except ValueError:  # (not the main thread: no signal handler can be set there)
+        old_term = None
+    try:
         return _main(argv)
     finally:
+        if old_term is not None:
+            signal.signal(signal.SIGTERM, old_term)
         if collecting:
             gc.enable()
         if not frozen:
@@ -622,6 +638,9 @@ def _main(argv: list[str] | None) -> int:
     except KeyboardInterrupt:
         print("imgpipe: interrupted", file=sys.stderr)
         return 130
+    except Terminated:
+        print("imgpipe: terminated", file=sys.stderr)
+        return 128 + signal.SIGTERM
     except BrokenPipeError:  # `imgpipe status | head -1`: the reader has what it wanted
         return _quiet_broken_pipe()
     except OSError as e:  # the machine said no (disk full, permission, a file where a directory should be)

@@ -123,9 +123,11 @@ def write(plan: Plan, path: str | os.PathLike) -> Path:
             f.write(text)
         os.chmod(tmp, umask_mode(0o666))
         os.replace(tmp, path)
-    except OSError as e:
+    except BaseException as e:  # (also Ctrl-C or SIGTERM meanwhile)
         if tmp is not None and os.path.lexists(tmp):
             os.unlink(tmp)  # a failed write leaves nothing behind
+        if not isinstance(e, OSError):
+            raise
         raise ImgpipeError(f"cannot write the jobs file: {e.strerror or e}", where=str(path)) from None
     return path
 

@@ -326,12 +326,14 @@ def _worker_start() -> None:
     import signal
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # (the pool's terminate: end quietly)
 
 
 def worker_pool(workers: int):
     """A pool of forked worker processes (the planner's MS readers, the report's preview drawers)
-    that leave Ctrl-C to the command, which stops them (the pool's terminate, leaving its ``with``):
-    a KeyboardInterrupt in each worker would print its Python traceback under "interrupted"."""
+    that leave Ctrl-C and SIGTERM to the command, which stops them (the pool's terminate, leaving
+    its ``with``): an exception in each worker would print its Python traceback under
+    "interrupted"."""
     import multiprocessing
 
     ctx = multiprocessing.get_context("fork" if "fork" in multiprocessing.get_all_start_methods() else None)

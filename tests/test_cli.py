@@ -205,6 +205,27 @@ def test_the_garbage_collector_is_off_while_planning_and_on_for_the_run_and_the_
     assert gc.isenabled() and gc.get_freeze_count() == 0
 
 
+def test_sigterm_stops_a_command_like_ctrl_c_and_the_handler_is_put_back(run_cli, write_config, ms_factory,
+                                                                         monkeypatch):
+    """While a command plans (or reads, or reports), SIGTERM ends it as Ctrl-C does: one line,
+    exit 143, its worker processes stopped (tests/test_ms_facts.py sends a real one). main puts
+    back the handler it found (the tests call it in-process)."""
+    import signal
+
+    import imgpipe.plan as planner
+
+    before = signal.getsignal(signal.SIGTERM)
+    cfg = write_config("[wsclean]\nname = 'img'\ndata-column = false\n")
+
+    def killed(*args, **kwargs):
+        signal.raise_signal(signal.SIGTERM)  # (to this process: as `kill PID` would)
+        raise AssertionError("SIGTERM did not stop the plan")
+    monkeypatch.setattr(planner, "make_plan", killed)
+    r = run_cli("plan", cfg, ms_factory("a.MS"))
+    assert (r.code, r.err, r.out) == (143, "imgpipe: terminated\n", "")
+    assert signal.getsignal(signal.SIGTERM) is before
+
+
 # ---------------------------------------------------------------- the README's command lines
 
 

@@ -248,6 +248,22 @@ def test_a_failed_write_leaves_nothing_behind(run_cli, write_config, ms_factory,
     assert sorted(p.name for p in target.iterdir()) == ["jobs.txt"]
 
 
+def test_a_write_cut_by_ctrl_c_leaves_no_temp_file(run_cli, write_config, ms_factory, tmp_path, monkeypatch):
+    cfg = write_config("[wsclean]\nname = 'img'\ndata-column = false\n")
+    target = tmp_path / "plans"
+
+    real = os.replace
+
+    def interrupted(src, dst, *args, **kwargs):
+        if os.path.basename(src).startswith(".jobs-"):
+            raise KeyboardInterrupt  # (as Ctrl-C between the temp file's writing and its renaming)
+        return real(src, dst, *args, **kwargs)
+    monkeypatch.setattr(os, "replace", interrupted)
+    r = run_cli("plan", cfg, ms_factory("a.MS"), "--jobs-file", target / "jobs.txt")
+    assert (r.code, r.err) == (130, "imgpipe: interrupted\n")
+    assert list(target.iterdir()) == []
+
+
 def test_dry_run_in_the_config_does_not_stop_plan(run_cli, write_config, two_ms, tmp_path):
     assert "dry_run = true" in CONFIG
     cfg = write_config(CONFIG)

@@ -334,9 +334,11 @@ sys.exit(main(sys.argv[2:]))
 
 
 
-def test_ctrl_c_while_the_workers_read_stops_them_and_says_interrupted(ms_factory, write_config, tmp_path):
-    """Ctrl-C (SIGINT to the terminal's process group) during a large plan: exit 130 with one line,
-    no Python traceback from the reading workers, no worker left, nothing written."""
+@pytest.mark.parametrize("how", ["ctrl-c", "kill"])
+def test_stopped_while_the_workers_read_it_stops_them_and_says_why(ms_factory, write_config, tmp_path, how):
+    """Ctrl-C (SIGINT to the terminal's process group) or ``kill`` (SIGTERM to imgpipe alone)
+    during a large plan: exit 130 or 143 with one line, no Python traceback from the reading
+    workers, no worker left, nothing written."""
     import os
     import signal
     import subprocess
@@ -356,13 +358,16 @@ def test_ctrl_c_while_the_workers_read_stops_them_and_says_interrupted(ms_factor
             time.sleep(0.1)
         else:
             raise AssertionError("the workers never started reading")
-        os.killpg(proc.pid, signal.SIGINT)
+        if how == "ctrl-c":
+            os.killpg(proc.pid, signal.SIGINT)
+        else:
+            os.kill(proc.pid, signal.SIGTERM)
         out, err = proc.communicate(timeout=60)
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
-    assert proc.returncode == 130
-    assert err == "imgpipe: interrupted\n" and out == ""
+    assert (proc.returncode, err, out) == ((130, "imgpipe: interrupted\n", "") if how == "ctrl-c" else
+                                           (143, "imgpipe: terminated\n", ""))
     workers = {int(p) for p in marker.read_text().split()}
     assert none_alive(workers)
     assert not (tmp_path / "imgpipe-runs").exists()
