@@ -21,11 +21,11 @@ import os
 import re
 import shlex
 import stat
-import tempfile
 from pathlib import Path
 
 from .config import RunSettings
 from .errors import ImgpipeError
+from .files import write_whole
 from .plan import Job, Plan, plan_digest
 
 FORMAT_LINE = "# imgpipe jobs file, format 1"
@@ -115,19 +115,10 @@ def write(plan: Plan, path: str | os.PathLike) -> Path:
     check_target(path)
     if path.is_file() and path.read_text(encoding="utf-8", errors="replace") == text:
         return path
-    tmp = None
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".jobs-", dir=path.parent)
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.chmod(tmp, umask_mode(0o666))
-        os.replace(tmp, path)
-    except BaseException as e:  # (also Ctrl-C or SIGTERM meanwhile)
-        if tmp is not None and os.path.lexists(tmp):
-            os.unlink(tmp)  # a failed write leaves nothing behind
-        if not isinstance(e, OSError):
-            raise
+        write_whole(path, text)  # (a failed write leaves nothing behind)
+    except OSError as e:
         raise ImgpipeError(f"cannot write the jobs file: {e.strerror or e}", where=str(path)) from None
     return path
 

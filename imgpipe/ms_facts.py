@@ -33,6 +33,7 @@ import sys
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 
+from .files import write_whole
 from .inputs import ms_problem
 
 PARALLEL_MIN = 400  # below this, a worker pool costs more than it saves
@@ -154,17 +155,12 @@ def _kept_spw(key: bytes) -> tuple[int, frozenset[float]] | None:
 
 def _keep_spw(key: bytes, nspw: int, freqs: frozenset[float]) -> None:
     folder = spw_cache_dir()
-    tmp = os.path.join(folder, f".{key.hex()}.{os.getpid()}.tmp")
     try:
         os.makedirs(folder, exist_ok=True)
-        with open(tmp, "w") as f:
-            f.write(json.dumps({"nspw": nspw, "chan_freqs": sorted(freqs)}))  # (floats: repr, exact)
-        os.replace(tmp, os.path.join(folder, key.hex() + ".json"))
+        write_whole(os.path.join(folder, key.hex() + ".json"),
+                    json.dumps({"nspw": nspw, "chan_freqs": sorted(freqs)}))  # (floats: repr, exact)
     except OSError:  # (no cache: the next plan reads the table again)
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
+        pass
 
 
 def _known_spw(path: str, cache: dict, dir_fd: int | None = None) -> tuple[bytes | None, tuple[int, frozenset[float]] | None]:

@@ -57,6 +57,7 @@ from urllib.parse import quote
 from . import __version__
 from . import jobs_file as jf
 from . import status as st
+from .files import write_whole
 from .hosts import is_local
 from .joblog import attempts
 from .plan import Job, Plan
@@ -655,9 +656,7 @@ def render_preview(fits_path: Path, png_path: Path, libs) -> dict:
     shown = np.where(np.isfinite(shown), shown, med)
     png = png_indexed(thumbnail(stretch(shown, med, rms, peak)), inferno(matplotlib))
     png_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = png_path.with_name(f".{png_path.name}.{os.getpid()}.tmp")
-    tmp.write_bytes(png)
-    os.replace(tmp, png_path)
+    write_whole(png_path, png)
     return {"peak": peak, "rms": rms, "unit": unit, "shape": [int(ny), int(nx)], "beam": beam}
 
 
@@ -678,10 +677,7 @@ def _draw(item: tuple[str, str, str, dict]) -> tuple[str, dict | str]:
     job_id, image, png, key = item
     try:
         meta = render_preview(Path(image), Path(png), _worker_libs())
-        meta_path = Path(png).with_suffix(".json")
-        tmp = meta_path.with_name(f".{meta_path.name}.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps({"key": key, "stats": meta}))
-        os.replace(tmp, meta_path)
+        write_whole(Path(png).with_suffix(".json"), json.dumps({"key": key, "stats": meta}))
         return job_id, meta
     except Exception as e:  # one unreadable image must not cost the report
         return job_id, f"cannot preview: {type(e).__name__}: {e}"
@@ -1125,7 +1121,5 @@ def write_report(jobs_file: Path) -> Path:
     prev = previews(states, run_dir, libs)
     page = render(plan, Path(os.path.abspath(jobs_file)), run_dir, states, rows, prev, libs is not None, now, logs)
     out = run_dir / REPORT
-    tmp = run_dir / f".{REPORT}.{os.getpid()}.tmp"
-    tmp.write_text(page, encoding="utf-8")
-    os.replace(tmp, out)
+    write_whole(out, page)
     return out

@@ -35,6 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import ImgpipeError
+from .files import write_whole
 
 JOBLOG = "joblog.tsv"
 ROUND_JOBLOG = "joblog.round.tsv"
@@ -473,9 +474,7 @@ class RunDir:
 
     def write_state(self, **changes) -> None:
         data = {**self.state(), **changes}
-        tmp = self / f".{STATE}.{os.getpid()}.tmp"
-        tmp.write_text(json.dumps(data, indent=1, sort_keys=True) + "\n", encoding="utf-8")
-        os.replace(tmp, self / STATE)
+        write_whole(self / STATE, json.dumps(data, indent=1, sort_keys=True) + "\n")
 
     def adopt(self, plan) -> str | None:
         """Make the directory this plan's: the files of another plan that used it (its job log,

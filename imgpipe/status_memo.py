@@ -34,6 +34,7 @@ from array import array
 from pathlib import Path
 from typing import NamedTuple
 
+from .files import write_whole
 from .image_sets import RECORD_SUFFIX
 from .run_dir import JOBLOG, LOGS, ROUND_JOBLOG, run_active
 
@@ -168,15 +169,8 @@ def save(run_dir: Path, jobs_path: Path, digest: str, rows: list[dict], others: 
 
 
 def _write(path: Path, doc: dict) -> bool:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "w", encoding="utf-8") as f:  # (dumps: json.dump writes through its pure-Python encoder)
-            f.write(json.dumps(doc, ensure_ascii=False, separators=(",", ":")))
-        os.replace(tmp, path)
+    try:  # (dumps: json.dump writes through its pure-Python encoder)
+        write_whole(path, json.dumps(doc, ensure_ascii=False, separators=(",", ":")))
         return True
     except OSError:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
         return False
