@@ -594,7 +594,8 @@ def _collect_again() -> None:
 
 class Terminated(BaseException):
     """SIGTERM (``kill``, a batch system's time limit) outside the run's loop, which has its own
-    handling: the command stops as for Ctrl-C (the worker processes stopped, no temp file left)."""
+    handling: the command stops as for Ctrl-C (the worker processes stopped, no temp file left,
+    exit 130)."""
 
 
 def _terminated(signum, frame):
@@ -635,12 +636,9 @@ def _main(argv: list[str] | None) -> int:
     except ImgpipeError as e:
         print(f"imgpipe: error: {e}", file=sys.stderr)
         return e.exit_code
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, Terminated):  # (the README's exit codes: 130 for both)
         print("imgpipe: interrupted", file=sys.stderr)
         return 130
-    except Terminated:
-        print("imgpipe: terminated", file=sys.stderr)
-        return 128 + signal.SIGTERM
     except BrokenPipeError:  # `imgpipe status | head -1`: the reader has what it wanted
         return _quiet_broken_pipe()
     except OSError as e:  # the machine said no (disk full, permission, a file where a directory should be)

@@ -681,7 +681,7 @@ def make_plan(config: Config, args: list[str], *, combine: bool = False, combine
                 unreadable[i] = result
                 continue
             facts[inputs[i].path] = result
-            out_dirs.seen.setdefault(inputs[i].path, None)  # (just opened as a directory)
+            out_dirs.known(inputs[i].path)  # (just opened as a directory)
             if early and not unreadable:
                 trouble: list[str] = []
                 host = job_host(config, groups[i], trouble)
@@ -725,6 +725,10 @@ class OutDirCheck:
         # known to be directories (the MSs: out-dir is often inside them)
         self.seen: dict[str, str | None] = dict.fromkeys(known_dirs)
         self.problems: list[str] = []
+
+    def known(self, directory: str) -> None:
+        """``directory`` (absolute) is known to be one."""
+        self.seen.setdefault(directory, None)
 
     def add(self, job: Job) -> None:
         seen = self.seen

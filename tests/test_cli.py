@@ -208,8 +208,8 @@ def test_the_garbage_collector_is_off_while_planning_and_on_for_the_run_and_the_
 def test_sigterm_stops_a_command_like_ctrl_c_and_the_handler_is_put_back(run_cli, write_config, ms_factory,
                                                                          monkeypatch):
     """While a command plans (or reads, or reports), SIGTERM ends it as Ctrl-C does: one line,
-    exit 143, its worker processes stopped (tests/test_ms_facts.py sends a real one). main puts
-    back the handler it found (the tests call it in-process)."""
+    exit 130 (the README's exit codes), its worker processes stopped (tests/test_ms_facts.py
+    sends a real one). main puts back the handler it found (the tests call it in-process)."""
     import signal
 
     import imgpipe.plan as planner
@@ -222,7 +222,7 @@ def test_sigterm_stops_a_command_like_ctrl_c_and_the_handler_is_put_back(run_cli
         raise AssertionError("SIGTERM did not stop the plan")
     monkeypatch.setattr(planner, "make_plan", killed)
     r = run_cli("plan", cfg, ms_factory("a.MS"))
-    assert (r.code, r.err, r.out) == (143, "imgpipe: terminated\n", "")
+    assert (r.code, r.err, r.out) == (130, "imgpipe: interrupted\n", "")
     assert signal.getsignal(signal.SIGTERM) is before
 
 
