@@ -37,6 +37,9 @@ from .files import write_whole
 from .inputs import ms_problem
 
 PARALLEL_MIN = 400  # below this, a worker pool costs more than it saves
+# Reading processes for a large input; None: one per CPU, up to 4. More readers than CPUs made a
+# first plan on a cold file system faster but every other plan slower (bench/cold_plan.py).
+READERS: int | None = None
 
 
 @dataclass(frozen=True)
@@ -342,7 +345,7 @@ def iter_facts(paths: list[str], column: str | None = None) -> Iterator[list[tup
     casacore read (``_Deferred``), which come last. A caller can work on the first MSs while the
     others are read (a batch at a time: work on many MSs at once runs faster than one at a time
     between other work)."""
-    workers = min(os.cpu_count() or 1, 4)
+    workers = READERS or min(os.cpu_count() or 1, 4)
     if len(paths) < PARALLEL_MIN or workers < 2:
         yield list(enumerate(_read_chunk((paths, column, False))))
         return
