@@ -70,3 +70,17 @@ def test_it_never_writes_through_a_file_planted_at_its_temp_name(tmp_path, monke
         write_whole(tmp_path / "run.json", "{}")
     assert victim.read_text() == "precious" and not (tmp_path / "run.json").exists()
     assert (tmp_path / ".run.json.4242.010101.tmp").is_symlink()  # (not ours: not removed)
+
+
+def test_an_error_names_the_file_asked_for_not_the_temp_file(tmp_path, monkeypatch):
+    with pytest.raises(FileNotFoundError) as e:
+        write_whole(tmp_path / "gone" / "report.html", "<html>")
+    assert e.value.filename == str(tmp_path / "gone" / "report.html")
+
+    def full(*args):
+        raise OSError(errno.ENOSPC, "No space left on device")
+    monkeypatch.setattr(files.os, "write", full)
+    with pytest.raises(OSError) as e:
+        write_whole(tmp_path / "run.json", "{}")
+    assert (e.value.errno, e.value.filename) == (errno.ENOSPC, str(tmp_path / "run.json"))
+    assert os.listdir(tmp_path) == []
