@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from sshcluster import _alive  # (running, not a zombie)
+
 
 def cmdline(pid: int) -> bytes:
     """The NUL-separated argv of ``pid`` (empty once it is gone)."""
@@ -24,13 +26,9 @@ def processes_mentioning(text: str) -> list[str]:
         try:
             with open(f"/proc/{entry}/cmdline", "rb") as f:
                 cmd = f.read().decode(errors="replace")
-            with open(f"/proc/{entry}/stat", "rb") as f:
-                stat = f.read()
         except OSError:
             continue
-        if stat[stat.rfind(b")") + 2: stat.rfind(b")") + 3] == b"Z":
-            continue
-        if text in cmd:
+        if text in cmd and _alive(int(entry)):
             found.append(f"{entry}: {cmd.replace(chr(0), ' ')[:300]}")
     return found
 
@@ -90,21 +88,12 @@ class WscleanSampler:
         return {name: n for name, n in self.most.items() if n > 1}
 
 
-def alive(pid: int) -> bool:
-    """``pid`` is running (a zombie is gone, only not yet reaped)."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            return f.read().rsplit(b")", 1)[1].split()[0] != b"Z"
-    except OSError:
-        return False
-
-
 def none_alive(pids, within: float = 5.0) -> bool:
     """True once none of ``pids`` runs, waiting up to ``within`` seconds."""
     import time
 
     end = time.monotonic() + within
-    while any(alive(p) for p in pids):
+    while any(_alive(p) for p in pids):
         if time.monotonic() > end:
             return False
         time.sleep(0.1)

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from procs import cmdline
-from sshcluster import SshCluster, SshClusterError, missing_tools
+from sshcluster import SshCluster, SshClusterError, _alive, missing_tools
 
 _missing = missing_tools() + ([] if shutil.which("parallel") else ["parallel"])
 pytestmark = pytest.mark.skipif(
@@ -187,15 +187,6 @@ def test_start_failure_reports_the_sshd_log(tmp_path):
     assert "node001" in str(err.value)
     assert "NoSuchSshdOption" in str(err.value)  # the log line sshd wrote
     assert c.pid("node001") is None
-
-
-def _alive(pid: int) -> bool:
-    """Running and not a zombie (orphans are reaped by init, possibly late)."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except FileNotFoundError:
-        return False
-    return stat[stat.rfind(")") + 2] != "Z"
 
 
 @contextlib.contextmanager
