@@ -864,10 +864,8 @@ def _config_texts(config_path: str) -> list[tuple[str, str]]:
             break
         out.append((str(path), text[:CONFIG_MAX] + ("\n... (cut)" if len(text) > CONFIG_MAX else "")))
         try:
-            try:
-                import tomllib
-            except ModuleNotFoundError:  # Python < 3.11
-                import tomli as tomllib
+            from .config import tomllib  # (the standard library's, or tomli before Python 3.11)
+
             nxt = tomllib.loads(text).get("default_settings")
         except Exception:
             break

@@ -117,10 +117,29 @@ def wrapper_args(plan, job_id: str, command: str, *, share: str, force: bool, ru
 
 
 def installed_file(*parts: str) -> Path | None:
-    """A file of the source tree (``bin/...``, ``Makefile.in``), or its installed copy (scripts, share/imgpipe)."""
+    """A file of the source tree (``bin/...``, ``Makefile.in``), or its installed copy.
+
+    A wheel puts bin/ among the environment's scripts and Makefile.in in share/imgpipe, wherever
+    the installer put the environment (a venv, pipx, ``--user``, ``--prefix``): the
+    distribution's own list of its files (its RECORD) says where."""
     here = Path(__file__).resolve().parent.parent
-    candidates = [here.joinpath(*parts), Path(sys.prefix, "bin", parts[-1]), Path(sys.prefix, "share", "imgpipe", parts[-1])]
-    found = shutil.which(parts[-1])
+    source = here.joinpath(*parts)
+    if source.is_file():
+        return source
+    name = parts[-1]
+    from importlib import metadata
+
+    try:
+        files = metadata.distribution("imgpipe").files or []
+    except metadata.PackageNotFoundError:
+        files = []
+    for entry in files:
+        if entry.name == name and entry.parent.name in ("bin", "Scripts", "imgpipe"):
+            path = Path(entry.locate()).resolve()
+            if path.is_file():
+                return path
+    candidates = [Path(sys.prefix, "bin", name), Path(sys.prefix, "share", "imgpipe", name)]
+    found = shutil.which(name)
     if found:
         candidates.append(Path(found))
     return next((c for c in candidates if c.is_file()), None)

@@ -63,6 +63,13 @@ def _run_keys(run_dir: Path, jobs_path: Path) -> list:
             for p in (jobs_path, run_dir / JOBLOG, run_dir / ROUND_JOBLOG, run_dir / LOGS, run_dir / "slurm.sh")]
 
 
+def _row(keys: list[str], values: list) -> dict:
+    """One memo row as a dict; a row of another length is a damaged memo (ValueError)."""
+    if len(keys) != len(values):
+        raise ValueError("a memo row has the wrong number of values")
+    return dict(zip(keys, values))
+
+
 def _stamp(names: list[str], records: str, others: list[str], settled: float | None = None) -> str:
     """The digest of the keys of every job's image directory (``names``: the -name prefixes) and
     record (where ``records`` has a "1"), and of ``others``; with ``settled`` (ns), raise
@@ -80,7 +87,9 @@ def _stamp(names: list[str], records: str, others: list[str], settled: float | N
             return missing
         return st.st_ino, st.st_size, st.st_mtime_ns
 
-    for prefix, record in zip(names, records, strict=True):
+    if len(names) != len(records):
+        raise ValueError("a memo's names and records differ in length")
+    for prefix, record in zip(names, records):
         cut = prefix.rfind("/")
         folder = prefix[:cut] if cut > 0 else "/" if cut == 0 else "."
         k = folders.get(folder)
@@ -133,9 +142,9 @@ def load(run_dir: Path, jobs_path: Path, every_row: bool) -> tuple[str, list[dic
             if full["stamp"] != memo["stamp"] or len(full["rows"]) != len(memo["names"]):
                 return None
             keys = full["keys"]
-            return memo["digest"], [dict(zip(keys, r, strict=True)) for r in full["rows"]], None
+            return memo["digest"], [_row(keys, r) for r in full["rows"]], None
         keys, (ids, hosts) = memo["keys"], memo["done"]
-        rows = [dict(zip(keys, r, strict=True)) for r in memo["rest"]]
+        rows = [_row(keys, r) for r in memo["rest"]]
         if not (isinstance(ids, list) and isinstance(hosts, dict)) or any(r["state"] == "done" for r in rows):
             return None
         return memo["digest"], rows, DoneJobs(ids, hosts)
