@@ -40,6 +40,8 @@ from .files import write_whole
 JOBLOG = "joblog.tsv"
 ROUND_JOBLOG = "joblog.round.tsv"
 ROUND_IDS = "round.ids"
+HALT_GATE = "halt.gate"  # what the round's gate (bin/imgpipe-gate) lets start: written by the run loop
+GATE = "imgpipe-gate"  # the gate itself, in the run directory
 LOGS = "logs"
 LOCK = "run.lock"
 STATE = "run.json"
@@ -237,6 +239,11 @@ class RowTail:
             self._offset += end
             self.rows.extend(_parse_rows(data[:end].decode("utf-8", errors="replace").split("\n")))
         return self.rows
+
+    @property
+    def offset(self) -> int:
+        """How many bytes of the file ``read`` has read (whole lines)."""
+        return self._offset
 
 
 def append_rows(path: str | os.PathLike, rows: list[Row], seq_of: dict[str, int]) -> None:

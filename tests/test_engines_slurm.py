@@ -306,3 +306,19 @@ def test_engine_slurm_with_named_nodes_keeps_to_them(slurm, tmp_path, ms_factory
         assert nodes <= {"node001", "node003"}, (slurm_nodes, nodes)
     r = expect(imgpipe(slurm, tmp_path, "image", "--engine", "make", config(tmp_path), *ms), 2)
     assert "nodes = 'slurm' runs the jobs through Slurm; --engine make needs the nodes by name" in r.err, r
+
+
+# ---------------------------------------------------------------- the halt rule
+
+@pytest.mark.parametrize("slurm_nodes", ["1", "0"])
+def test_no_job_starts_through_slurm_after_the_halt_decision(slurm, tmp_path, ms_factory, slurm_nodes):
+    """One slot, --halt-after 1, jobs that fail at once: GNU parallel asks the round's gate
+    (bin/imgpipe-gate) before each srun, so exactly one job ran, in an allocation or not."""
+    ms = make_ms(ms_factory, tmp_path, 5)
+    cfg = config(tmp_path, worker={"slurm_nodes": slurm_nodes, "max_concurrent": "1", "nodes": "'node001'"},
+                 wsclean={"fits-mask": "'/no/such/mask.fits'"})
+    r = expect(imgpipe(slurm, tmp_path, "image", "--engine", "slurm", "--halt-after", "1", cfg, *ms), 1)
+    assert "halting: no new job is started: 1 jobs failed (halt_after = 1)" in r.err, r
+    assert len(rows(run_dir(tmp_path))) == 1, rows(run_dir(tmp_path))
+    assert "4 jobs not run: not started: the run was halted" in r.err, r
+    assert not slurm.jobs()

@@ -36,9 +36,10 @@ from ..errors import ImgpipeError, PlanErrors
 from ..image_sets import foreign_problems, image_sets, FORCE_HINT
 from ..plan import Plan
 from ..run_dir import (
-    JOBLOG, LOGS, NO_IMAGES, RETRY_CONNECTION, RETRY_JOB, ROUND_IDS, ROUND_JOBLOG, RowTail, RunDir, append_rows,
-    classify, job_error, log_ends, read_log, read_rows,
+    GATE, HALT_GATE, JOBLOG, LOGS, NO_IMAGES, RETRY_CONNECTION, RETRY_JOB, ROUND_IDS, ROUND_JOBLOG, RowTail, RunDir,
+    append_rows, classify, job_error, log_ends, read_log, read_rows,
 )
+from ..files import write_whole
 from . import load
 from .base import Context, Round, ssh_command
 from .control import Guard, engine_alive, stop_recorded
@@ -196,6 +197,11 @@ class Halt:
         self.reason: str | None = None
         self._settled = False  # (auto) the first jobs did not all fail: the rule cannot apply any more
 
+    @property
+    def applies(self) -> bool:
+        """Can a failure still halt the run?"""
+        return self.limit != 0 and not self._settled and not self.reason
+
     def check(self, rows) -> str | None:
         """The reason to halt, once there is one (rows: this session's, in order)."""
         if self.reason or self.limit == 0 or self._settled:
@@ -221,6 +227,28 @@ class Halt:
                            + (f": {said}" if said else "") + "); fix that, then run again "
                            "(halt_after = 0 runs every job whatever fails)")
         return self.reason
+
+
+class HaltGate:
+    """What the round's gate (bin/imgpipe-gate, asked by the engine before every job starts) lets
+    start: once a job of the round has failed, nothing starts until the halt rule has judged that
+    failure; once the run is halted, nothing. So no job starts after the halt decision, however
+    fast jobs fail: the engine waits on the gate, not on how often this loop looks."""
+
+    def __init__(self, run: RunDir) -> None:
+        self.path = run / HALT_GATE
+        self.said: str | None = None
+
+    def set(self, halt: Halt, judged: int) -> None:
+        """``judged``: the bytes of the round's job log the halt rule has read."""
+        state = "halt" if halt.reason else "open" if not halt.applies else str(judged)
+        if state != self.said:
+            write_whole(self.path, f"{os.getpid()} {state}\n")
+            self.said = state
+
+    def remove(self) -> None:
+        self.path.unlink(missing_ok=True)
+        self.said = None
 
 
 def _duration(seconds: float) -> str:
@@ -275,9 +303,10 @@ class Retries:
 TICK = 0.2  # s between two looks at the round (progress, halt rule, Ctrl-C)
 
 
-def _wait(proc: subprocess.Popen, stopper: Stopper, progress: Progress, halt: Halt, eng, rows: list) -> bool:
-    """Wait for the engine, ticking the progress line and minding the halt rule; False as soon
-    as the user asks to stop."""
+def _wait(proc: subprocess.Popen, stopper: Stopper, progress: Progress, halt: Halt, gate: HaltGate, eng,
+          rows: list) -> bool:
+    """Wait for the engine, ticking the progress line and minding the halt rule (judging each
+    failure, then opening the gate or halting); False as soon as the user asks to stop."""
     halted = False
     ended = ExitWait(proc)
     try:
@@ -285,10 +314,14 @@ def _wait(proc: subprocess.Popen, stopper: Stopper, progress: Progress, halt: Ha
             if stopper.signal is not None:
                 return False
             progress.tick()
-            if not halted and halt.check(rows + progress.tail.read()):
-                halted = True
-                say(f"halting: no new job is started: {halt.reason}")
-                eng.halt(proc)
+            if not halted:
+                if halt.check(rows + progress.tail.read()):
+                    halted = True
+                    gate.set(halt, 0)
+                    say(f"halting: no new job is started: {halt.reason}")
+                    eng.halt(proc)
+                else:
+                    gate.set(halt, progress.tail.offset)
             ended.wait(TICK)  # returns as soon as the engine exits
     finally:
         ended.close()
@@ -395,12 +428,14 @@ def _run(plan: Plan, run_dir: RunDir, jobs_path: Path, engine_cls, force: bool, 
         env.setdefault("PARALLEL_HOME", parallel_home())
         eng = engine_cls(Context(plan, run_dir, Path(os.path.abspath(jobs_path)), ssh, force, env))
         eng.prepare()
+        run_dir.install(GATE)
         hints.append(eng.resume_hint())
         guard = Guard(lock).start()  # forked before any thread runs
         try:
             return _rounds(plan, run_dir, eng, guard, stopper, done, hints, halt_after)
         finally:
             guard.close()
+            (run_dir / HALT_GATE).unlink(missing_ok=True)
 
 
 def _rounds(plan: Plan, run_dir: RunDir, eng, guard: Guard, stopper: Stopper, done: set[str],
@@ -416,6 +451,7 @@ def _rounds(plan: Plan, run_dir: RunDir, eng, guard: Guard, stopper: Stopper, do
                         slots=plan.worker.max_concurrent * max(1, len(live)))
     retries = Retries(plan.worker)
     halt = Halt(halt_after, run_dir, len(plan.jobs) - len(done), retries)
+    gate = HaltGate(run_dir)
     session: list = []  # this session's rows
     progress.failed = retries.final
     seq_of = {j.id: n for n, j in enumerate(plan.jobs, start=1)}
@@ -430,13 +466,14 @@ def _rounds(plan: Plan, run_dir: RunDir, eng, guard: Guard, stopper: Stopper, do
         (run_dir / ROUND_IDS).write_text("\n".join(j.id for j in todo) + "\n")
         output = run_dir / eng.output
         output_start = output.stat().st_size if output.exists() else 0
+        gate.set(halt, 0)  # (the round's job log starts empty)
         proc = eng.start(Round(number, todo, list(live), frozenset(done)))
         record = eng.record(proc, live)
         guard.watch(record)
         try:
             run_dir.write_state(engine=record)
             progress.round_ids, progress.tail = [j.id for j in todo], RowTail(run_dir / ROUND_JOBLOG)
-            if not _wait(proc, stopper, progress, halt, eng, session):
+            if not _wait(proc, stopper, progress, halt, gate, eng, session):
                 return _stop(plan, run_dir, eng, guard, proc, record, progress, done, unreachable, hints)
         except BaseException:  # (the run directory's disk filled up, say): no engine is left behind
             if proc.poll() is None:

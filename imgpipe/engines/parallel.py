@@ -29,7 +29,7 @@ from pathlib import Path
 
 from ..hosts import is_local
 from ..plan import Job
-from ..run_dir import JOBLOG, LOGS, ROUND_JOBLOG
+from ..run_dir import GATE, JOBLOG, LOGS, ROUND_JOBLOG
 from .base import Engine, Round
 
 INPUT = "parallel-input.tsv"
@@ -93,13 +93,18 @@ class Parallel(Engine):
             return 'perl -e "$IMGPIPE_JOB" ' + quoted
         return f"perl {self.wrapper.path} {quoted}"
 
-    def argv(self, logins: str, input_file: Path, joblog: Path, *, resume: bool, ship: str | None = None) -> list[str]:
+    def argv(self, logins: str, input_file: Path, joblog: Path, *, resume: bool, ship: str | None = None,
+             gate: bool = False) -> list[str]:
+        """GNU parallel's words; ``gate``: ask the round's gate before each job (bin/imgpipe-gate,
+        for the halt rule: imgpipe's rounds, not parallel.sh, which runs without imgpipe)."""
         run, ship = self.ctx.run, ship or self.ship
         argv = [
             "parallel", "--will-cite", "--hgrp", "-S", logins, "--ssh", self.ssh_text(),
             *(["--env", "IMGPIPE_JOB"] if ship == "env" else []),
             *RPL, "--joblog", str(joblog), "--results", str(run / LOGS) + "/{id}",
         ]
+        if gate:
+            argv += ["--limit", f"bash {shlex.quote(str(run / GATE))} {shlex.quote(str(run.path))}"]
         if resume:
             argv.append("--resume-failed")
         return argv + [self.template(ship), "::::", str(input_file)]
@@ -133,7 +138,8 @@ class Parallel(Engine):
         run = self.ctx.run
         self.write_input(run / ROUND_INPUT, rnd.todo)
         (run / ROUND_JOBLOG).unlink(missing_ok=True)
-        return self.popen(self.argv(self.logins(rnd.nodes), run / ROUND_INPUT, run / ROUND_JOBLOG, resume=False))
+        return self.popen(self.argv(self.logins(rnd.nodes), run / ROUND_INPUT, run / ROUND_JOBLOG, resume=False,
+                                    gate=True))
 
     def end_round(self) -> None:
         super().end_round()

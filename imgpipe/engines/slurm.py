@@ -284,8 +284,9 @@ class Slurm(Parallel):
     def ssh_text(self) -> str:
         return f"bash {shlex.quote(str(self.ctx.run / SHIM))}"
 
-    def command(self, nodes: list[str], pinned: list[str], input_file: Path, joblog: Path, *, resume: bool) -> list[str]:
-        parallel = self.argv(self.logins(nodes), input_file, joblog, resume=resume)
+    def command(self, nodes: list[str], pinned: list[str], input_file: Path, joblog: Path, *, resume: bool,
+                gate: bool = False) -> list[str]:
+        parallel = self.argv(self.logins(nodes), input_file, joblog, resume=resume, gate=gate)
         if not self.allocation:
             return parallel
         count = min(max(self.ctx.plan.worker.slurm_nodes, len(pinned)), max(1, len(nodes)))
@@ -325,8 +326,8 @@ class Slurm(Parallel):
         pinned = sorted({j.host for j in rnd.todo if j.host})
         env = {**self.env, "IMGPIPE_JOB": (run / "imgpipe-job").read_text(),
                "IMGPIPE_SRUN": shlex.join(self.step_options())}
-        return self.popen(self.command(rnd.nodes, pinned, run / ROUND_INPUT, run / ROUND_JOBLOG, resume=False),
-                          env=env)
+        return self.popen(self.command(rnd.nodes, pinned, run / ROUND_INPUT, run / ROUND_JOBLOG, resume=False,
+                                       gate=True), env=env)
 
     def end_round(self) -> None:
         super().end_round()
