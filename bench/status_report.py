@@ -58,7 +58,8 @@ def synthesize_run(work: str, n: int) -> str:
     from imgpipe.inputs import MSInput
     from imgpipe.ms_facts import MSFacts
     from imgpipe.plan import build_plan
-    from imgpipe.run_dir import JOBLOG, JOBLOG_HEADER, LOGS, wrapper_args
+    from imgpipe.attempt import wrapper_args
+    from imgpipe.run_dir import JOBLOG, JOBLOG_HEADER, LOGS
 
     run = os.path.join(work, f"status-{n}")
     jobs_path = os.path.join(run, "jobs.txt")

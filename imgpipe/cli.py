@@ -124,11 +124,11 @@ def build_parser() -> argparse.ArgumentParser:
     status = sub.add_parser(
         "status",
         help="what finished, what failed and why, what runs (reads the run directory only)",
-        description="Show each job's state (done, failed, running, not started), host, start, runtime "
+        description="Show each job's state (done, failed, running, stopped, not started), host, start, runtime "
         "(elapsed for running jobs), MS, images, why it failed (WSClean's own words) and its log, from the "
         "image records and the job log; contacts no node. With no argument, the run here with the latest "
         "activity (`imgpipe runs` lists them). Exit status: 0 every job done, 1 some job failed, "
-        "3 some job is running or not started (none failed).",
+        "3 some job is running, stopped or not started (none failed).",
     )
     _add_run_dir_argument(status)
     status.add_argument("--json", action="store_true", help="print the status as JSON on stdout")
@@ -249,7 +249,6 @@ def _print_summary(plan, jobs_path, sets, force, out, written: bool = True) -> N
           file=out)
     left = [estimated_seconds(j, rates) for j in plan.jobs if _job_state(sets[j.id], force) != "done"]
     if left and None not in left:
-        slots = plan.worker.max_concurrent * len(plan.worker.nodes)
         print(f"  estimated from the jobs done before: ~{_fmt_seconds(sum(left))} of work left, the longest job "
               f"~{_fmt_seconds(max(left))} (cost: seconds; otherwise relative units)", file=out)
     elif any(estimated_seconds(j, rates) is None for j in plan.jobs):
@@ -500,7 +499,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     others = len(local_runs()) - 1 if not args.run else 0
     out = [f"run {path.parent.resolve()}" + (f"   (the latest of {others + 1} runs here: `imgpipe runs` lists them)"
                                              if others > 0 else "")]
-    order = {"failed": 0, "running": 1, "not started": 2, "done": 3}
+    order = {"failed": 0, "running": 1, "stopped": 2, "not started": 3, "done": 4}
     listed = rows
     if c["done"] > DONE_LISTED and not args.all:  # the jobs that need a look, not 50,000 lines of done
         listed = [r for r in rows if r["state"] != "done"]
@@ -525,7 +524,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     for host, h in sorted(host_summary(rows, done).items()):
         out.append(f"host {host:<12} {h['done']} done, {h['failed']} failed, busy {_fmt_runtime(h['busy'])}")
     out.append(f"total: {c['done']}/{c['total']} done, {c['failed']} failed, {c['running']} running, "
-               f"{c['not started']} not started")
+               + (f"{c['stopped']} stopped, " if c["stopped"] else "") + f"{c['not started']} not started")
     print("\n".join(out))
     return exit_status(c)
 
@@ -547,7 +546,8 @@ def cmd_runs(args: argparse.Namespace) -> int:
     for r in rows:
         c = r["counts"]
         print(f"{_fmt_time(r['last_activity']):<15} {c['total']:>5} {c['done']:>5} {c['failed']:>6} "
-              f"{c['running']:>7} {c['not started']:>6}  {os.path.basename(r['config']):<18} {r['inputs']:<28} "
+              f"{c['running']:>7} {c['not started'] + c.get('stopped', 0):>6}  {os.path.basename(r['config']):<18} "
+              f"{r['inputs']:<28} "
               f"{_short(r['run_dir'])}")
     return 0
 

@@ -68,19 +68,6 @@ class ImageSet:
     def done(self) -> bool:
         return self.state == "done"
 
-    def describe(self) -> str:
-        """One line for a user: what is on disk for this set."""
-        r = self.record
-        if self.state == "done":
-            return f"done ({len(r.images)} image file(s), made {r.end or '?'} on {r.host or '?'})"
-        if self.state == "incomplete":
-            return f"incomplete: {len(self.missing)} of its {len(r.images)} image file(s) are gone"
-        if self.state == "foreign":
-            return f"images of another command (made {r.end or '?'} on {r.host or '?'})"
-        if self.state == "damaged":
-            return f"its record cannot be read ({self.problem})"
-        return "not made yet"
-
 
 def record_path(prefix: str) -> str:
     return prefix + RECORD_SUFFIX

@@ -61,7 +61,8 @@ from .files import write_whole
 from .hosts import is_local
 from .joblog import attempts
 from .plan import Job, Plan
-from .run_dir import LOGS, SLURM_PLACED, STOP_MATCH, LogFacts, Row, classify, log_ends, log_facts
+from .attempt import LogFacts, outcome_of, read_log
+from .run_dir import LOGS, SLURM_PLACED, Row
 
 REPORT = "report.html"
 REPORT_DIR = "report"  # the previews' cache (PNG and statistics), next to report.html; the page does not need it
@@ -202,28 +203,16 @@ def job_logs(run_dir: Path, job_ids) -> dict[str, list[Path]]:
 
 def read_logs(run_dir: Path, job_ids) -> dict[str, list[LogFacts]]:
     """job id -> the facts of each of its logs, oldest first (see job_logs)."""
-    return {jid: [log_facts(str(p), jid, *log_ends(p)) for p in paths]
+    return {jid: [read_log(p, jid, attempt=n) for n, p in enumerate(paths, start=1)]
             for jid, paths in job_logs(run_dir, job_ids).items()}
 
 
-def stopped_attempts(logs: dict[str, list[LogFacts]], rows: list[Row], skip=()) -> list[LogFacts]:
-    """The attempts stopped by the user: logs that end with the wrapper's "stopped (SIG...)" line and
-    that no job-log row accounts for (when a run is stopped, the loop drops its stopped attempts'
-    rows: they are not failures, the job runs again on resume). A row accounts for at most one log,
-    the first, in time order, whose times it spans. ``skip``: logs not to count (a job still running)."""
-    out = []
-    by_job: dict[str, list[Row]] = {}
-    for r in rows:
-        by_job.setdefault(r.job_id, []).append(r)
-    for jid, facts in logs.items():
-        free = sorted(by_job.get(jid, ()), key=lambda r: r.start)
-        for f in sorted((f for f in facts if f.start is not None and f.end is not None), key=lambda f: f.start):
-            row = next((r for r in free if r.start - STOP_MATCH <= f.start
-                        and f.end <= r.start + max(r.runtime, 0.0) + STOP_MATCH), None)
-            if row is not None:
-                free.remove(row)
-            elif f.stopped and f.path not in skip:
-                out.append(f)
+def stopped_attempts(logs: dict[str, list[LogFacts]], skip=()) -> list[LogFacts]:
+    """The attempts stopped by the user: those whose result says so (outcome 'stopped'). ``skip``:
+    logs not to count (a job still running). Their job-log rows, when the engine left any, are
+    not drawn (timeline_bars): the result is the attempt's one story."""
+    out = [f for facts in logs.values() for f in facts
+           if f.stopped and f.start is not None and f.end is not None and f.path not in skip]
     return sorted(out, key=lambda f: f.start)
 
 
@@ -251,6 +240,7 @@ def timeline_bars(plan: Plan, states: list[st.JobState], rows: list[Row], now: f
     says), and one per attempt stopped by the user (from the logs), each on a slot lane."""
     logs = logs or {}
     n_of: dict[str, int] = {}
+    rows = [r for r in rows if outcome_of(r.exitval, r.signal)[0] != "stopped"]  # (drawn from their results)
     for r in rows:
         n_of[r.job_id or "?"] = n_of.get(r.job_id or "?", 0) + 1
     seen: dict[str, int] = {}
@@ -259,7 +249,7 @@ def timeline_bars(plan: Plan, states: list[st.JobState], rows: list[Row], now: f
     for r in rows:
         jid = r.job_id or "?"
         seen[jid] = seen.get(jid, 0) + 1
-        why = "" if r.ok else classify(r.exitval, r.signal)[1]
+        why = "" if r.ok else outcome_of(r.exitval, r.signal)[1]
         bars.append(Bar(jid, host_of(r), r.start, r.start + max(r.runtime, 0.0), "done" if r.ok else "failed",
                         why, seen[jid], n_of[jid]))
     running = set()
@@ -270,7 +260,7 @@ def timeline_bars(plan: Plan, states: list[st.JobState], rows: list[Row], now: f
                 running.add(log.path)
             start = s.start
             bars.append(Bar(s.job.id, running_host(plan, s), start, max(now, start), "running"))
-    for f in stopped_attempts(logs, rows, skip=running):
+    for f in stopped_attempts(logs, skip=running):
         why = f"stopped by the user (the run was stopped; the job got {f.stopped}): not done, it runs again on resume"
         bars.append(Bar(f.job_id, st.node_name(f.host, plan) or "(node not known)", f.start, max(f.end, f.start),
                         "stopped", why))
@@ -801,7 +791,8 @@ h3 { margin: 12px 0 4px 0; font-size: 15px; }
 .count { border-radius: 6px; padding: 8px 14px; min-width: 90px; color: #fff; }
 .count b { display: block; font-size: 24px; }
 .c-done { background: #2e9b4f; } .c-failed { background: #d62728; }
-.c-running { background: #1f77b4; } .c-notstarted { background: #7f8793; } .c-total { background: #1d2430; }
+.c-running { background: #1f77b4; } .c-stopped { background: #b8860b; } .c-notstarted { background: #7f8793; }
+.c-total { background: #1d2430; }
 table { border-collapse: collapse; margin: 6px 0; }
 th, td { text-align: left; padding: 3px 10px 3px 0; vertical-align: top; border-bottom: 1px solid #eceef1; }
 th { font-weight: 600; border-bottom: 1px solid #b8bcc4; }
@@ -911,8 +902,10 @@ def render(plan: Plan, jobs_path: Path, run_dir: Path, states: list[st.JobState]
 
     # --- summary
     add('<section id="summary"><h2>Summary</h2><div class="counts">')
-    for key, label in (("done", "done"), ("failed", "failed"), ("running", "running"),
+    for key, label in (("done", "done"), ("failed", "failed"), ("running", "running"), ("stopped", "stopped"),
                        ("not started", "not started"), ("total", "jobs")):
+        if key == "stopped" and not c[key]:
+            continue
         add(f'<div class="count c-{key.replace(" ", "")}" data-state="{esc(key)}"><b>{c[key]}</b>{esc(label)}</div>')
     add("</div>")
     host_of = host_namer(plan, states)
@@ -1007,7 +1000,7 @@ def render(plan: Plan, jobs_path: Path, run_dir: Path, states: list[st.JobState]
     ran_hosts = {host_of(r) for r in rows}
     last_row = {r.job_id: r.start for r in rows}
     last_stopped = {b.job_id: b for b in stopped if b.start > last_row.get(b.job_id, -math.inf)}
-    order = {"failed": 0, "running": 1, "not started": 2, "done": 3}
+    order = {"failed": 0, "running": 1, "stopped": 2, "not started": 3, "done": 4}
     add(f'<section id="jobs"><h2>Jobs ({len(states)})</h2><table class="jobs"><thead><tr><th>job</th>'
         "<th>state</th><th>host</th><th>MS</th><th>start</th><th class=\"num\">runtime</th><th>why</th>"
         "<th>log</th><th>images</th><th class=\"num\">peak</th><th class=\"num\">RMS</th></tr></thead><tbody>")

@@ -1,4 +1,4 @@
-"""The run directory: its files, its lock, the job log's format, and the node-side wrapper's protocol.
+"""The run directory: its files, its lock, and the job log's format.
 
 Each plan has a run directory, the jobs file's directory::
 
@@ -16,9 +16,8 @@ Each plan has a run directory, the jobs file's directory::
 Whether a job is done is not decided here but by its images (``image_sets``): a
 job-log row says what happened, never what is on disk now.
 
-The wrapper (bin/imgpipe-job) is called as ``imgpipe-job TAG ID SLOTS ENV_FILE
-MAX_TIME SHARE FORCE RUN COMMAND``: ``wrapper_args`` builds these words (the only
-place that knows their order) and ``FAILURES`` reads its exit status.
+The wrapper (bin/imgpipe-job), its arguments, its outcomes and the result it ends each
+attempt with are the contract of ``attempt.py``.
 """
 
 from __future__ import annotations
@@ -50,72 +49,9 @@ WRAPPER = "imgpipe-job"
 LOCK_WAIT = 90.0  # seconds a new run waits for an earlier one that is stopping its jobs
 STOPPING = "stopping its jobs"  # in the lock's holder text while a killed run's jobs are being stopped
 
-# ---------------------------------------------------------------- the wrapper's protocol
-
-# exit status of bin/imgpipe-job (and ssh) -> failure class, what it means in words
-FAILURES = {
-    10: ("wsclean", "WSClean failed"),
-    11: ("env_file", "env_file could not be sourced"),
-    12: ("setup", "job set-up failed (directories, wsclean not found)"),
-    13: ("record", "the record could not be written next to the images (disk full?)"),
-    14: ("busy", "another job was making the same images"),
-    15: ("foreign", "images of another command are in the way (--force replaces them)"),
-    # from bin/imgpipe-srun (the Slurm engine), which reads what srun's exit status does not say
-    16: ("node", "the Slurm node failed"),
-    17: ("memory", "out of memory: Slurm stopped it past the memory it asked for"),
-    18: ("time-limit", "Slurm's time limit was reached"),
-    19: ("slurm", "Slurm ended it (its allocation ended, or its step was refused or cancelled)"),
-    # given by the run loop, not by a job: its attempt ended 0, but its images say it is not done
-    20: ("no-images", "it ended without an error, but its images are not there (the job wrapper did not run "
-                      "through: see its log)"),
-    124: ("timeout", "max_time reached"),
-    255: ("connection", "ssh could not reach the node (or the connection dropped)"),
-}
-NO_IMAGES = 20
-
-# classes worth another attempt: the node, the network or Slurm (connection_retries), or the
-# job itself (retries)
-RETRY_CONNECTION = ("connection", "node", "slurm")
-RETRY_JOB = ("wsclean", "signal", "timeout", "memory", "time-limit")
-
-
-def classify(exitval: int, signal: int = 0) -> tuple[str, str]:
-    """(failure class, reason in words) of a failed attempt."""
-    if signal:
-        return "signal", f"killed by signal {signal}"
-    if exitval in FAILURES:
-        return FAILURES[exitval]
-    if exitval == -1:
-        return "timeout", "stopped by GNU parallel's --timeout"
-    if exitval > 128:
-        sig = exitval - 128
-        return "signal", f"WSClean killed by signal {sig}" + (" (KILL: out of memory?)" if sig == 9 else "")
-    return "wsclean", f"exit status {exitval}"
-
-
-def share_resources(job) -> bool:
-    """Split cores and memory between co-located jobs unless the user set -j/-mem/-abs-mem."""
-    return not any(flag in job.argv for flag in ("-j", "-mem", "-abs-mem"))
-
-
 def run_label(run_dir: Path) -> str:
     """How a claim and a record name the run: ``host:/abs/run/dir``."""
     return f"{socket.gethostname()}:{run_dir}"
-
-
-def wrapper_args(plan, job_id: str, command: str, *, share: str, force: bool, run: str) -> list[str]:
-    """The words after ``imgpipe-job``; ``job_id`` and ``command`` may be an engine's placeholders.
-
-    ``share``: '0' WSClean as the user set it; '1' split the node's cores and memory by
-    max_concurrent; 'THREADS/GB' the cores and memory Slurm granted the job.
-    """
-    w = plan.worker
-    max_time = w.max_time or 0
-    return [
-        plan.tag, job_id, str(w.max_concurrent), w.env_file,
-        str(int(max_time)) if float(max_time).is_integer() else str(max_time),
-        share, "1" if force else "0", run, command,
-    ]
 
 
 def installed_file(*parts: str) -> Path | None:
@@ -256,102 +192,6 @@ def append_rows(path: str | os.PathLike, rows: list[Row], seq_of: dict[str, int]
         for r in rows:
             seq = seq_of.get(r.job_id or "", r.seq)
             f.write(f"{seq}\t{r.host}\t{r.start:.3f}\t{r.runtime:10.3f}\t0\t0\t{r.exitval}\t{r.signal}\t{r.command}\n")
-
-
-# ---------------------------------------------------------------- a job's log
-
-LOG_PEEK = 4096  # bytes read at each end of a log: the wrapper's lines are there (thousands of logs stay cheap)
-STOP_MATCH = 30.0  # s: a row accounts for a log when it spans the log's times within this (clocks, ssh)
-_SAID = re.compile(r"imgpipe-job (\S+) \[(\S+) (\d{4}-\d\d-\d\d \d\d:\d\d:\d\d)\]: (.*)")
-_STOPPED = re.compile(r"stopped \((SIG\w+)\)")
-_WSCLEAN_STATUS = re.compile(r"WSClean failed with exit status (\d+)")
-_EXCEPTION = re.compile(r"An exception occurr?ed")
-
-
-@dataclass(frozen=True)
-class LogFacts:
-    """What a job's log (one attempt) says in the wrapper's lines, and WSClean's error if any."""
-
-    path: str
-    job_id: str
-    host: str | None = None  # as the node names itself
-    start: float | None = None  # its "start:" line, else its first wrapper line
-    end: float | None = None  # its last wrapper line
-    stopped: str | None = None  # 'SIGTERM' when it ends with the wrapper's "stopped (SIG...)" line
-    wsclean_status: int | None = None  # "WSClean failed with exit status N"
-    wsclean_error: str | None = None  # WSClean's last ">>> message" after "An exception occured"
-
-
-def log_ends(path: str | os.PathLike, size: int = LOG_PEEK) -> tuple[str, str]:
-    """The first and the last ``size`` bytes of a file, as text, the tail from its first whole line."""
-    try:
-        with open(path, "rb") as f:
-            head = f.read(size)
-            end = f.seek(0, os.SEEK_END)
-            if end <= size:
-                tail = head
-            else:
-                f.seek(max(size, end - size))
-                tail = f.read()
-                tail = tail[tail.find(b"\n") + 1:]
-    except OSError:
-        return "", ""
-    return head.decode("utf-8", errors="replace"), tail.decode("utf-8", errors="replace")
-
-
-def _said(line: str) -> tuple[str, float | None, str] | None:
-    """(host, time, message) of a wrapper line ``imgpipe-job ID [HOST YYYY-MM-DD HH:MM:SS]: MESSAGE``."""
-    m = _SAID.match(line)
-    if not m:
-        return None
-    try:
-        when = time.mktime(time.strptime(m.group(3), "%Y-%m-%d %H:%M:%S"))
-    except (ValueError, OverflowError):
-        when = None
-    return m.group(2), when, m.group(4)
-
-
-def log_facts(path: str, job_id: str, head: str, tail: str) -> LogFacts:
-    """What the two ends of a job's log say (see LogFacts)."""
-    first = [w for w in map(_said, head.splitlines()) if w]
-    lines = [ln.rstrip() for ln in tail.splitlines() if ln.strip()]
-    last = [w for w in map(_said, lines) if w]
-    began = next((w for w in first if w[2].startswith("start: ")), first[0] if first else None)
-    host = began[0] if began else (last[-1][0] if last else None)
-    final = _said(lines[-1]) if lines else None
-    stopped = _STOPPED.match(final[2]) if final else None
-    status = _WSCLEAN_STATUS.match(final[2]) if final else None
-    return LogFacts(path, job_id, host, began[1] if began else None, last[-1][1] if last else None,
-                    stopped.group(1) if stopped else None, int(status.group(1)) if status else None,
-                    wsclean_error(lines))
-
-
-def wsclean_error(lines: list[str]) -> str | None:
-    """WSClean's last error message: the last ``>>> message`` line after "An exception occured"."""
-    marks = [i for i, ln in enumerate(lines) if _EXCEPTION.search(ln)]
-    if not marks:
-        return None
-    said = [ln.split(">>>", 1)[1].strip() for ln in lines[marks[-1]:] if ">>>" in ln]
-    return next((m for m in reversed(said) if m), None)
-
-
-def read_log(path, job_id: str = "") -> LogFacts:
-    """What one attempt's log says (its two ends only: cheap for thousands of logs)."""
-    return log_facts(str(path), job_id, *log_ends(path))
-
-
-def job_error(path) -> str | None:
-    """What a failed job's log says went wrong, in one line: WSClean's own error, else the
-    wrapper's last words; None when the log says nothing."""
-    head, tail = log_ends(path)
-    lines = [ln.rstrip() for ln in tail.splitlines() if ln.strip()]
-    said = wsclean_error(lines)
-    if said:
-        return said
-    for words in reversed([w for w in map(_said, lines) if w]):
-        if not words[2].startswith(("start:", "Slurm job")):
-            return words[2]
-    return None
 
 
 # ---------------------------------------------------------------- the lock

@@ -6,8 +6,10 @@ Nothing here contacts a node. A job is
   whatever the job log says;
 - ``running``: a run holds the run directory, the job is in its round, and its log was
   started (no row yet);
-- ``failed``: not done, and its last attempt failed (a failure class read from the exit code);
-- ``not started``: none of the above (never run, stopped, or its images are gone since).
+- ``failed``: not done, and its last attempt failed (its outcome: ``attempt.story``);
+- ``stopped``: not done, and its last attempt was stopped by the user (Ctrl-C, SIGTERM, a killed
+  imgpipe): it runs again on resume;
+- ``not started``: none of the above (never run, or its images are gone since).
 
 ``print_summary`` is the end-of-run report of ``imgpipe run`` and ``imgpipe CONFIG ...``.
 """
@@ -15,7 +17,6 @@ Nothing here contacts a node. A job is
 from __future__ import annotations
 
 import os
-import re
 import sys
 import time
 from dataclasses import dataclass
@@ -23,11 +24,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Iterable
 
 from . import status_memo
+from .attempt import OUTCOMES, job_error, outcome_of, read_log
 from .hosts import is_local
 from .image_sets import ImageSet, image_sets
 from .joblog import attempts, last_rows
 from .run_dir import (
-    LOGS, ROUND_IDS, ROUND_JOBLOG, SLURM_PLACED, Row, classify, job_error, read_log, read_rows, run_active,
+    LOGS, ROUND_IDS, ROUND_JOBLOG, SLURM_PLACED, Row, read_rows, run_active,
 )
 
 if TYPE_CHECKING:  # (the plan's module is not needed to show a memo's rows)
@@ -37,7 +39,7 @@ if TYPE_CHECKING:  # (the plan's module is not needed to show a memo's rows)
 @dataclass(frozen=True)
 class JobState:
     job: Job
-    state: str  # done | failed | running | not started
+    state: str  # done | failed | running | stopped | not started
     host: str | None = None
     start: float | None = None
     runtime: float | None = None
@@ -105,10 +107,16 @@ def job_states(plan: Plan, run_dir: Path) -> list[JobState]:
                                    start=ok.start if ok else None, runtime=ok.runtime if ok else None, exitval=0,
                                    log=log_str, images=images, slurm=ids))
         elif row is not None and not row.ok:
-            failure, why = classify(row.exitval, row.signal)
-            states.append(JobState(job, "failed", host=_host(row, log, plan), start=row.start, runtime=row.runtime,
-                                   exitval=row.exitval, failure=failure, why=why, log=log_str, images=images,
-                                   slurm=ids))
+            failure, why = outcome_of(row.exitval, row.signal)
+            states.append(JobState(job, "stopped" if failure == "stopped" else "failed", host=_host(row, log, plan),
+                                   start=row.start, runtime=row.runtime, exitval=row.exitval, failure=failure,
+                                   why=why, log=log_str, images=images, slurm=ids))
+        elif log_str and images.state != "foreign" and (facts := read_log(log, job.id)).stopped:
+            # its last attempt was stopped (the loop keeps no row of it): its result says so
+            states.append(JobState(job, "stopped", host=node_name(facts.host, plan), start=facts.start,
+                                   runtime=(facts.end - facts.start) if facts.end and facts.start else None,
+                                   failure="stopped", why=f"{OUTCOMES['stopped'].words} ({facts.stopped})",
+                                   log=log_str, images=images, slurm=ids))
         else:
             why = None
             if images.state == "foreign":
@@ -147,20 +155,9 @@ def status_rows(jobs_path: Path, plan: Plan | None = None,
     return plan.digest, rows, None
 
 
-_SLURM_LINE = re.compile(rb"Slurm job (\d+)(?: step (\d+))?")
-
-
 def slurm_ids(log: str | os.PathLike) -> str | None:
-    """'JOB.STEP' (or 'JOB') of the last Slurm job a job's log names (the wrapper says it first thing)."""
-    try:
-        with open(log, "rb") as f:
-            found = _SLURM_LINE.findall(f.read(16384))
-    except OSError:
-        return None
-    if not found:
-        return None
-    job, step = found[-1]
-    return f"{job.decode()}.{step.decode()}" if step else job.decode()
+    """'JOB.STEP' (or 'JOB') of the Slurm job an attempt ran as (its wrapper's start line says it)."""
+    return read_log(log).slurm
 
 
 def node_name(host: str | None, plan: Plan) -> str | None:
@@ -191,7 +188,7 @@ def _host(row: Row, log: str | os.PathLike, plan: Plan) -> str:
 
 def counts(states: Iterable[str]) -> dict[str, int]:
     """How many jobs are in each state (the states as words: ``JobState.state`` or a row's "state")."""
-    out = {"done": 0, "failed": 0, "running": 0, "not started": 0}
+    out = {"done": 0, "failed": 0, "running": 0, "stopped": 0, "not started": 0}
     for state in states:
         out[state] += 1
     out["total"] = sum(out.values())
@@ -324,8 +321,8 @@ def print_summary(plan: Plan, outcome, out=None) -> int:
 
 
 def exit_status(c: dict[str, int]) -> int:
-    """`imgpipe status`'s exit status from ``counts``: 0 every job done, 1 some failed, 3 some running
-    or not started."""
+    """`imgpipe status`'s exit status from ``counts``: 0 every job done, 1 some failed, 3 some running,
+    stopped or not started."""
     if c["failed"]:
         return 1
     return 0 if c["done"] == c["total"] else 3
@@ -362,7 +359,7 @@ def run_overview(jobs_path: Path) -> dict:
         plan = jobs_file.read(jobs_path)
     except ImgpipeError as e:
         return {**row, "config": "-", "inputs": f"(unreadable: {e.message})",
-                "counts": {"done": 0, "failed": 0, "running": 0, "not started": 0, "total": 0}}
+                "counts": {"done": 0, "failed": 0, "running": 0, "stopped": 0, "not started": 0, "total": 0}}
     rows = status_rows(jobs_path, plan)[1]  # (every row)
     ms = [m for j in plan.jobs for m in j.ms]
     names = sorted({os.path.basename(m.rstrip("/")) for m in ms})

@@ -40,7 +40,7 @@ from .run_dir import JOBLOG, LOGS, ROUND_JOBLOG, run_active
 
 MEMO = "status-memo.json"
 MEMO_ROWS = "status-memo-rows.json"
-FORMAT = 1
+FORMAT = 2  # (2: rows may have the state "stopped")
 SETTLED = 5.0  # s: a file changed more recently than this may change again within its timestamp's tick
 
 

@@ -293,7 +293,6 @@ _ANGLE_RE = rf"(?i:({_NUMBER})\s*(deg|degrees|rad|amin|arcmin|asec|arcsec|mas|ma
 _FLUX_RE = rf"({_NUMBER})\s*(Jy|jy|mJy|mjy|µJy|µjy|nJy|njy|KJy|kjy)?"
 _RA_RE = r"\d+h\d+m\d+(?:\.\d*)?s|\d+:\d+:\d+(?:\.\d*)?"  # 12h30m00s, 12:30:00 (all three parts)
 _DEC_RE = r"[-+]?\d+d\d+m\d+(?:\.\d*)?s|[-+]?\d+\.\d+\.\d+(?:\.\d*)?"  # 60d00m00s, 60.00.00
-_POL_WORDS = ("i", "q", "u", "v", "xx", "xy", "yx", "yy", "rr", "rl", "lr", "ll", "iquv")
 
 _NUMBERS = {  # spec -> (integer?, lowest, lowest allowed?, words, example)
     "int": (True, None, True, "a whole number", "1"),

@@ -3,7 +3,7 @@
 The rule is applied in two places: by the planner (Python, ``image_set``) and by the
 node-side wrapper before it runs a job (bash). Every case here puts the same image set
 on disk, asks both, and checks they agree, with the images on disk as the evidence.
-The wrapper runs as the engines run it (the arguments from ``run_dir.wrapper_args``),
+The wrapper runs as the engines run it (the arguments from ``attempt.wrapper_args``),
 with real WSClean on a real MS, and the claim is a real flock.
 """
 
@@ -25,7 +25,7 @@ import pytest
 from conftest import REPO, needs
 from imgpipe import jobs_file
 from imgpipe.image_sets import claim_path, image_set, image_sets, record_path
-from imgpipe.run_dir import wrapper_args, share_resources
+from imgpipe.attempt import share_resources, wrapper_args
 
 pytestmark = needs("wsclean")
 
@@ -221,8 +221,10 @@ def test_a_claim_left_by_a_dead_holder_is_taken_over_and_says_so(run_cli, tmp_pa
 
 
 def test_wsclean_holds_the_claim_as_long_as_it_runs(run_cli, tmp_path, ms_factory):
-    """A wrapper KILLed mid-job leaves WSClean running: WSClean still holds the claim, so no other
-    job starts on the same images until WSClean has ended."""
+    """WSClean holds the claim itself (the wrapper's descriptor, inherited): a wrapper KILLed mid-job
+    cannot let another job start on the same images while its WSClean lives. And its WSClean does
+    not run on for nothing: its output goes to a pipe nobody reads any more, so it ends at its next
+    write; then the claim is free."""
     plan = plan_of(run_cli, tmp_path, ms_factory("obs.MS"), size="1024 1024", niter=100000)
     (job,) = plan.jobs
     proc = wrapper(plan, job, tmp_path, wait=False)
@@ -231,11 +233,20 @@ def test_wsclean_holds_the_claim_as_long_as_it_runs(run_cli, tmp_path, ms_factor
         while time.time() < deadline and not _wsclean_of(job):
             time.sleep(0.1)
         (ws,) = _wsclean_of(job)
-        proc.kill()  # the wrapper only: WSClean runs on, orphaned
+        claim = os.path.realpath(claim_path(job.name))
+        held = [fd for fd in os.listdir(f"/proc/{ws}/fd") if os.path.realpath(f"/proc/{ws}/fd/{fd}") == claim]
+        assert held, "WSClean does not hold the claim's descriptor"
+        with open(claim) as f:
+            with pytest.raises(BlockingIOError):
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        proc.kill()  # the wrapper only
         proc.wait()
-        code, log = wrapper(plan, job, tmp_path, env={"IMGPIPE_CLAIM_WAIT": "1"})
-        assert code == 14 and "being made by another job" in log, log
-        assert _wsclean_of(job) == [ws]  # still the one WSClean
+        deadline = time.time() + 60
+        while time.time() < deadline and _wsclean_of(job):
+            time.sleep(0.1)
+        assert not _wsclean_of(job), "WSClean runs on after its wrapper was killed"
+        with open(claim) as f:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)  # free now
     finally:
         for pid in _wsclean_of(job):
             os.kill(pid, 9)
@@ -266,14 +277,18 @@ def test_a_wsclean_that_writes_no_image_fails_the_job(run_cli, tmp_path, ms_fact
     assert image_set(job).state == "absent"
 
 
-def test_the_wrapper_compiles_under_strict_and_loads_no_module():
-    """The wrapper is Perl that loads no module, not even strict (each costs milliseconds a job):
-    strict and warnings are checked here, at compile time."""
+def test_the_wrapper_compiles_under_strict_and_loads_only_core_modules():
+    """The wrapper needs perl alone on a node: the modules it loads are perl's core modules of
+    5.14 (the README's claim). strict and warnings are checked here, at compile time."""
     check = subprocess.run(["perl", "-Mstrict", "-Mwarnings", "-c", str(WRAPPER)], capture_output=True, text=True)
     assert check.returncode == 0 and check.stderr.strip().endswith("syntax OK"), check.stderr
     assert "warn" not in check.stderr.lower() and check.stderr.count("\n") == 1, check.stderr
-    used = re.findall(r"^\s*(?:use|require)\s+([\w:]+)", WRAPPER.read_text(), re.M)
-    assert used == [], used
+    used = set(re.findall(r"^\s*(?:use|require)\s+([A-Z][\w:]+)", WRAPPER.read_text(), re.M))
+    assert used, used
+    for module in sorted(used):
+        core = subprocess.run(["perl", "-MModule::CoreList", "-e",
+                               "exit(Module::CoreList::is_core($ARGV[0], undef, 5.014) ? 0 : 1)", module])
+        assert core.returncode == 0, f"{module} is not a core module of perl 5.14"
 
 
 def test_every_part_of_the_wrapper_compiles_and_is_asked_for_by_name():

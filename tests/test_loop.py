@@ -14,6 +14,7 @@ to fill on cue otherwise), none elsewhere.
 from __future__ import annotations
 
 import json
+import re
 import os
 import shutil
 import signal
@@ -331,8 +332,10 @@ def test_the_halt_rule_stops_starting_jobs_when_the_first_ones_all_fail_alike(cl
     ms = make_ms_set(ms_factory, other, 12)
     cfg = config(other, cluster, worker={"max_concurrent": "1"}, wsclean=BAD_MASK)
     r = expect(imgpipe(cluster, other, "image", "--engine", engine, "--halt-after", "2", cfg, *ms), 1)
-    assert "halting: no new job is started: 2 jobs failed (halt_after = 2)" in r.err, r
-    assert 2 <= len(rows(run_dir(other))) <= 3
+    ran = len(rows(run_dir(other)))
+    assert 2 <= ran <= 3  # the two, and the one the other slot started before the second had failed
+    # (the count said is what had failed when the rule judged: the third may have failed by then)
+    assert re.search(r"halting: no new job is started: [23] jobs failed \(halt_after = 2\)", r.err), r
 
 
 @pytest.mark.parametrize("engine", ENGINES)

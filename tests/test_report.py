@@ -32,7 +32,7 @@ from test_status import HOSTILE, imgpipe, make_run, run_env, write_config
 
 from imgpipe import jobs_file as jf
 from imgpipe import report
-from imgpipe.run_dir import JOBLOG, Row, read_rows
+from imgpipe.run_dir import JOBLOG, read_rows
 
 SVG = "{http://www.w3.org/2000/svg}"
 
@@ -571,8 +571,12 @@ def test_stopped_attempts_are_on_the_timeline(stopped_run):
     assert len(tick_labels(page)) >= 2
     assert "stopped by the user" in text_of(section(page, "timeline").find(".//p[@class='legend muted']"))
     row = section(page, "jobs").find(f".//tr[@data-job='{job}']")
-    assert row.get("data-state") == "not started"  # (as imgpipe status says: it runs again on resume)
-    assert "stopped by the user at " in text_of(row) and said_at(first_log, "stopped (") in text_of(row)
+    assert row.get("data-state") == "stopped"  # as imgpipe status says, in its words: it runs again on resume
+    status = json.loads(subprocess.run([sys.executable, "-m", "imgpipe.cli", "status", "--json",
+                                        str(first_log.parent.parent)], capture_output=True, text=True).stdout)
+    (state,) = [j for j in status["jobs"] if j["id"] == job]
+    assert state["state"] == "stopped" and state["why"] in text_of(row), (state, text_of(row))
+    assert "stopped by the user" in state["why"] and "runs again on resume" in state["why"]
     assert "1 attempt(s) were stopped by the user" in text_of(section(page, "summary"))
     # run again and stopped again: both attempts, the first from its archived log
     page = parse(stopped_run["pages"]["stopped2"])
@@ -583,16 +587,14 @@ def test_stopped_attempts_are_on_the_timeline(stopped_run):
     assert "2 attempt(s) were stopped by the user" in text_of(section(page, "summary"))
 
 
-def test_a_stopped_log_that_has_its_row_is_not_counted_twice():
-    """GNU parallel's --timeout or a dropped connection also makes the wrapper say "stopped (SIG...)",
-    but such an attempt has its row: only logs no row accounts for are attempts stopped by the user."""
+def test_stopped_attempts_are_those_whose_result_says_so():
+    """The wrapper's result names a stopped attempt; no job-log row is matched to it by time."""
     t = 1.8e9
-    timed_out = Row(1, "node001", t, 100.0, -1, 0, "cmd", "0001", "imgpipe-x")
     logs = {"0001": [report.LogFacts("logs/0001.1", "0001", "node001", t + 1, t + 99, "SIGTERM"),
                      report.LogFacts("logs/0001", "0001", "node001", t + 101, t + 103, "SIGTERM")],
             "0002": [report.LogFacts("logs/0002", "0002", "node001", t + 5, t + 60, None)]}
-    assert [f.path for f in report.stopped_attempts(logs, [timed_out])] == ["logs/0001"]
-    assert [f.path for f in report.stopped_attempts(logs, [])] == ["logs/0001.1", "logs/0001"]
+    assert [f.path for f in report.stopped_attempts(logs)] == ["logs/0001.1", "logs/0001"]
+    assert [f.path for f in report.stopped_attempts(logs, skip={"logs/0001"})] == ["logs/0001.1"]
 
 
 # ----------------------------------------------------------------------------- what WSClean said
@@ -611,17 +613,21 @@ def test_a_failure_says_wscleans_own_exit_status_and_error(run, page):
     assert why.get("title") == text_of(said) and why.find("a").get("href") == f"#fail-{run.ids['failed']}"
 
 
-def test_log_facts_from_the_two_ends_of_a_long_log(tmp_path):
+def test_log_facts_from_the_structured_lines_of_a_long_log(tmp_path):
+    """Only the wrapper's two structured lines are read: its start line at the top, its result at
+    the end; none of the sentences in between (WSClean's, the wrapper's) counts."""
     log = tmp_path / "0007"
     command = "wsclean -name x " + " ".join(f"/data/ms{i:05d}.MS" for i in range(2000))  # a start line > 4 KB
-    log.write_text("imgpipe-job 0007 [node002.cluster 2026-12-01 10:48:01]: start: " + command + "\n\n"
+    start = {"format": 1, "job": "0007", "host": "node002.cluster", "pid": 42, "start": 1.8e9}
+    result = {**start, "outcome": "wsclean", "exit_status": 10, "wsclean_status": 134, "end": 1.8e9 + 150,
+              "wsclean_error": "Out of memory: <cannot allocate> & more"}
+    log.write_text("imgpipe-start " + json.dumps(start) + "\n"
+                   + "imgpipe-job 0007 [node003 2026-12-01 10:48:01]: start: " + command + "\n\n"
                    + "Gridding pass 0...\n" * 3000
-                   + "+ + + + + + + + + + + + + + + + + + +\n+ An exception occurred:\n"
-                     "+ >>> Out of memory: <cannot allocate> & more\n+ + + + + + + + + + + + + + + + + + +\n"
-                   + "imgpipe-job 0007 [node002.cluster 2026-12-01 10:50:31]: WSClean failed with exit status 134\n")
-    facts = report.log_facts(str(log), "0007", *report.log_ends(log))
+                   + "imgpipe-job 0007 [node003 2026-12-01 10:50:31]: stopped (SIGTERM): a sentence, not a fact\n"
+                   + "imgpipe-result " + json.dumps(result) + "\n")
+    facts = report.read_log(log, "0007")
     assert facts.host == "node002.cluster" and facts.end - facts.start == 150
-    assert facts.start == time.mktime((2026, 12, 1, 10, 48, 1, 0, 0, -1))
     assert facts.wsclean_status == 134 and facts.wsclean_error == "Out of memory: <cannot allocate> & more"
     assert facts.stopped is None
 

@@ -1,5 +1,4 @@
-"""The run directory (imgpipe/run_dir.py): its lock, whose files it holds, the job log's format,
-the wrapper's protocol."""
+"""The run directory (imgpipe/run_dir.py): its lock, whose files it holds, the job log's format."""
 
 from __future__ import annotations
 
@@ -14,9 +13,8 @@ import pytest
 
 from imgpipe import jobs_file
 from imgpipe.errors import ImgpipeError
-from imgpipe.run_dir import (
-    EARLIER, FAILURES, JOBLOG, STOPPING, RunDir, RunLock, append_rows, classify, read_rows, wrapper_args,
-)
+from imgpipe.attempt import OUTCOMES, outcome_of
+from imgpipe.run_dir import EARLIER, JOBLOG, STOPPING, RunDir, RunLock, append_rows, read_rows
 
 
 def hold_lock(run_dir, holder: str) -> subprocess.Popen:
@@ -92,17 +90,7 @@ def test_rows_carry_their_job_and_plan(tmp_path):
         f.write("4\tnode001\t17000")  # a half-written last line
     (row,) = read_rows(path)
     assert (row.seq, row.host, row.exitval, row.job_id, row.tag) == (3, "node001", 10, "0007", "imgpipe-0123456789ab")
-    assert not row.ok and classify(row.exitval, row.signal) == FAILURES[10]
-
-
-def test_wrapper_arguments_are_in_the_order_the_wrapper_reads_them(run_cli, write_config, ms_factory, tmp_path):
-    plan, run = plan_in(run_cli, write_config, ms_factory, tmp_path, "a.MS")
-    job = plan.jobs[0]
-    args = wrapper_args(plan, job.id, job.command, share="1", force=False, run=run.label)
-    # bin/imgpipe-job: TAG ID SLOTS ENV_FILE MAX_TIME SHARE FORCE RUN COMMAND
-    assert args == [plan.tag, job.id, "4", "", "0", "1", "0", run.label, job.command]
-    wrapper = open(os.path.join(os.path.dirname(__file__), "..", "bin", "imgpipe-job")).read()
-    assert "my ($tag, $id, $slots, $env_file, $max_time, $share, $force, $run, $command) = @ARGV;" in wrapper
+    assert not row.ok and outcome_of(row.exitval, row.signal) == ("wsclean", OUTCOMES["wsclean"].words)
 
 
 def test_row_tail_reads_each_row_once_as_the_job_log_grows(tmp_path):

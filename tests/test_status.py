@@ -126,7 +126,7 @@ def test_the_run_itself_went_as_planned(real_run):
 def test_status_json_every_state(real_run):
     doc = status_json(real_run)
     assert doc["run_dir"] == str(real_run.run_dir.resolve())
-    assert doc["counts"] == {"done": 2, "failed": 1, "running": 0, "not started": 1, "total": 4}
+    assert doc["counts"] == {"done": 2, "failed": 1, "running": 0, "stopped": 0, "not started": 1, "total": 4}
     jobs = {j["id"]: j for j in doc["jobs"]}
     ids = real_run.ids
     for role in ("done", "hostile"):
@@ -201,7 +201,7 @@ def test_status_running_then_stopped(tmp_path, ms_cache):
                 break
             assert proc.poll() is None, proc.communicate()
             time.sleep(0.2)
-        assert doc and doc["counts"] == {"done": 0, "failed": 0, "running": 1, "not started": 0, "total": 1}, doc
+        assert doc and doc["counts"] == {"done": 0, "failed": 0, "running": 1, "stopped": 0, "not started": 0, "total": 1}, doc
         assert doc["exit_status"] == 3  # running: not done yet
         assert doc["jobs"][0]["elapsed"] > 0
         job = doc["jobs"][0]
@@ -230,7 +230,8 @@ def test_status_running_then_stopped(tmp_path, ms_cache):
     assert proc.returncode == 130, err
     assert "stopped" in err
     doc = json.loads(imgpipe("status", jobs_file.parent, "--json", cwd=tmp_path, env=env).stdout)
-    assert doc["jobs"][0]["state"] == "not started"  # a stopped job runs again on resume
+    assert doc["jobs"][0]["state"] == "stopped"  # by the user: not failed, and it runs again on resume
+    assert doc["jobs"][0]["failure"] == "stopped" and doc["exit_status"] == 3
 
 
 def test_runs_lists_every_run_here_newest_activity_first(tmp_path, ms_cache):
@@ -259,7 +260,7 @@ def test_runs_lists_every_run_here_newest_activity_first(tmp_path, ms_cache):
     assert "3 MSs: SW01_T000.MS .. SW01_T002.MS" in rows[2], r.stdout
     doc = json.loads(imgpipe("runs", "--json", cwd=tmp_path, env=env).stdout)
     assert [os.path.basename(x["config"]) for x in doc["runs"]] == ["cfg2.toml", "cfg1.toml", "cfg0.toml"]
-    assert doc["runs"][0]["counts"] == {"done": 0, "failed": 0, "running": 0, "not started": 2, "total": 2}
+    assert doc["runs"][0]["counts"] == {"done": 0, "failed": 0, "running": 0, "stopped": 0, "not started": 2, "total": 2}
     # status with no argument: the newest, and it says there are others
     r = imgpipe("status", cwd=tmp_path, env=env)
     assert r.returncode == 3 and "(the latest of 3 runs here: `imgpipe runs` lists them)" in r.stdout, r.stdout

@@ -24,7 +24,8 @@ from pathlib import Path
 
 from ..commands import ssh_shell
 from ..plan import Job, Plan
-from ..run_dir import ROUND_JOBLOG, RunDir, read_rows, share_resources, wrapper_args
+from ..attempt import share_resources, wrapper_args
+from ..run_dir import ROUND_JOBLOG, RunDir, read_rows
 from . import control
 
 

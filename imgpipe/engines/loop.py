@@ -35,10 +35,8 @@ from pathlib import Path
 from ..errors import ImgpipeError, PlanErrors
 from ..image_sets import foreign_problems, image_sets, FORCE_HINT
 from ..plan import Plan
-from ..run_dir import (
-    GATE, HALT_GATE, JOBLOG, LOGS, NO_IMAGES, RETRY_CONNECTION, RETRY_JOB, ROUND_IDS, ROUND_JOBLOG, RowTail, RunDir,
-    append_rows, classify, job_error, log_ends, read_log, read_rows,
-)
+from ..attempt import NO_IMAGES, RETRY_CONNECTION, RETRY_JOB, job_error, outcome_of, read_log, read_result
+from ..run_dir import GATE, HALT_GATE, JOBLOG, LOGS, ROUND_IDS, ROUND_JOBLOG, RowTail, RunDir, append_rows, read_rows
 from ..files import write_whole
 from . import load
 from .base import Context, Round, ssh_command
@@ -208,7 +206,7 @@ class Halt:
             return self.reason
 
         def counted(r) -> bool:
-            return not r.ok and classify(r.exitval, r.signal)[0] in self.COUNTED and self.retries.last_try(r)
+            return not r.ok and outcome_of(r.exitval, r.signal)[0] in self.COUNTED and self.retries.last_try(r)
 
         if self.limit:
             failed = sum(1 for r in rows if counted(r))  # (most rows are ok: counted stops at r.ok)
@@ -220,7 +218,7 @@ class Halt:
             # (rows come in the order jobs end: once many have, the first ones are known for good)
             self._settled = len(rows) >= 4 * self.FIRST
             return None
-        ways = {(classify(r.exitval, r.signal)[1], job_error(self.run / LOGS / (r.job_id or ""))) for r in first}
+        ways = {(outcome_of(r.exitval, r.signal)[1], job_error(self.run / LOGS / (r.job_id or ""))) for r in first}
         if len(ways) == 1 and all(counted(r) for r in first):
             why, said = ways.pop()
             self.reason = (f"the first {len(first)} jobs all failed the same way ({why}"
@@ -272,7 +270,7 @@ class Retries:
 
     @staticmethod
     def kind(row) -> str | None:
-        failure, _ = classify(row.exitval, row.signal)
+        failure, _ = outcome_of(row.exitval, row.signal)
         return "connection" if failure in RETRY_CONNECTION else ("job" if failure in RETRY_JOB else None)
 
     def last_try(self, row) -> bool:
@@ -530,10 +528,9 @@ def confirmed(plan: Plan, run_dir: RunDir, rows: list) -> list:
 
 
 def _wrapper_finished(run_dir: RunDir, job_id: str) -> bool:
-    """Whether the job's log ends with its wrapper saying the images are done (made, or there already)."""
-    _, tail = log_ends(run_dir / LOGS / job_id)
-    mark = f"imgpipe-job {job_id} ["
-    return any(ln.startswith(mark) and ("]: done in " in ln or "]: already done (" in ln) for ln in tail.splitlines())
+    """Whether the job's attempt ended with its wrapper's result saying its images are done."""
+    result = read_result(run_dir / LOGS / job_id)
+    return result is not None and result.job == job_id and result.outcome in ("done", "already-done")
 
 
 def _end_round(run_dir: RunDir, eng, guard: Guard, rows, seq_of: dict[str, int], done: set[str]) -> None:

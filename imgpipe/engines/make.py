@@ -24,7 +24,8 @@ from collections import Counter
 from ..errors import ImgpipeError
 from ..hosts import is_local
 from ..plan import Job
-from ..run_dir import installed_file, share_resources
+from ..attempt import share_resources
+from ..run_dir import installed_file
 from .base import Engine, Round
 
 MAKEFILE = "Makefile"
