@@ -6,8 +6,13 @@ Format (format 1)::
     # config: /abs/path/img.toml
     # plan-digest: <sha256 hex>
     # worker: {"env_file": "", "max_concurrent": 4, ...}
+    # data: [["0001", "20231201_NT04", "SW03"], ...]       (with a data handler only)
     # one job per line: ID <TAB> HOST <TAB> COMMAND   (HOST '*' = any node)
     0001<TAB>node001<TAB>wsclean -name /data/img ... /data/SW03_T001.MS
+
+``data`` says which obs_id and spectral window each job images, when the data handler
+named them (for status and runs; it is not part of the plan's digest: it changes nothing
+that runs).
 
 COMMAND is the complete WSClean command line, every word shell-quoted: it can
 be pasted into a shell as it is. Nothing in the file depends on the time or the
@@ -40,6 +45,11 @@ def render(plan: Plan) -> str:
         f"# config: {plan.config_path}",
         f"# plan-digest: {plan.digest}",
         "# worker: " + json.dumps(plan.worker.as_dict(), sort_keys=True, ensure_ascii=False),
+    ]
+    data = [[j.id, j.obs_id, j.sw] for j in plan.jobs if j.obs_id or j.sw]
+    if data:
+        lines.append("# data: " + json.dumps(data, ensure_ascii=False, separators=(",", ":")))
+    lines += [
         "# one job per line: ID <TAB> HOST <TAB> COMMAND   (HOST '*' = any node)",
     ]
     for job in plan.jobs:
@@ -138,6 +148,7 @@ def read(path: str | os.PathLike) -> Plan:
                            hint="make one with `imgpipe plan CONFIG INPUTS...`")
     header: dict[str, str] = {}
     jobs: list[Job] = []
+    data: dict[str, tuple] | None = None  # job id -> (obs_id, sw), from the header's data line
     bare_words = re.compile(_BARE_WORDS)
     for n, line in enumerate(lines[1:], start=2):
         if not line:
@@ -147,13 +158,15 @@ def read(path: str | os.PathLike) -> Plan:
             if sep:
                 header[key] = value
             continue
+        if data is None:
+            data = _data(header.get("data"), path)
         try:
             job_id, host, command = line.split("\t", 2)
             bare = bare_words.fullmatch(command)  # (most lines: safe words only, no quote)
             argv = command.split(" ") if bare else split_command(command)
         except ValueError as e:
             raise ImgpipeError(f"line {n} is not ID<TAB>HOST<TAB>COMMAND ({e})", where=str(path)) from None
-        job = _job_from_argv(job_id, None if host == ANY_HOST else host, argv)
+        job = _job_from_argv(job_id, None if host == ANY_HOST else host, argv, *data.get(job_id, (None, None)))
         if bare:  # shlex.join gives the line itself back (saves it for 50,000 jobs)
             job.__dict__["command"] = command
         jobs.append(job)
@@ -211,7 +224,18 @@ def split_command(command: str) -> list[str]:
     return words
 
 
-def _job_from_argv(job_id: str, host: str | None, argv: list[str]) -> Job:
+def _data(text: str | None, path: Path) -> dict[str, tuple]:
+    """job id -> (obs_id, sw) from the header's ``data`` line (none: no data handler named them)."""
+    if not text:
+        return {}
+    try:
+        return {str(jid): (obs or None, sw or None) for jid, obs, sw in json.loads(text)}
+    except (ValueError, TypeError) as e:
+        raise ImgpipeError(f"jobs file header is damaged (its data line: {e})", where=str(path)) from None
+
+
+def _job_from_argv(job_id: str, host: str | None, argv: list[str], obs_id: str | None = None,
+                   sw: str | None = None) -> Job:
     """Recover a job's fields from its argv.
 
     The planner always writes ``wsclean -name PREFIX ... -temp-dir DIR MS...``:
@@ -229,4 +253,4 @@ def _job_from_argv(job_id: str, host: str | None, argv: list[str]) -> Job:
         raise ImgpipeError(f"job {job_id}: command lacks -name or -temp-dir; was it planned by imgpipe?") from None
     channels_out = int(argv[argv.index("-channels-out") + 1]) if "-channels-out" in argv else None
     return Job(id=job_id, host=host, argv=tuple(argv), ms=tuple(argv[t + 2 :]), name=name,
-               out_dir=os.path.dirname(name), temp_dir=temp_dir, channels_out=channels_out)
+               out_dir=os.path.dirname(name), temp_dir=temp_dir, channels_out=channels_out, obs_id=obs_id, sw=sw)

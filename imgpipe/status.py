@@ -64,6 +64,8 @@ class JobState:
             "log": self.log,
             "name": self.job.name,
             "ms": list(self.job.ms),
+            "obs_id": self.job.obs_id,
+            "sw": self.job.sw,
             "images": self.images.state if self.images else None,
             "slurm": self.slurm,
         }

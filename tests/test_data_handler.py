@@ -595,3 +595,35 @@ def test_node_from_the_map_must_be_a_worker_node(run_cli, img, tmp_path):
     assert r.code == 2, r
     assert "'node002'" in r.err and "[worker] nodes" in r.err
     assert not (tmp_path / "imgpipe-runs").exists()
+
+
+def test_the_jobs_file_keeps_each_job_s_obs_id_and_sw_and_status_shows_them(run_cli, img, tree, tmp_path):
+    """Every MS of a data handler is SW01.MS: status names the data by obs_id/SW, from the jobs file."""
+    from imgpipe import jobs_file
+
+    jobs_path = tmp_path / "run" / "jobs.txt"
+    r = run_cli("plan", img(), "2023120[12]_NT04:SW0[12]", "--jobs-file", jobs_path)
+    assert r.code == 0, r
+    planned = [(j["obs_id"], j["sw"]) for j in plan_json(run_cli, img(), "2023120[12]_NT04:SW0[12]")]
+    plan = jobs_file.read(jobs_path)
+    assert [(j.obs_id, j.sw) for j in plan.jobs] == planned and len(set(planned)) == 4
+    r = run_cli("status", jobs_path.parent, "--json")
+    rows = json.loads(r.out)["jobs"]
+    assert [(j["obs_id"], j["sw"]) for j in rows] == planned
+    r = run_cli("status", jobs_path.parent)
+    assert all(f"{o}/{s}" in r.out for o, s in planned), r.out
+    # the data line names the jobs' data only: the plan's digest (and so the run's name) is the same
+    text = jobs_path.read_text()
+    assert text.count("\n# data: ") == 1
+    edited = jobs_path.parent / "edited" / "jobs.txt"
+    edited.parent.mkdir()
+    edited.write_text("".join(ln for ln in text.splitlines(True) if not ln.startswith("# data: ")))
+    assert jobs_file.read(edited).digest == plan.digest
+
+
+def test_runs_names_the_obs_ids_of_a_run(run_cli, img, tmp_path):
+    jobs_path = tmp_path / "imgpipe-runs" / "x" / "jobs.txt"
+    assert run_cli("plan", img(), "2023120[12]_NT04:SW01", "--jobs-file", jobs_path).code == 0
+    r = run_cli("runs", "--json", cwd=tmp_path)
+    (run,) = json.loads(r.out)["runs"]
+    assert run["inputs"].startswith("2 MSs of 20231201_NT04 .. 20231202_NT04"), run
