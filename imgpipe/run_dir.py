@@ -186,9 +186,16 @@ def append_rows(path: str | os.PathLike, rows: list[Row], seq_of: dict[str, int]
     """Append rows to a job log under the Seq of the full input (as --resume-failed would)."""
     path = Path(path)
     new = not path.exists() or path.stat().st_size == 0
+    cut = False  # a log whose last line was cut (a crash, a full disk): the rows start on a line of their own
+    if not new:
+        with open(path, "rb") as f:
+            f.seek(-1, os.SEEK_END)
+            cut = f.read(1) != b"\n"
     with open(path, "a", encoding="utf-8") as f:
         if new:
             f.write(JOBLOG_HEADER + "\n")
+        elif cut:
+            f.write("\n")
         for r in rows:
             seq = seq_of.get(r.job_id or "", r.seq)
             f.write(f"{seq}\t{r.host}\t{r.start:.3f}\t{r.runtime:10.3f}\t0\t0\t{r.exitval}\t{r.signal}\t{r.command}\n")

@@ -120,3 +120,19 @@ def test_row_tail_reads_each_row_once_as_the_job_log_grows(tmp_path):
     log.unlink()  # the next round's log: a new file, read from its start
     log.write_text(JOBLOG_HEADER + "\n" + row(7))
     assert [r.job_id for r in tail.read()] == ["0007"]
+
+
+def test_rows_appended_after_a_line_cut_short_are_whole(tmp_path):
+    """A job log whose last line was cut (a crash, a full disk): the next rows start on a line of
+    their own, so they are read (before, the first was glued to the broken line and lost)."""
+    from imgpipe.run_dir import Row
+
+    path = tmp_path / "joblog.tsv"
+    append_rows(path, [], {})
+    with open(path, "a") as f:
+        f.write("1\tnode001\t17000")  # cut mid-line
+    row = Row(2, "node002", 1.7e9, 3.0, 0, 0, "perl w imgpipe-job imgpipe-0123456789ab 0002 1 '' 0 0 0 r 'c'",
+              "0002", "imgpipe-0123456789ab")
+    append_rows(path, [row], {"0002": 2})
+    (read,) = read_rows(path)
+    assert (read.seq, read.host, read.job_id) == (2, "node002", "0002")
