@@ -58,6 +58,9 @@ OUTCOMES: dict[str, Outcome] = {o.name: o for o in (
     Outcome("time-limit", 18, "Slurm's time limit was reached", retry="job"),
     Outcome("slurm", 19, "Slurm ended it (its allocation ended, or its step was refused or cancelled)",
             retry="connection"),
+    Outcome("truncated", 21, "WSClean left image files cut short (they are removed)", retry="job"),
+    Outcome("disk-full", 22, "the disk of its images is full (its partial images are removed; make room, then "
+            "run again)"),
     Outcome("no-images", 20, "it ended without an error, but its images are not there (the job wrapper did "
             "not run through: see its log)"),
     Outcome("timeout", 124, "max_time reached", retry="job"),

@@ -8,7 +8,10 @@ the node, start and end.
 
 **The rule**, ``image_set(job).done``: a job is done when its record exists, holds
 this job's command (the exact command line of the jobs file: not a job number, a
-run directory or a plan) and every image file it lists is there. Whatever a job
+run directory or a plan) and every image file it lists is there, with the size the
+record gives it (one stat each; records from before format 3 list no sizes). The
+wrapper never records a FITS file cut short (not whole 2,880-byte blocks, or shorter
+than its header says). Whatever a job
 log, a make target or a run directory says; a partial set is never done. Resume,
 ``status``, ``report``, ``plan``, ``--dry-run`` and every engine ask this module;
 on the node, bin/imgpipe-job reads the same record the same way before it runs a
@@ -48,6 +51,7 @@ class Record:
     path: str
     command: str
     images: tuple[str, ...]  # suffixes of the prefix
+    sizes: tuple[int, ...] | None = None  # each image's size in bytes (records of format 3 on)
     job: str | None = None
     host: str | None = None
     start: str | None = None
@@ -93,8 +97,12 @@ def read_record(path: str) -> Record:
     if not isinstance(images, list) or not all(isinstance(i, str) for i in images):
         raise ValueError("its image list is not a list of file names")
 
+    sizes = doc.get("sizes")
+    if sizes is not None and (not isinstance(sizes, list) or len(sizes) != len(images)
+                              or not all(isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in sizes)):
+        raise ValueError("its list of image sizes does not match its images")
     text = {k: v for k in _TEXT_FIELDS if isinstance(v := doc.get(k), str)}
-    return Record(path, command, tuple(images), **text)
+    return Record(path, command, tuple(images), None if sizes is None else tuple(sizes), **text)
 
 
 _TEXT_FIELDS = ("job", "host", "start", "end", "run", "plan_digest")
@@ -106,9 +114,23 @@ def _split(path: str) -> tuple[str, str]:
     return path[: max(cut - 1, 1) if cut > 1 else cut], path[cut:]
 
 
+def _cut(paths: list[tuple[str, int]]) -> set[str]:
+    """Which of (path, size) are not there with that size: a stat each (a file cut short after
+    it was recorded, by a full disk or by hand, is not done)."""
+    gone = set()
+    for path, size in paths:
+        try:
+            if os.stat(path).st_size != size:
+                gone.add(path)
+        except OSError:
+            gone.add(path)
+    return gone
+
+
 def _missing(paths: list[str]) -> set[str]:
     """Which of ``paths`` are not there: a directory asked about more than LISTED of them is
-    listed once, however many sets live there; the others are asked one by one."""
+    listed once, however many sets live there; the others are asked one by one. (For records
+    without sizes, from before format 3.)"""
     by_folder: dict[str, list[str]] = {}
     for path in paths:
         by_folder.setdefault(_split(path)[0], []).append(path)
@@ -144,7 +166,9 @@ def _image_sets(named: list[tuple[str, str, str]]) -> dict[str, ImageSet]:
     """key -> ImageSet for (key, prefix, command) triples: every record first, then every image
     they list, looked for at once (``_missing``)."""
     states = {key: _state(prefix, command) for key, prefix, command in named}
-    gone = _missing([p for st in states.values() if not isinstance(st, ImageSet) for p in st[1]])
+    listed = [st for st in states.values() if not isinstance(st, ImageSet)]
+    gone = _missing([p for record, paths in listed if record.sizes is None for p in paths])
+    gone |= _cut([pair for record, paths in listed if record.sizes is not None for pair in zip(paths, record.sizes)])
     prefixes = {key: prefix for key, prefix, _ in named}
     out = {}
     for key, st in states.items():

@@ -153,7 +153,9 @@ def status_rows(jobs_path: Path, plan: Plan | None = None,
     others = {os.path.dirname(s.job.name + i) for s in states if s.images and s.images.record
               for i in s.images.record.images if "/" in i}
     others = sorted(others - {os.path.dirname(s.job.name) for s in states}) if others else []
-    status_memo.save(run_dir, jobs_path, plan.digest, rows, others, started)
+    images = [s.images.record.images if s.images and s.images.record and s.images.state != "foreign" else ()
+              for s in states]
+    status_memo.save(run_dir, jobs_path, plan.digest, rows, others, started, images)
     return plan.digest, rows, None
 
 

@@ -9,8 +9,9 @@ remembers them, and gives them back only when it can tell nothing they were made
 - the run's files (jobs file, job log, the round's job log, the logs directory's listing,
   slurm.sh) have the same inode, size and modification time; no run is going on;
 - the **stamp**, a digest of the inode, size and modification time of every job's image
-  directory (its listing: images and records that come and go) and of every record there is
-  (edited in place), and of any other directory a record lists images in, is the same.
+  directory (its listing: images and records that come and go), of every record there is
+  (edited in place) and of every image file a record lists (cut short in place), and of any
+  other directory a record lists images in, is the same.
 
 A memo is written only when all of these are older than the status that made the rows, by
 ``SETTLED`` seconds: a change made while (or after) the rows were read has a later time than
@@ -40,7 +41,7 @@ from .run_dir import JOBLOG, LOGS, ROUND_JOBLOG, run_active
 
 MEMO = "status-memo.json"
 MEMO_ROWS = "status-memo-rows.json"
-FORMAT = 2  # (2: rows may have the state "stopped")
+FORMAT = 3  # (2: rows may have the state "stopped"; 3: the image files are stamped too)
 SETTLED = 5.0  # s: a file changed more recently than this may change again within its timestamp's tick
 
 
@@ -70,11 +71,14 @@ def _row(keys: list[str], values: list) -> dict:
     return dict(zip(keys, values))
 
 
-def _stamp(names: list[str], records: str, others: list[str], settled: float | None = None) -> str:
-    """The digest of the keys of every job's image directory (``names``: the -name prefixes) and
-    record (where ``records`` has a "1"), and of ``others``; with ``settled`` (ns), raise
-    _Unsettled if any of them changed at or after it. (One stat per directory and per record,
-    and nothing else: this is most of a status of 50,000 done jobs.)"""
+def _stamp(names: list[str], records: str, others: list[str], settled: float | None = None,
+           shapes: list[list[str]] = (), shape_of: list[int] = ()) -> str:
+    """The digest of the keys of every job's image directory (``names``: the -name prefixes),
+    record (where ``records`` has a "1") and image files (the suffixes ``shapes[shape_of[i]]``
+    of prefix i: a file cut short in place changes neither its directory nor its record), and
+    of ``others``; with ``settled`` (ns), raise _Unsettled if any of them changed at or after
+    it. (A stat per directory, record and image, and nothing else: this is most of a status of
+    50,000 done jobs.)"""
     keys = array("q")
     add, stat = keys.extend, os.stat
     folders: dict[str, tuple[int, int, int]] = {}
@@ -87,9 +91,9 @@ def _stamp(names: list[str], records: str, others: list[str], settled: float | N
             return missing
         return st.st_ino, st.st_size, st.st_mtime_ns
 
-    if len(names) != len(records):
-        raise ValueError("a memo's names and records differ in length")
-    for prefix, record in zip(names, records):
+    if len(names) != len(records) or (shape_of and len(shape_of) != len(names)):
+        raise ValueError("a memo's names, records and images differ in length")
+    for i, (prefix, record) in enumerate(zip(names, records)):
         cut = prefix.rfind("/")
         folder = prefix[:cut] if cut > 0 else "/" if cut == 0 else "."
         k = folders.get(folder)
@@ -102,6 +106,9 @@ def _stamp(names: list[str], records: str, others: list[str], settled: float | N
                 add((st.st_ino, st.st_size, st.st_mtime_ns))
             except OSError:
                 add(missing)
+        if shape_of:
+            for suffix in shapes[shape_of[i]]:
+                add(key(prefix + suffix))
     for path in others:
         add(key(path))
     if settled is not None and max(keys[2::3], default=0) >= settled:
@@ -134,7 +141,8 @@ def load(run_dir: Path, jobs_path: Path, every_row: bool) -> tuple[str, list[dic
             memo = json.loads(f.read())
         if memo["format"] != FORMAT or memo["run"] != _run_keys(run_dir, jobs_path) or run_active(run_dir):
             return None
-        if _stamp(memo["names"], memo["records"], memo["others"]) != memo["stamp"]:
+        stamp = _stamp(memo["names"], memo["records"], memo["others"], None, memo["shapes"], memo["shape_of"])
+        if stamp != memo["stamp"]:
             return None
         if every_row:
             with open(run_dir / MEMO_ROWS, "rb") as f:
@@ -152,9 +160,11 @@ def load(run_dir: Path, jobs_path: Path, every_row: bool) -> tuple[str, list[dic
         return None
 
 
-def save(run_dir: Path, jobs_path: Path, digest: str, rows: list[dict], others: list[str], started: float) -> None:
+def save(run_dir: Path, jobs_path: Path, digest: str, rows: list[dict], others: list[str], started: float,
+         images: list[tuple[str, ...]] = ()) -> None:
     """Keep ``rows`` (all with the same keys, "name" and "images" among them) for the next status,
-    when everything they were made from is older than ``started`` by SETTLED."""
+    when everything they were made from is older than ``started`` by SETTLED. ``images``: each
+    row's image files its record lists (suffixes of its name)."""
     if not rows or run_active(run_dir):
         return
     settled = (started - SETTLED) * 1e9
@@ -163,14 +173,17 @@ def save(run_dir: Path, jobs_path: Path, digest: str, rows: list[dict], others: 
         return
     names = [r["name"] for r in rows]
     records = "".join("0" if r["images"] == "absent" else "1" for r in rows)  # (where a record was read)
+    shapes: dict[tuple[str, ...], int] = {}  # (most jobs of a plan make files of the same names)
+    shape_of = [shapes.setdefault(tuple(i), len(shapes)) for i in images] if images else []
+    shape_list = [list(k) for k in shapes]
     try:
-        stamp = _stamp(names, records, others, settled)
+        stamp = _stamp(names, records, others, settled, shape_list, shape_of)
     except _Unsettled:
         return
     keys = list(rows[0])
     full = [[r[k] for k in keys] for r in rows]
     memo = {"format": FORMAT, "run": run, "digest": digest, "stamp": stamp, "others": others, "names": names,
-            "records": records, "done": done_jobs(rows), "keys": keys,
+            "records": records, "shapes": shape_list, "shape_of": shape_of, "done": done_jobs(rows), "keys": keys,
             "rest": [row for row, r in zip(full, rows) if r["state"] != "done"]}
     # the rows first: a memo always has its rows file, or the stamps differ and neither is used
     if _write(run_dir / MEMO_ROWS, {"stamp": stamp, "keys": keys, "rows": full}):

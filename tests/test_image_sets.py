@@ -406,3 +406,97 @@ def test_image_sets_asks_the_same_rule_whether_it_lists_a_directory_or_stats_eac
     assert together[jobs[-1].id].missing == (jobs[-1].name + "-MFS-image.fits",)
     assert [together[j.id].state for j in jobs[2:4]] == ["damaged", "absent"]
     assert [together[j.id].state for j in jobs].count("done") == len(jobs) - 4
+
+
+# ---------------------------------------------------------------- sizes: a set cut short is never done
+
+def _result_of(log: str):
+    from imgpipe.attempt import parse_result
+
+    return parse_result(log.strip().splitlines()[-1])
+
+
+def test_an_image_cut_short_after_the_run_makes_the_set_incomplete_on_both_sides(made, tmp_path):
+    plan, job = made
+    record = json.loads(Path(record_path(job.name)).read_text())
+    assert record["format"] == 3 and len(record["sizes"]) == len(record["images"])
+    assert record["sizes"] == [os.path.getsize(job.name + i) for i in record["images"]]
+    image = job.name + "-image.fits"
+    os.truncate(image, os.path.getsize(image) - 2880)  # whole FITS blocks still: only the record tells
+    s = image_set(job)
+    assert s.state == "incomplete" and s.missing == (image,), s
+    code, log = wrapper(plan, job, tmp_path)
+    assert code == 0 and "already done" not in log and _result_of(log).outcome == "done", log
+    assert image_set(job).done
+
+
+def test_a_record_from_before_sizes_counts_by_its_files(made, tmp_path):
+    plan, job = made
+    path = Path(record_path(job.name))
+    record = json.loads(path.read_text())
+    del record["sizes"]
+    record["format"] = 2
+    path.write_text(json.dumps(record))
+    assert image_set(job).done
+    code, log = wrapper(plan, job, tmp_path)
+    assert code == 0 and _result_of(log).outcome == "already-done", log
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """tmp_path/images: a tmpfs of 4 MB (root only: skipped elsewhere), and a filler to fill it up."""
+    disk = tmp_path / "images"
+    disk.mkdir()
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(disk)], capture_output=True, text=True)
+    if r.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here: {r.stderr.strip()}")
+    try:
+        yield disk
+    finally:
+        subprocess.run(["umount", "-l", str(disk)], check=False)
+
+
+def fill(disk: Path, leave: int) -> Path:
+    filler = disk / "filler"
+    st = os.statvfs(disk)
+    with open(filler, "wb") as f:
+        f.write(b"\0" * max(0, st.f_bavail * st.f_frsize - leave))
+    return filler
+
+
+def test_a_full_disk_is_a_failure_of_its_own_and_its_partial_set_is_removed(run_cli, tmp_path, ms_factory,
+                                                                           small_disk):
+    plan = plan_of(run_cli, tmp_path, ms_factory("obs.MS"), extra="channels-out = 2", size="128 128")
+    (job,) = plan.jobs
+    filler = fill(small_disk, 160_000)  # room for about two of its 15 images of 72,000 bytes
+    code, log = wrapper(plan, job, tmp_path)
+    r = _result_of(log)
+    assert code == 22 and r.outcome == "disk-full", log[-3000:]
+    assert str(small_disk) in r.message and "MB free on " in r.message, r.message
+    assert image_set(job).state == "absent"
+    left = [n for n in os.listdir(small_disk) if n != "filler"]
+    assert not [n for n in left if n.endswith(".fits")], left  # the partial set is gone
+    filler.unlink()  # room made: the same job runs through
+    code, log = wrapper(plan, job, tmp_path)
+    assert code == 0 and _result_of(log).outcome == "done", log[-3000:]
+    assert image_set(job).done
+
+
+def test_a_fits_file_cut_short_is_never_recorded(run_cli, tmp_path, ms_factory):
+    """WSClean 3.1 can exit 0 on a nearly full disk with a short image: a stand-in WSClean that
+    does just that (the real one runs first, to write a whole set)."""
+    plan = plan_of(run_cli, tmp_path, ms_factory("obs.MS"))
+    (job,) = plan.jobs
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    real = shutil.which("wsclean")
+    (bindir / "wsclean").write_text(
+        "#!/bin/bash\n# stand-in: the real WSClean, then its image cut short, and exit 0\n"
+        f"{shlex.quote(real)} \"$@\" || exit $?\n"
+        f"truncate -s 69632 {shlex.quote(job.name)}-image.fits\n")
+    (bindir / "wsclean").chmod(0o755)
+    code, log = wrapper(plan, job, tmp_path, env={"PATH": f"{bindir}:{os.environ['PATH']}"})
+    r = _result_of(log)
+    assert code in (21, 22) and r.outcome in ("truncated", "disk-full"), log[-2000:]
+    assert "-image.fits (69632 bytes: not a whole number of 2880-byte FITS blocks)" in r.message, r.message
+    assert image_set(job).state == "absent" and not os.path.exists(job.name + "-psf.fits")

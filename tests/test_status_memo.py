@@ -106,6 +106,26 @@ def test_a_deleted_image_is_seen_at_once(run, settled):
         image.write_bytes(kept)
 
 
+def test_an_image_cut_short_in_place_is_seen_at_once(run, settled):
+    """Truncated in place (a full disk, a careless cp): neither its directory nor its record
+    changes; the record's size of it tells, and the memo stamps each image too."""
+    mark_memo(run)
+    done = json.loads(settled[1][1])["jobs"]
+    job = next(j for j in done if j["ms"][0].endswith("SW01_T001.MS"))
+    image = Path(job["name"] + "-MFS-image.fits")
+    kept = image.read_bytes()
+    folder_time = image.parent.stat().st_mtime_ns
+    os.truncate(image, 0)
+    assert image.parent.stat().st_mtime_ns == folder_time
+    try:
+        assert not memo_used(run)
+        doc = json.loads(status(run, "--json")[1])
+        now = next(j for j in doc["jobs"] if j["id"] == job["id"])
+        assert now["state"] == "not started" and now["why"] == "ran before, but its images are incomplete"
+    finally:
+        image.write_bytes(kept)
+
+
 def test_a_record_edited_in_place_is_seen(run, settled):
     """Same size, same directory: only the record's own time tells (an in-place edit does not
     touch its directory)."""

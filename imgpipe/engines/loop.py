@@ -188,7 +188,8 @@ class Halt:
     """
 
     FIRST = 5
-    COUNTED = ("wsclean", "env_file", "setup", "record", "foreign", "memory", "signal", "timeout", "time-limit")
+    COUNTED = ("wsclean", "env_file", "setup", "record", "foreign", "memory", "signal", "timeout", "time-limit",
+               "truncated", "disk-full")
 
     def __init__(self, limit: int | None, run: RunDir, total: int, retries: "Retries") -> None:
         self.limit, self.run, self.total, self.retries = limit, run, total, retries
