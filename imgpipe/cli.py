@@ -325,8 +325,64 @@ def _run_engine(plan, path, args) -> int:
     from .status import print_summary
 
     _collect_again()  # (the run's loop lasts the night)
-    outcome = run(plan, Path(path), engine=_engine_name(plan, args), force=args.force, halt_after=args.halt_after)
-    return print_summary(plan, outcome)
+    with _unfailing_output():
+        outcome = run(plan, Path(path), engine=_engine_name(plan, args), force=args.force,
+                      halt_after=args.halt_after)
+        return print_summary(plan, outcome)
+
+
+class _Unfailing:
+    """A stream whose writes never fail: once its terminal has hung up (EIO) or its pipe's reader
+    is gone (EPIPE, `imgpipe ... | tee night.log` and Ctrl-C), what imgpipe says goes nowhere, and
+    what it does goes on: stopping the engine and the jobs never depends on printing."""
+
+    def __init__(self, stream) -> None:
+        self.stream, self.gone = stream, False
+
+    def write(self, text: str) -> int:
+        if not self.gone:
+            try:
+                return self.stream.write(text)
+            except (OSError, ValueError):
+                self.gone = True
+        return len(text)
+
+    def flush(self) -> None:
+        if not self.gone:
+            try:
+                self.stream.flush()
+            except (OSError, ValueError):
+                self.gone = True
+
+    def isatty(self) -> bool:
+        try:
+            return not self.gone and self.stream.isatty()
+        except (OSError, ValueError):
+            return False
+
+    def __getattr__(self, name):
+        return getattr(self.stream, name)
+
+
+class _unfailing_output:
+    """stdout and stderr as _Unfailing streams while a run goes on. A run goes on when its output
+    is gone (the images, the job log, the logs and `imgpipe status` say what it did); a stream
+    that went is pointed at /dev/null at the end, so that Python's own flush at exit cannot
+    fail either (it would make the exit status 120)."""
+
+    def __enter__(self):
+        self.old = sys.stdout, sys.stderr
+        sys.stdout, sys.stderr = self.new = _Unfailing(self.old[0]), _Unfailing(self.old[1])
+        return self
+
+    def __exit__(self, *exc) -> None:
+        sys.stdout, sys.stderr = self.old
+        for stream in self.new:
+            if stream.gone:
+                try:
+                    os.dup2(os.open(os.devnull, os.O_WRONLY), stream.stream.fileno())
+                except (OSError, ValueError):
+                    pass
 
 
 def cmd_image(args: argparse.Namespace) -> int:
@@ -593,8 +649,8 @@ def _collect_again() -> None:
 
 
 class Terminated(BaseException):
-    """SIGTERM (``kill``, a batch system's time limit) outside the run's loop, which has its own
-    handling: the command stops as for Ctrl-C (the worker processes stopped, no temp file left,
+    """SIGTERM (``kill``, a batch system's time limit) or SIGHUP (the terminal closed) outside the
+    run's loop, which has its own handling: the command stops as for Ctrl-C (the worker processes stopped, no temp file left,
     exit 130)."""
 
 
@@ -605,15 +661,17 @@ def _terminated(signum, frame):
 def main(argv: list[str] | None = None) -> int:
     collecting, frozen = gc.isenabled(), gc.get_freeze_count()
     gc.disable()
-    try:
-        old_term = signal.signal(signal.SIGTERM, _terminated)
+    old: dict = {}
+    try:  # SIGTERM, and SIGHUP (the terminal closed): a stop like Ctrl-C (the run's loop has its own)
+        for sig in (signal.SIGTERM, signal.SIGHUP):
+            old[sig] = signal.signal(sig, _terminated)
     except ValueError:  # (not the main thread: no signal handler can be set there)
-        old_term = None
+        pass
     try:
         return _main(argv)
     finally:
-        if old_term is not None:
-            signal.signal(signal.SIGTERM, old_term)
+        for sig, handler in old.items():
+            signal.signal(sig, handler)
         if collecting:
             gc.enable()
         if not frozen:
@@ -624,8 +682,12 @@ def _main(argv: list[str] | None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if _nenucal_form(argv):
         argv.insert(0, "image")  # the nenucal form: imgpipe [OPTIONS] CONFIG INPUT...
-    parser = build_parser()
-    args, extra = parser.parse_known_args(argv)
+    try:
+        parser = build_parser()
+        args, extra = parser.parse_known_args(argv)
+    except (KeyboardInterrupt, Terminated):  # (Ctrl-C while the parser is built: no traceback)
+        print("imgpipe: interrupted", file=sys.stderr)
+        return 130
     if args.command is None:
         parser.print_help(sys.stderr)
         return 2
@@ -668,6 +730,8 @@ def console() -> int:
         sys.stdout.flush()
     except BrokenPipeError:
         code = _quiet_broken_pipe()
+    except KeyboardInterrupt:  # (Ctrl-C before main's own handling is in place)
+        return 130
     return code
 
 

@@ -410,3 +410,120 @@ def test_the_wait_for_the_engine_ends_when_it_exits_not_at_the_tick(monkeypatch,
     ended.wait(30)  # an ended process: at once
     ended.close()
     assert time.monotonic() - t0 < 20
+
+
+# ---------------------------------------------------------------- a stop never depends on printing (issue 23)
+
+def _imgpipe_argv(engine: str, cfg: Path, ms) -> list[str]:
+    import sys
+
+    return [sys.executable, "-m", "imgpipe.cli", "image", "--engine", engine, str(cfg), *map(str, ms)]
+
+
+def _drain(fd: int, seen: list) -> "threading.Thread":
+    """Read ``fd`` to its end in the background (a terminal or pipe that is not read fills up)."""
+    import threading
+
+    def read():
+        while True:
+            try:
+                data = os.read(fd, 65536)
+            except OSError:
+                return
+            if not data:
+                return
+            seen.append(data)
+
+    t = threading.Thread(target=read, daemon=True)
+    t.start()
+    return t
+
+
+def _two_running(tmp_path: Path) -> bool:
+    return len([p for p in job_processes(tmp_path) if p.split()[1] == "wsclean"]) >= 2
+
+
+def _stopped_cleanly(tmp_path: Path) -> None:
+    rdir = run_dir(tmp_path)
+    assert not job_processes(tmp_path), job_processes(tmp_path)
+    assert not (rdir / "joblog.round.tsv").exists()
+    assert json.loads((rdir / "run.json").read_text()).get("engine") is None
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_a_terminal_that_hangs_up_stops_every_job(cluster, tmp_path, ms_factory, engine):
+    """imgpipe on a real pseudo-terminal, which then hangs up (the ssh session dropped): SIGHUP,
+    and every write to the terminal fails (EIO). Every job is stopped, the job log is whole, 130."""
+    import fcntl
+    import termios
+
+    from test_engine_parallel import env_for
+
+    ms = make_ms_set(ms_factory, tmp_path, 4)
+    cfg = config(tmp_path, cluster, worker={"max_concurrent": "1"}, wsclean=SLOW)
+    master, slave = os.openpty()
+    proc = subprocess.Popen(_imgpipe_argv(engine, cfg, ms), cwd=tmp_path, env=env_for(cluster, tmp_path),
+                            stdin=slave, stdout=slave, stderr=slave, start_new_session=True,
+                            preexec_fn=lambda: fcntl.ioctl(0, termios.TIOCSCTTY, 0))
+    os.close(slave)
+    seen: list = []
+    _drain(master, seen)
+    try:
+        wait_for(lambda: _two_running(tmp_path), 60, "two running WSCleans")
+        os.close(master)  # the terminal hangs up
+        code = proc.wait(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert code == 130, (code, b"".join(seen)[-2000:])
+    _stopped_cleanly(tmp_path)
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_ctrl_c_through_a_pipe_whose_reader_dies_stops_every_job(cluster, tmp_path, ms_factory, engine):
+    """`imgpipe ... 2>&1 | tee night.log` and Ctrl-C: tee dies with imgpipe's SIGINT, so each
+    of imgpipe's writes fails (EPIPE). It stops every job all the same, and says 130, not 0."""
+    from test_engine_parallel import env_for
+
+    ms = make_ms_set(ms_factory, tmp_path, 4)
+    cfg = config(tmp_path, cluster, worker={"max_concurrent": "1"}, wsclean=SLOW)
+    read_end, write_end = os.pipe()
+    proc = subprocess.Popen(_imgpipe_argv(engine, cfg, ms), cwd=tmp_path, env=env_for(cluster, tmp_path),
+                            stdin=subprocess.DEVNULL, stdout=write_end, stderr=write_end)
+    os.close(write_end)
+    try:
+        wait_for(lambda: _two_running(tmp_path), 60, "two running WSCleans")
+        os.close(read_end)  # the reader is gone
+        proc.send_signal(signal.SIGINT)
+        code = proc.wait(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert code == 130, code
+    _stopped_cleanly(tmp_path)
+
+
+def test_a_closed_output_stops_the_writing_not_the_run(cluster, tmp_path, ms_factory):
+    """The reader of imgpipe's output goes away mid-run and nobody stops it: the run goes on to
+    its end (documented: the images, the job log and `imgpipe status` say what it did)."""
+    from test_engine_parallel import env_for
+
+    ms = make_ms_set(ms_factory, tmp_path, 4)
+    cfg = config(tmp_path, cluster, worker={"max_concurrent": "1"}, wsclean={"size": "'256 256'", "niter": "300"})
+    read_end, write_end = os.pipe()
+    proc = subprocess.Popen(_imgpipe_argv("parallel", cfg, ms), cwd=tmp_path, env=env_for(cluster, tmp_path),
+                            stdin=subprocess.DEVNULL, stdout=write_end, stderr=write_end)
+    os.close(write_end)
+    try:
+        wait_for(lambda: _two_running(tmp_path) or all(provenance_of(tmp_path, m).exists() for m in ms), 60,
+                 "jobs running")
+        os.close(read_end)
+        code = proc.wait(timeout=240)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert code == 0 and all(image_of(tmp_path, m).is_file() for m in ms), code
+    assert not job_processes(tmp_path)
