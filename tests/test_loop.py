@@ -176,6 +176,36 @@ def test_a_killed_imgpipe_takes_its_engine_with_it_and_the_same_command_finishes
     assert not job_processes(tmp_path) and not tmp_dirs_left(tmp_path)
 
 
+@pytest.mark.parametrize("engine", ENGINES)
+def test_the_rows_of_jobs_that_finished_before_a_kill_9_are_kept(cluster, tmp_path, ms_factory, engine):
+    """imgpipe KILLed once two jobs have finished and two run: the next run keeps the finished
+    jobs' rows (status names their host and start), and the stopped ones are 'stopped'."""
+    import sys
+
+    from test_engine_parallel import env_for
+
+    ms = make_ms_set(ms_factory, tmp_path, 4)
+    cfg = config(tmp_path, cluster, worker={"max_concurrent": "1"}, wsclean=SLOW)
+    with open(tmp_path / "first.out", "w") as out:
+        first = subprocess.Popen([sys.executable, "-m", "imgpipe.cli", "image", "--engine", engine, str(cfg),
+                                  *map(str, ms)], cwd=tmp_path, env=env_for(cluster, tmp_path), stdout=out,
+                                 stderr=out, stdin=subprocess.DEVNULL)
+        rdir = wait_for(lambda: (tmp_path / "imgpipe-runs").is_dir() and run_dir(tmp_path), 30, "the run directory")
+        wait_for(lambda: len((rdir / "joblog.round.tsv").read_text().splitlines()) >= 3
+                 if (rdir / "joblog.round.tsv").exists() else False, 120, "two finished jobs")
+        wait_for(lambda: len([p for p in job_processes(tmp_path) if p.split()[1] == "wsclean"]) >= 2, 60,
+                 "two running WSClean")
+        finished = {r.split("\t")[0] for r in (rdir / "joblog.round.tsv").read_text().splitlines()[1:]}
+        os.kill(first.pid, signal.SIGKILL)
+        first.wait()
+    r = expect(imgpipe(cluster, tmp_path, "image", "--engine", engine, cfg, *ms, timeout=240), 0)
+    assert "all 4 job(s) done" in r.err, r
+    rows_of = rows(rdir)
+    assert len(finished) == 2 and all(rows_of.get(f"{int(seq):04d}", 0) >= 1 for seq in finished), (finished, rows_of)
+    status = json.loads(imgpipe(cluster, tmp_path, "status", "--json").out)
+    assert all(j["host"] not in (None, "-") and j["start"] for j in status["jobs"]), status["jobs"]
+
+
 def test_an_engine_left_running_is_found_and_stopped_by_the_next_run(cluster, tmp_path, ms_factory):
     ms = make_ms_set(ms_factory, tmp_path, 4)
     cfg = config(tmp_path, cluster, worker={"max_concurrent": "1"}, wsclean=SLOW)

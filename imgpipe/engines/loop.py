@@ -412,6 +412,7 @@ def _run(plan: Plan, run_dir: RunDir, jobs_path: Path, engine_cls, force: bool, 
                 f"{left['imgpipe']}, which is gone) is still running: stopping it and its jobs first")
             stop_recorded(left)
         run_dir.write_state(engine=None)
+        _keep_rows_of_a_killed_round(plan, run_dir)
         sets = image_sets(plan.jobs)
         foreign = foreign_problems(plan.jobs, sets)
         if foreign and not force:
@@ -532,6 +533,17 @@ def _wrapper_finished(run_dir: RunDir, job_id: str) -> bool:
     """Whether the job's attempt ended with its wrapper's result saying its images are done."""
     result = read_result(run_dir / LOGS / job_id)
     return result is not None and result.job == job_id and result.outcome in ("done", "already-done")
+
+
+def _keep_rows_of_a_killed_round(plan: Plan, run_dir: RunDir) -> None:
+    """The rows of a round whose imgpipe was killed (its guard stopped the engine, but nobody
+    merged them) go to the job log now: the attempts that finished then are history too."""
+    path = run_dir / ROUND_JOBLOG
+    rows = [r for r in read_rows(path) if r.tag == plan.tag]
+    if rows:
+        append_rows(run_dir / JOBLOG, rows, {j.id: n for n, j in enumerate(plan.jobs, start=1)})
+    path.unlink(missing_ok=True)
+    (run_dir / ROUND_IDS).unlink(missing_ok=True)
 
 
 def _end_round(run_dir: RunDir, eng, guard: Guard, rows, seq_of: dict[str, int], done: set[str]) -> None:
