@@ -380,6 +380,26 @@ def test_parallel_sh_resumes_by_hand_after_a_failure(cluster, tmp_path, ms_facto
     assert rows_per_job(rdir) == {"0001": 1, "0002": 1, "0003": 2}
 
 
+def test_parallel_sh_refuses_while_imgpipe_runs_the_same_plan(cluster, tmp_path, ms_factory):
+    """Two writers of one run directory overwrite each other's job log and logs: the by-hand
+    script takes the run's lock as imgpipe does, or refuses, naming who holds it."""
+    ms = make_ms_set(ms_factory, tmp_path, 4)
+    cfg = config(tmp_path, cluster, worker={"max_concurrent": "1"}, wsclean={"size": "'512 512'", "niter": "2000"})
+    proc = start_imgpipe(cluster, tmp_path, cfg, *ms)
+    try:
+        rdir = wait_for(lambda: (tmp_path / "imgpipe-runs").is_dir() and run_dir(tmp_path), 30, "the run directory")
+        wait_for(lambda: len([p for p in job_processes(tmp_path) if p.split()[1] == "wsclean"]) >= 1, 60,
+                 "a running WSClean")
+        before = (rdir / "joblog.tsv").read_bytes() if (rdir / "joblog.tsv").exists() else b""
+        r = subprocess.run(["bash", str(rdir / "parallel.sh")], cwd=tmp_path, env=env_for(cluster, tmp_path),
+                           capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
+        assert r.returncode == 1 and "this run is going on (imgpipe pid " in r.stderr, r.stderr
+        assert ((rdir / "joblog.tsv").read_bytes() if (rdir / "joblog.tsv").exists() else b"") == before
+    finally:
+        out, err = proc.communicate(timeout=240)
+    assert proc.returncode == 0, err
+
+
 # CFITSIO (which writes WSClean's images) reads '(' and '[' in a file name as its extended
 # file-name syntax and cannot write there: such names go in the MS's directory (never part
 # of an image path here) -- see test_image_paths_cfitsio_cannot_write_are_refused_when_planning.

@@ -29,7 +29,7 @@ from pathlib import Path
 
 from ..hosts import is_local
 from ..plan import Job
-from ..run_dir import GATE, JOBLOG, LOGS, ROUND_JOBLOG
+from ..run_dir import GATE, JOBLOG, LOCK, LOGS, ROUND_JOBLOG
 from .base import Engine, Round
 
 INPUT = "parallel-input.tsv"
@@ -51,6 +51,19 @@ def input_line(job: Job) -> str:
 
 # by-hand scripts: GNU parallel's progress bar in a terminal (elsewhere it would print a line per update)
 PROGRESS_BAR = "bar=(); [[ -t 2 ]] && bar=(--bar)  # a progress bar when run in a terminal\n"
+
+
+def run_lock_lines(run) -> str:
+    """A by-hand script takes the run's lock (run.lock, as imgpipe does) or refuses: two writers of
+    one run directory overwrite each other's job log and logs."""
+    lock = shlex.quote(str(run / LOCK))
+    return (
+        f"exec 9>> {lock}\n"
+        "if command -v flock > /dev/null && ! flock -n 9; then\n"
+        f"  echo \"$0: this run is going on ($(cat {lock})): wait for it to end, or stop it, first\" >&2\n"
+        "  exit 1\n"
+        "fi\n"
+        f"printf '%s pid %s on %s since %s\\n' \"$0\" \"$$\" \"$(hostname)\" \"$(date)\" > {lock}\n")
 
 
 def with_bar(argv: list[str]) -> str:
@@ -129,6 +142,7 @@ class Parallel(Engine):
             "# failed or that never ran; each job checks its images on its node first, so what is\n"
             "# done is never made again. (`imgpipe run` also remakes images deleted since.)\n"
             "export PARALLEL_HOME=${PARALLEL_HOME:-$HOME/.parallel}\n"
+            + run_lock_lines(run)
             + PROGRESS_BAR + f"IMGPIPE_JOB=\"$(cat {shlex.quote(str(wrapper))})\" {with_bar(argv)}\n",
             encoding="utf-8",
         )

@@ -53,7 +53,7 @@ from ..plan import Job
 from ..run_dir import JOBLOG, ROUND_JOBLOG, SLURM_PLACED
 from . import control
 from .base import Round
-from .parallel import INPUT, PROGRESS_BAR, ROUND_INPUT, Parallel, input_line, with_bar
+from .parallel import INPUT, PROGRESS_BAR, ROUND_INPUT, Parallel, input_line, run_lock_lines, with_bar
 
 SHIM = "imgpipe-srun"
 ROUND_SCRIPT = "imgpipe-slurm-round"
@@ -312,6 +312,7 @@ class Slurm(Parallel):
             "# is done is never made again. (`imgpipe run` also remakes images deleted since.)\n"
             "export PARALLEL_HOME=${PARALLEL_HOME:-$HOME/.parallel}\n"
             f"export IMGPIPE_SRUN={shlex.quote(shlex.join(self.step_options()))}\n"
+            + run_lock_lines(run)
             + PROGRESS_BAR + f"IMGPIPE_JOB=\"$(cat {shlex.quote(str(wrapper))})\" {with_bar(argv)}\n",
             encoding="utf-8")
         (run / SCRIPT).chmod(0o755)
