@@ -500,3 +500,28 @@ def test_a_fits_file_cut_short_is_never_recorded(run_cli, tmp_path, ms_factory):
     assert code in (21, 22) and r.outcome in ("truncated", "disk-full"), log[-2000:]
     assert "-image.fits (69632 bytes: not a whole number of 2880-byte FITS blocks)" in r.message, r.message
     assert image_set(job).state == "absent" and not os.path.exists(job.name + "-psf.fits")
+
+
+def test_a_job_log_keeps_the_two_ends_of_a_flood_of_output(run_cli, tmp_path, ms_factory):
+    """A WSClean that prints megabytes: the log keeps its first and last IMGPIPE_LOG_KEEP bytes
+    and says how much it left out between them; WSClean's error line is found all the same."""
+    plan = plan_of(run_cli, tmp_path, ms_factory("obs.MS"))
+    (job,) = plan.jobs
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    (bindir / "wsclean").write_text(
+        "#!/usr/bin/env python3\n# stand-in: 3 MB of output, then WSClean's way of failing\n"
+        "import sys\n"
+        "for i in range(60000):\n    sys.stdout.write(f'gridding line {i:06d} ' + 'x' * 30 + '\\n')\n"
+        "sys.stdout.write('+ An exception occured:\\n+ >>> the last error\\n')\nsys.exit(255)\n")
+    (bindir / "wsclean").chmod(0o755)
+    keep = 100_000
+    code, log = wrapper(plan, job, tmp_path, env={"PATH": f"{bindir}:{os.environ['PATH']}",
+                                                  "IMGPIPE_LOG_KEEP": str(keep)})
+    assert code == 10, log[-2000:]
+    assert len(log) < 2 * keep + 20_000, len(log)
+    assert "gridding line 000000 " in log and "gridding line 059999 " in log
+    m = re.search(r"\[\.\.\. (\d+) bytes of WSClean's output left out here: the log keeps its first and last "
+                  rf"{keep} bytes \.\.\.\]\n(gridding line \d+ )", log)
+    assert m and int(m.group(1)) > 2_000_000, log[keep - 200: keep + 400]
+    assert _result_of(log).wsclean_error == "the last error"
