@@ -186,3 +186,29 @@ def test_make_engine_ctrl_c_stops_every_job_and_a_rerun_finishes(cluster, ms_fac
     r = imgpipe([cfg, *data, "--engine", "make"], tmp_path, cluster)
     assert r.returncode == 0, r.stderr
     assert all(len(rows) == 1 for rows in rows_per_job(run_dir).values())  # nothing ran twice
+
+
+def test_make_by_hand_refuses_its_jobs_while_imgpipe_runs_the_plan(cluster, ms_factory, tmp_path):
+    """Two writers of one run directory: a by-hand make's recipes take a share of the run's lock,
+    and refuse while imgpipe holds it."""
+    import time
+
+    data = make_data(ms_factory, tmp_path, 4)
+    cfg = write_config(tmp_path, cluster)
+    cfg.write_text(cfg.read_text().replace("size = '64 64'", "size = '512 512'").replace("niter = 10", "niter = 3000"))
+    proc = subprocess.Popen([sys.executable, "-m", "imgpipe.cli", str(cfg), *map(str, data), "--engine", "make"],
+                            cwd=tmp_path, env=cluster.env(IMGPIPE_PROGRESS_INTERVAL="0.5"), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 60
+        while time.time() < deadline and not any(p.split()[1] == "wsclean" for p in job_processes(tmp_path)):
+            time.sleep(0.1)
+        run_dir = run_dir_of(tmp_path)
+        by_hand = subprocess.run(["make", "-C", str(run_dir), "-k", "-j", "2", "done/0004"], env=cluster.env(),
+                                 capture_output=True, text=True, timeout=60)
+        assert by_hand.returncode != 0, by_hand.stderr
+        assert "job 0004 not started: this run is going on (imgpipe pid " in by_hand.stderr, by_hand.stderr
+    finally:
+        out, err = proc.communicate(timeout=240)
+    assert proc.returncode == 0, err
+    assert {jid: len(rs) for jid, rs in rows_per_job(run_dir).items()} == {f"000{i}": 1 for i in range(1, 5)}

@@ -119,7 +119,8 @@ class Make(Engine):
         self.write(rnd.nodes, rnd.done)
         slots = self.ctx.plan.worker.max_concurrent * len(rnd.nodes)
         return self.popen(["make", "-C", str(self.ctx.run.path), "-k", "-j", str(slots),
-                           *(f"{DONE}/{j.id}" for j in rnd.todo)])
+                           *(f"{DONE}/{j.id}" for j in rnd.todo)],
+                          env={**self.ctx.env, "IMGPIPE_RUN": "1"})  # (imgpipe holds the run's lock)
 
     def halt(self, proc) -> None:
         """make has no "start nothing more": each recipe looks for this file first (bin/imgpipe-make-job)."""
