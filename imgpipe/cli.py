@@ -192,6 +192,14 @@ def _image_states(plan, force: bool) -> dict:
     return sets
 
 
+def _forced(plan, jobs_path, force: bool) -> frozenset:
+    """The jobs --force makes again (RunDir.forced_jobs): a stopped forced run resumes, it does
+    not start over."""
+    from .run_dir import RunDir
+
+    return RunDir(Path(jobs_path).parent).forced_jobs(plan, force)
+
+
 def _job_state(image_set, force: bool) -> str:
     if image_set.state == "foreign":
         return "replaces"  # (only with --force: otherwise a plan error)
@@ -200,11 +208,11 @@ def _job_state(image_set, force: bool) -> str:
     return "to run"
 
 
-def _totals(plan, sets, force: bool) -> str:
+def _totals(plan, sets, forced: frozenset) -> str:
     """'8 job(s): 6 done, 2 to run' (and how many replace images of another command)."""
     from collections import Counter
 
-    c = Counter(_job_state(sets[j.id], force) for j in plan.jobs)
+    c = Counter(_job_state(sets[j.id], j.id in forced) for j in plan.jobs)
     parts = [f"{c['done']} done", f"{c['to run'] + c['replaces']} to run"]
     if c["replaces"]:
         parts.append(f"{c['replaces']} of them replacing images of another command")
@@ -225,7 +233,7 @@ def _fmt_seconds(seconds: float) -> str:
     return f"{s}s" if s < 60 else (f"{s // 60}m{s % 60:02d}s" if s < 3600 else f"{s // 3600}h{s % 3600 // 60:02d}m")
 
 
-def _print_summary(plan, jobs_path, sets, force, out, written: bool = True) -> None:
+def _print_summary(plan, jobs_path, sets, forced: frozenset, out, written: bool = True) -> None:
     from .image_sets import estimated_seconds, seconds_per_cost
 
     n_ms = sum(len(j.ms) for j in plan.jobs)
@@ -240,14 +248,14 @@ def _print_summary(plan, jobs_path, sets, force, out, written: bool = True) -> N
     for job in plan.jobs[:SUMMARY_ROWS]:
         ms = os.path.basename(job.ms[0]) + (f" (+{len(job.ms) - 1} more)" if len(job.ms) > 1 else "")
         chans = str(job.channels_out) if job.channels_out is not None else "-"
-        state = _job_state(sets[job.id], force)
+        state = _job_state(sets[job.id], job.id in forced)
         print(f"  {job.id:<6} {job.host or '*':<12} {state:<8} {chans:>5} {_fmt_cost(job, rates):>7}  {job.name} <- {ms}",
               file=out)
     if len(plan.jobs) > SUMMARY_ROWS:
         print(f"  ... and {len(plan.jobs) - SUMMARY_ROWS} more (all in the jobs file)", file=out)
-    print(f"  {_totals(plan, sets, force)}" + ("; nothing to do" if _nothing_left(plan, sets, force) else ""),
+    print(f"  {_totals(plan, sets, forced)}" + ("; nothing to do" if _nothing_left(plan, sets, forced) else ""),
           file=out)
-    left = [estimated_seconds(j, rates) for j in plan.jobs if _job_state(sets[j.id], force) != "done"]
+    left = [estimated_seconds(j, rates) for j in plan.jobs if _job_state(sets[j.id], j.id in forced) != "done"]
     if left and None not in left:
         print(f"  estimated from the jobs done before: ~{_fmt_seconds(sum(left))} of work left, the longest job "
               f"~{_fmt_seconds(max(left))} (cost: seconds; otherwise relative units)", file=out)
@@ -257,8 +265,8 @@ def _print_summary(plan, jobs_path, sets, force, out, written: bool = True) -> N
     print(f"Jobs file: {jobs_path}" if written else f"Jobs file: not written (--dry-run): {jobs_path}", file=out)
 
 
-def _nothing_left(plan, sets, force: bool) -> bool:
-    return not force and all(sets[j.id].done for j in plan.jobs)
+def _nothing_left(plan, sets, forced: frozenset) -> bool:
+    return all(sets[j.id].done and j.id not in forced for j in plan.jobs)
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
@@ -288,21 +296,22 @@ def cmd_plan(args: argparse.Namespace) -> int:
     if args.json:
         doc = plan.as_dict()
         doc["jobs_file"] = os.path.abspath(path)
+        forced = _forced(plan, path, args.force)
         for job in doc["jobs"]:
-            job["state"] = _job_state(sets[job["id"]], args.force)
+            job["state"] = _job_state(sets[job["id"]], job["id"] in forced)
         _print_json(doc, "jobs")
     else:
-        _print_summary(plan, path, sets, args.force, sys.stdout, written=not args.dry_run)
+        _print_summary(plan, path, sets, _forced(plan, path, args.force), sys.stdout, written=not args.dry_run)
     return 0
 
 
-def _print_dry_run(plan, sets, force: bool) -> None:
+def _print_dry_run(plan, sets, forced: frozenset) -> None:
     for job in plan.jobs:
-        state = _job_state(sets[job.id], force)
+        state = _job_state(sets[job.id], job.id in forced)
         mark = "" if state == "to run" else f", {state}"
         print(f"[{job.id} on {job.host or 'any node'}{mark}] {job.command}")
-    left = "nothing to do; " if _nothing_left(plan, sets, force) else ""
-    print(f"imgpipe: dry run: {_totals(plan, sets, force)}; {left}nothing was started or written", file=sys.stderr)
+    left = "nothing to do; " if _nothing_left(plan, sets, forced) else ""
+    print(f"imgpipe: dry run: {_totals(plan, sets, forced)}; {left}nothing was started or written", file=sys.stderr)
 
 
 def _engine_name(plan, args) -> str:
@@ -400,7 +409,7 @@ def cmd_image(args: argparse.Namespace) -> int:
             print(f"[{job.id} @ {job.host or '*'}] {job.command}", file=sys.stderr)
     sets = _image_states(plan, args.force)
     if config.worker.dry_run:
-        _print_dry_run(plan, sets, args.force)
+        _print_dry_run(plan, sets, _forced(plan, args.jobs_file or jobs_file.default_path(plan), args.force))
         return 0
     path = jobs_file.write(plan, args.jobs_file or jobs_file.default_path(plan))
     n_ms = sum(len(j.ms) for j in plan.jobs)
@@ -417,7 +426,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.nodes is not None or args.max_concurrent is not None:
         plan = replace(plan, worker=_run_overrides(plan, args))  # (the plan's digest, and so its jobs, stay)
     if args.dry_run:
-        _print_dry_run(plan, _image_states(plan, args.force), args.force)
+        _print_dry_run(plan, _image_states(plan, args.force), _forced(plan, args.jobs_file, args.force))
         return 0
     return _run_engine(plan, args.jobs_file, args)
 

@@ -345,6 +345,19 @@ class RunDir:
             return {}
         return data if isinstance(data, dict) else {}
 
+    def forced_jobs(self, plan, force: bool) -> frozenset[str]:
+        """The jobs --force makes again: none without it; with it, every job of the plan, or, when a
+        forced run of this plan was stopped, the jobs it had not made yet (run.json "forcing"): so
+        the same command resumes it, and never makes again what it made."""
+        if not force:
+            return frozenset()
+        ids = [j.id for j in plan.jobs]
+        state = self.state()
+        left = state.get("forcing")
+        if state.get("digest") == plan.digest and isinstance(left, list):
+            return frozenset(ids) & frozenset(left)
+        return frozenset(ids)
+
     def write_state(self, **changes) -> None:
         data = {**self.state(), **changes}
         write_whole(self / STATE, json.dumps(data, indent=1, sort_keys=True) + "\n")

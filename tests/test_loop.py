@@ -557,3 +557,35 @@ def test_a_closed_output_stops_the_writing_not_the_run(cluster, tmp_path, ms_fac
             proc.wait()
     assert code == 0 and all(image_of(tmp_path, m).is_file() for m in ms), code
     assert not job_processes(tmp_path)
+
+
+# ---------------------------------------------------------------- a stopped --force run resumes (issue 24)
+
+def test_a_stopped_force_run_resumes_without_making_again_what_it_made(cluster, tmp_path, ms_factory):
+    """`imgpipe ... --force`, Ctrl-C after two jobs: "run the same command again to resume" (with
+    --force) makes the four others, not all six again; a finished forced run starts over."""
+    ms = make_ms_set(ms_factory, tmp_path, 6)
+    cfg = config(tmp_path, cluster, worker={"max_concurrent": "1"}, wsclean=SLOW)
+    expect(imgpipe(cluster, tmp_path, cfg, *ms, timeout=300), 0)
+    proc = start_imgpipe(cluster, tmp_path, cfg, *ms, "--force")
+    try:
+        rdir = run_dir(tmp_path)
+        wait_for(lambda: (rdir / "joblog.round.tsv").exists()
+                 and len((rdir / "joblog.round.tsv").read_text().splitlines()) >= 3, 120, "two jobs made again")
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 130, err
+    made = int(re.search(r"stopped\. (\d+) of 6 job\(s\) done; run the same command again to resume", err).group(1))
+    assert made >= 2, err
+    r = expect(imgpipe(cluster, tmp_path, cfg, *ms, "--force", "--dry-run"), 0)
+    assert f"6 job(s): {made} done, {6 - made} to run" in r.err, r
+    r = expect(imgpipe(cluster, tmp_path, cfg, *ms, "--force", timeout=300), 0)
+    assert "all 6 job(s) done" in r.err, r
+    assert sum(rows(rdir).values()) == 6 + 6, rows(rdir)  # each job made once by each of the two runs
+    assert "forcing" not in {k for k, v in json.loads((rdir / "run.json").read_text()).items() if v}
+    r = expect(imgpipe(cluster, tmp_path, cfg, *ms, "--force", "--dry-run"), 0)
+    assert "6 job(s): 0 done, 6 to run" in r.err, r  # a new --force starts over

@@ -417,7 +417,9 @@ def _run(plan: Plan, run_dir: RunDir, jobs_path: Path, engine_cls, force: bool, 
         foreign = foreign_problems(plan.jobs, sets)
         if foreign and not force:
             raise PlanErrors(foreign, hint=FORCE_HINT)
-        done = set() if force else {jid for jid, s in sets.items() if s.done}
+        forced = run_dir.forced_jobs(plan, force)  # (a stopped forced run: what it had not made yet)
+        run_dir.write_state(forcing=sorted(forced) if forced else None)
+        done = {jid for jid, s in sets.items() if s.done and jid not in forced}
         hints = [f"imgpipe run {shlex.quote(str(jobs_path))}      # the same jobs, with imgpipe"]
         (run_dir / LOGS).mkdir(exist_ok=True)
         say(f"run directory {run_dir.path}")
@@ -555,6 +557,9 @@ def _end_round(run_dir: RunDir, eng, guard: Guard, rows, seq_of: dict[str, int],
     guard.watch(None)
     # a row that succeeded is the node's word, a moment ago, that the job's images are done
     done.update(r.job_id for r in rows if r.ok and r.job_id)
+    forcing = run_dir.state().get("forcing")
+    if isinstance(forcing, list) and forcing:  # what --force made again is done for good: not made again on resume
+        run_dir.write_state(forcing=sorted(set(forcing) - done) or None)
 
 
 def _stop(plan: Plan, run_dir: RunDir, eng, guard: Guard, proc: subprocess.Popen, record: dict,
