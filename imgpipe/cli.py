@@ -192,6 +192,12 @@ def _image_states(plan, force: bool) -> dict:
     return sets
 
 
+def _warn_combine_obs_ids_alone(args) -> None:
+    if args.combine_obs_ids and not args.combine:  # (nenucal accepts it, and ignores it)
+        print("imgpipe: warning: --combine_obs_ids (-o) only takes effect with --combine (-c): one job per MS",
+              file=sys.stderr)
+
+
 def _forced(plan, jobs_path, force: bool) -> frozenset:
     """The jobs --force makes again (RunDir.forced_jobs): a stopped forced run resumes, it does
     not start over."""
@@ -276,6 +282,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
     config = load_config(args.config, _overrides(args))
     plan = make_plan(config, args.inputs, combine=args.combine, combine_obs_ids=args.combine_obs_ids)
+    _warn_combine_obs_ids_alone(args)  # (after: a plan it breaks says so in its own error)
     if config.worker.debug:
         for job in plan.jobs:
             print(f"[{job.id} @ {job.host or '*'}] {job.command}", file=sys.stderr)
@@ -404,6 +411,7 @@ def cmd_image(args: argparse.Namespace) -> int:
         overrides.setdefault("worker", {})["dry_run"] = True
     config = load_config(args.config, overrides)
     plan = make_plan(config, args.inputs, combine=args.combine, combine_obs_ids=args.combine_obs_ids)
+    _warn_combine_obs_ids_alone(args)  # (after: a plan it breaks says so in its own error)
     if config.worker.debug:
         for job in plan.jobs:
             print(f"[{job.id} @ {job.host or '*'}] {job.command}", file=sys.stderr)
@@ -411,6 +419,10 @@ def cmd_image(args: argparse.Namespace) -> int:
     if config.worker.dry_run:
         _print_dry_run(plan, sets, _forced(plan, args.jobs_file or jobs_file.default_path(plan), args.force))
         return 0
+    from .engines import load
+    from .engines.loop import check_tools
+
+    check_tools(load(_engine_name(plan, args)))  # (before anything is written: exit 2 writes nothing)
     path = jobs_file.write(plan, args.jobs_file or jobs_file.default_path(plan))
     n_ms = sum(len(j.ms) for j in plan.jobs)
     print(f"imgpipe: {len(plan.jobs)} job(s) for {n_ms} MS(s); jobs file {path}", file=sys.stderr)
@@ -422,6 +434,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     from . import jobs_file
 
+    args.jobs_file = find_run(args.jobs_file)  # (a run directory, as status and report take, or its jobs.txt)
     plan = jobs_file.read(args.jobs_file)
     if args.nodes is not None or args.max_concurrent is not None:
         plan = replace(plan, worker=_run_overrides(plan, args))  # (the plan's digest, and so its jobs, stay)
@@ -690,6 +703,15 @@ def main(argv: list[str] | None = None) -> int:
 def _main(argv: list[str] | None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if _nenucal_form(argv):
+        word = next(w for w in argv if not w.startswith("-"))
+        if not os.path.exists(word) and not word.endswith(".toml"):  # a command mistyped, not a config
+            import difflib
+
+            close = difflib.get_close_matches(word, list(COMMANDS), n=1, cutoff=0.7)
+            if close:
+                print(f"imgpipe: error: no command {word!r}: did you mean {close[0]!r}? (or a config file: "
+                      f"{word} does not exist)", file=sys.stderr)
+                return 2
         argv.insert(0, "image")  # the nenucal form: imgpipe [OPTIONS] CONFIG INPUT...
     try:
         parser = build_parser()
@@ -698,6 +720,8 @@ def _main(argv: list[str] | None) -> int:
         print("imgpipe: interrupted", file=sys.stderr)
         return 130
     if args.command is None:
+        if extra:  # (imgpipe -V): say what was wrong, not just the help
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
         parser.print_help(sys.stderr)
         return 2
     if extra:  # said with the command's own usage, not the top-level one

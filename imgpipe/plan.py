@@ -653,6 +653,12 @@ def _checked_plan(config: Config, inputs: list[MSInput], jobs: list[Job], *, com
     return Plan(config_path=str(config.path), worker=worker, jobs=frozen, digest=plan_digest(worker, frozen))
 
 
+def _pattern_like(arg: str) -> bool:
+    """Does a command-line input that is no path look like an obs_id pattern (a glob, SW part, list)?"""
+    name = os.path.basename(arg.rstrip("/"))
+    return "/" not in arg.rstrip("/") and (any(c in name for c in "*?[:,") or not name.lower().endswith(".ms"))
+
+
 def make_plan(config: Config, args: list[str], *, combine: bool = False, combine_obs_ids: bool = False) -> Plan:
     """Resolve the inputs, read each MS once, and build the plan.
 
@@ -700,8 +706,11 @@ def make_plan(config: Config, args: list[str], *, combine: bool = False, combine
         for job in built:
             job.command  # (its shell line: the image states and the jobs file read it)
     if unreadable:
-        raise PlanErrors([unreadable[i] for i in sorted(unreadable)],
-                         hint="check the paths (every missing or unreadable MS is listed)")
+        hint = "check the paths (every missing or unreadable MS is listed)"
+        if config.data_handler is None and any(_pattern_like(a) for a in args if not os.path.exists(a)):
+            hint += ("; obs_id patterns (such as '202312*_NT04:SW01') need a [data_handler] section in "
+                     f"{config.path} (config_file, data_level)")
+        raise PlanErrors([unreadable[i] for i in sorted(unreadable)], hint=hint)
     if early:
         plan = _checked_plan(config, inputs, jobs, combine=combine, combine_obs_ids=combine_obs_ids)
     else:

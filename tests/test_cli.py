@@ -117,6 +117,7 @@ def test_combine_obs_ids_alone_is_accepted(run_cli, write_config, ms_factory, fl
     r = run_cli("plan", write_config(CONFIG), a, b, flag, "--json")
     assert r.code == 0, r
     assert len(json.loads(r.out)["jobs"]) == 2
+    assert "warning: --combine_obs_ids (-o) only takes effect with --combine (-c)" in r.err, r
 
 
 def test_options_may_come_before_the_config(run_cli, write_config, ms_factory):
@@ -224,6 +225,52 @@ def test_sigterm_stops_a_command_like_ctrl_c_and_the_handler_is_put_back(run_cli
     r = run_cli("plan", cfg, ms_factory("a.MS"))
     assert (r.code, r.err, r.out) == (130, "imgpipe: interrupted\n", "")
     assert signal.getsignal(signal.SIGTERM) is before
+
+
+@pytest.mark.parametrize("sig", ["SIGTERM", "SIGHUP"])
+def test_a_hang_up_or_a_term_while_the_parser_is_built_is_one_line(run_cli, monkeypatch, sig):
+    """(a Ctrl-C or a closed terminal in the first few milliseconds printed a traceback)"""
+    import signal
+
+    import imgpipe.cli as cli
+
+    def interrupted():
+        signal.raise_signal(getattr(signal, sig))
+        raise AssertionError(f"{sig} did not stop the command")
+    monkeypatch.setattr(cli, "build_parser", interrupted)
+    r = run_cli("status")
+    assert (r.code, r.err) == (130, "imgpipe: interrupted\n")
+
+
+def test_a_mistyped_command_is_not_taken_for_a_config(run_cli):
+    r = run_cli("stauts")
+    assert r.code == 2 and "no command 'stauts': did you mean 'status'?" in r.err, r
+
+
+def test_an_unknown_option_alone_says_what_was_wrong(run_imgpipe):
+    r = run_imgpipe("-V")
+    assert r.code == 2 and "imgpipe: error: unrecognized arguments: -V" in r.err, r
+
+
+def test_run_takes_a_run_directory_as_status_does(run_cli, write_config, ms_factory, tmp_path):
+    cfg = write_config(CONFIG)
+    jobs = tmp_path / "r" / "jobs.txt"
+    assert run_cli("plan", cfg, ms_factory("a.MS"), "--jobs-file", jobs).code == 0
+    r = run_cli("run", jobs.parent, "--dry-run")
+    assert r.code == 0 and "1 job(s): 0 done, 1 to run" in r.err, r
+
+
+def test_obs_id_patterns_without_a_data_handler_say_what_they_need(run_cli, write_config):
+    r = run_cli("plan", write_config(CONFIG), "202312*_NT04:SW01")
+    assert r.code == 2 and "need a [data_handler] section in " in r.err, r
+
+
+def test_an_engine_whose_tools_are_missing_writes_nothing(run_imgpipe, write_config, ms_factory, tmp_path):
+    """Exit 2 means nothing was started or written: the engine's tools are checked first."""
+    cfg = write_config(CONFIG)
+    r = run_imgpipe(cfg, ms_factory("a.MS"), "--engine", "slurm", env={"PATH": str(tmp_path / "empty")})
+    assert r.code == 2 and "is not installed (the slurm engine needs it)" in r.err, r
+    assert not (tmp_path / "imgpipe-runs").exists()
 
 
 # ---------------------------------------------------------------- the README's command lines
