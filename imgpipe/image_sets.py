@@ -191,12 +191,13 @@ def image_sets(jobs: Iterable) -> dict[str, ImageSet]:
     return _image_sets([(job.id, job.name, job.command) for job in jobs])
 
 
-FORCE_HINT = ("these images were made by another plan or other options; to replace them, run again with --force "
-              "(their files are removed first), or change out-dir or name so that both sets are kept")
+FORCE_HINT = ("these images were made by another plan or other options: to replace them, run again with --force "
+              "(their files are removed first); to keep both, change out-dir or name")
 
 
 def foreign_problems(jobs, sets: dict[str, ImageSet]) -> list[str]:
-    """One line per job whose image set holds the images of another command (a plan error)."""
+    """One line per job whose image set holds the images of another command (a plan error): what
+    differs between that command and the job's, option by option."""
     problems = []
     for job in jobs:
         s = sets[job.id]
@@ -204,8 +205,54 @@ def foreign_problems(jobs, sets: dict[str, ImageSet]) -> list[str]:
             r = s.record
             made = f"job {r.job or '?'}" + (f" of run {r.run}" if r.run else "") + f", {r.end or '?'} on {r.host or '?'}"
             problems.append(f"job {job.id}: its images {job.name}-* were made by another command "
-                            f"(record {r.path}: {made}): {r.command}")
+                            f"(record {r.path}: {made}); what differs: {command_changes(r.command, job.argv)}")
     return problems
+
+
+def _options(argv: list[str]) -> tuple[dict[str, list[str]], list[str]]:
+    """A planned WSClean command's options (each with its words, -name and -temp-dir left out)
+    and its MSs (the words after -temp-dir's)."""
+    ms: list[str] = []
+    if "-temp-dir" in argv:
+        t = argv.index("-temp-dir")
+        argv, ms = argv[:t], argv[t + 2:]
+    options: dict[str, list[str]] = {}
+    key = None
+    for word in argv[1:]:
+        if len(word) > 1 and word[0] == "-" and word[1].isalpha():
+            key = word
+            options[key] = []
+        elif key is not None:
+            options[key].append(word)
+    options.pop("-name", None)
+    return options, ms
+
+
+def command_changes(old_command: str, new_argv) -> str:
+    """What differs from the command that made a set to a job's, in a few words: '-channels-out 4
+    -> 8; -niter 1000 (not any more); the MSs: 1 -> 4 (a.MS .. d.MS)'."""
+    import shlex
+
+    try:
+        old, old_ms = _options(shlex.split(old_command))
+    except ValueError:
+        return f"the command that made them cannot be read: {old_command[:200]}"
+    new, new_ms = _options(list(new_argv))
+    changes = []
+    for key in list(dict.fromkeys([*old, *new])):
+        before, after = " ".join(old.get(key, [])) or "(on)", " ".join(new.get(key, [])) or "(on)"
+        if key not in new:
+            changes.append(f"{key} {before} (not any more)")
+        elif key not in old:
+            changes.append(f"{key} {after} (new)")
+        elif before != after:
+            changes.append(f"{key} {before} -> {after}")
+    if old_ms != new_ms:
+        names = [os.path.basename(m.rstrip("/")) for m in new_ms]
+        shown = names[0] if len(names) == 1 else f"{names[0]} .. {names[-1]}" if names else "none"
+        changes.append(f"the MSs: {len(old_ms)} -> {len(new_ms)} ({shown})" if len(old_ms) != len(new_ms)
+                       else f"other MSs ({shown})")
+    return "; ".join(changes) or "the same options, written otherwise"
 
 
 def _signature(job) -> tuple[str, ...]:

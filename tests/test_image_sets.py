@@ -525,3 +525,27 @@ def test_a_job_log_keeps_the_two_ends_of_a_flood_of_output(run_cli, tmp_path, ms
                   rf"{keep} bytes \.\.\.\]\n(gridding line \d+ )", log)
     assert m and int(m.group(1)) > 2_000_000, log[keep - 200: keep + 400]
     assert _result_of(log).wsclean_error == "the last error"
+
+
+def test_one_option_changed_is_said_as_old_and_new_value(run_cli, made, tmp_path):
+    """Changing one option and planning again: the refusal names that option, old -> new, and
+    the two ways out; not the whole old command."""
+    plan, job = made
+    cfg = tmp_path / "img.toml"
+    cfg.write_text(cfg.read_text().replace("niter = 10", "niter = 20\nchannels-out = 2"), encoding="utf-8")
+    r = run_cli("plan", cfg, job.ms[0], "--jobs-file", tmp_path / "again" / "jobs.txt")
+    assert r.code == 2, r
+    assert "what differs: -niter 10 -> 20; -channels-out 2 (new)" in r.err, r.err
+    assert "run again with --force" in r.err and "change out-dir or name" in r.err
+    old = json.loads(Path(record_path(job.name)).read_text())["command"]
+    assert old not in r.err
+
+
+def test_command_changes_in_words():
+    from imgpipe.image_sets import command_changes
+
+    old = "wsclean -name /i/img -size 64 64 -j 2 -multiscale -temp-dir /t /d/a.MS"
+    new = ["wsclean", "-name", "/i/img", "-size", "128", "128", "-niter", "5", "-temp-dir", "/t", "/d/a.MS", "/d/b.MS"]
+    assert command_changes(old, new) == ("-size 64 64 -> 128 128; -j 2 (not any more); -multiscale (on) (not any "
+                                         "more); -niter 5 (new); the MSs: 1 -> 2 (a.MS .. b.MS)")
+    assert command_changes("wsclean 'unclosed", new).startswith("the command that made them cannot be read")
