@@ -40,6 +40,9 @@ def _add_plan_arguments(p: argparse.ArgumentParser) -> None:
         metavar="INPUT",
         help="MS paths, or obs_id patterns OBSPAT[,OBSPAT...][:SWPAT] when [data_handler] is configured",
     )
+    p.add_argument("--skip-missing", action="store_true",
+                   help="plan the MSs that can be read and leave out (and list) those missing or unreadable, "
+                   "instead of refusing the plan")
     p.add_argument("-c", "--combine", action="store_true",
                    help="image all MSs of a (spectral window, obs_id) in one WSClean call")
     p.add_argument("-o", "--combine_obs_ids", "--combine-obs-ids", dest="combine_obs_ids", action="store_true",
@@ -192,6 +195,13 @@ def _image_states(plan, force: bool) -> dict:
     return sets
 
 
+def _say_skipped(skipped: list[str] | None) -> None:
+    if skipped:
+        print(f"imgpipe: warning: --skip-missing: {len(skipped)} MS(s) left out of the plan:", file=sys.stderr)
+        for line in skipped:
+            print(f"  - {line}", file=sys.stderr)
+
+
 def _warn_combine_obs_ids_alone(args) -> None:
     if args.combine_obs_ids and not args.combine:  # (nenucal accepts it, and ignores it)
         print("imgpipe: warning: --combine_obs_ids (-o) only takes effect with --combine (-c): one job per MS",
@@ -281,8 +291,11 @@ def cmd_plan(args: argparse.Namespace) -> int:
     from . import jobs_file
 
     config = load_config(args.config, _overrides(args))
-    plan = make_plan(config, args.inputs, combine=args.combine, combine_obs_ids=args.combine_obs_ids)
+    skipped: list[str] | None = [] if args.skip_missing else None
+    plan = make_plan(config, args.inputs, combine=args.combine, combine_obs_ids=args.combine_obs_ids,
+                     skipped=skipped)
     _warn_combine_obs_ids_alone(args)  # (after: a plan it breaks says so in its own error)
+    _say_skipped(skipped)
     if config.worker.debug:
         for job in plan.jobs:
             print(f"[{job.id} @ {job.host or '*'}] {job.command}", file=sys.stderr)
@@ -410,8 +423,11 @@ def cmd_image(args: argparse.Namespace) -> int:
     if args.dry_run:
         overrides.setdefault("worker", {})["dry_run"] = True
     config = load_config(args.config, overrides)
-    plan = make_plan(config, args.inputs, combine=args.combine, combine_obs_ids=args.combine_obs_ids)
+    skipped: list[str] | None = [] if args.skip_missing else None
+    plan = make_plan(config, args.inputs, combine=args.combine, combine_obs_ids=args.combine_obs_ids,
+                     skipped=skipped)
     _warn_combine_obs_ids_alone(args)  # (after: a plan it breaks says so in its own error)
+    _say_skipped(skipped)
     if config.worker.debug:
         for job in plan.jobs:
             print(f"[{job.id} @ {job.host or '*'}] {job.command}", file=sys.stderr)
@@ -473,14 +489,15 @@ def cmd_inputs(args: argparse.Namespace) -> int:
     rows = describe_inputs(config.data_handler, args.patterns)
     if args.json:
         _print_json({"inputs": rows}, "inputs")
-        return 0
+        return 1 if any(not r["readable"] for r in rows) else 0
     print(f"{'obs_id':<22} {'SW':<8} {'node':<12} {'state':<10} path")
     for r in rows:
         state = "ok" if r["readable"] else ("unreadable" if r["exists"] else "MISSING")
         print(f"{r['obs_id']:<22} {r['sw']:<8} {r['node'] or '-':<12} {state:<10} {r['path']}")
     missing = sum(1 for r in rows if not r["readable"])
-    print(f"{len(rows)} MS(s) selected" + (f", {missing} missing or unreadable" if missing else ""))
-    return 0
+    print(f"{len(rows)} MS(s) selected" + (f", {missing} missing or unreadable (plan the others with "
+                                             "--skip-missing)" if missing else ""))
+    return 1 if missing else 0
 
 
 def find_run(arg: str | None) -> Path:

@@ -659,7 +659,8 @@ def _pattern_like(arg: str) -> bool:
     return "/" not in arg.rstrip("/") and (any(c in name for c in "*?[:,") or not name.lower().endswith(".ms"))
 
 
-def make_plan(config: Config, args: list[str], *, combine: bool = False, combine_obs_ids: bool = False) -> Plan:
+def make_plan(config: Config, args: list[str], *, combine: bool = False, combine_obs_ids: bool = False,
+              skipped: list[str] | None = None) -> Plan:
     """Resolve the inputs, read each MS once, and build the plan.
 
     With one job per MS (no --combine), each MS's job is built as soon as its facts are in, while
@@ -705,11 +706,18 @@ def make_plan(config: Config, args: list[str], *, combine: bool = False, combine
             out_dirs.add(job)
         for job in built:
             job.command  # (its shell line: the image states and the jobs file read it)
+    if unreadable and skipped is not None and len(unreadable) < len(inputs):
+        # --skip-missing: the others are planned, the missing ones said (a gap in a night's data is normal)
+        skipped += [unreadable[i] for i in sorted(unreadable)]
+        inputs = [item for i, item in enumerate(inputs) if i not in unreadable]
+        unreadable, early = {}, False
     if unreadable:
         hint = "check the paths (every missing or unreadable MS is listed)"
         if config.data_handler is None and any(_pattern_like(a) for a in args if not os.path.exists(a)):
             hint += ("; obs_id patterns (such as '202312*_NT04:SW01') need a [data_handler] section in "
                      f"{config.path} (config_file, data_level)")
+        elif len(unreadable) < len(inputs):
+            hint += "; or plan the others, leaving these out: --skip-missing"
         raise PlanErrors([unreadable[i] for i in sorted(unreadable)], hint=hint)
     if early:
         plan = _checked_plan(config, inputs, jobs, combine=combine, combine_obs_ids=combine_obs_ids)

@@ -474,7 +474,7 @@ def test_inputs_reports_missing_and_unreadable(run_cli, img, variant, tree, tmp_
         (str(not_ms.parent / "SW03.MS"), False, False),
     ]
     r = run_cli("inputs", img(dh=dh, level="X"), "20231204_NT04")
-    assert r.code == 0, r
+    assert r.code == 1, r  # (something is missing: a script can tell)
     assert "unreadable" in r.out and r.out.count("MISSING") == 2
     assert "3 MS(s) selected, 3 missing or unreadable" in r.out
 
@@ -627,3 +627,24 @@ def test_runs_names_the_obs_ids_of_a_run(run_cli, img, tmp_path):
     r = run_cli("runs", "--json", cwd=tmp_path)
     (run,) = json.loads(r.out)["runs"]
     assert run["inputs"].startswith("2 MSs of 20231201_NT04 .. 20231202_NT04"), run
+
+
+def test_skip_missing_plans_the_others_and_lists_what_it_left_out(run_cli, img, tree, tmp_path):
+    """A gap in a night's data (a node down, a SW not produced) is normal: the refusal names
+    --skip-missing, which plans the rest and says which MSs it left out."""
+    gone = Path(tree.l2("20231202_NT04", "SW02"))
+    hidden = gone.with_name("hidden")
+    gone.rename(hidden)
+    try:
+        err = fails(run_cli, tmp_path, "plan", img(), "2023120[12]_NT04")
+        assert f"{gone}: does not exist" in err and "--skip-missing" in err, err
+        r = run_cli("inputs", img(), "2023120[12]_NT04")
+        assert r.code == 1 and "MISSING" in r.out and "--skip-missing" in r.out, r
+        r = run_cli("plan", img(), "2023120[12]_NT04", "--skip-missing", "--json")
+        assert r.code == 0, r
+        jobs = json.loads(r.out)["jobs"]
+        assert len(jobs) == 5 and str(gone) not in [m for j in jobs for m in j["ms"]]
+        assert "--skip-missing: 1 MS(s) left out of the plan:" in r.err and f"  - {gone}: does not exist" in r.err
+        assert [j["id"] for j in jobs] == [f"{i:04d}" for i in range(1, 6)]
+    finally:
+        hidden.rename(gone)
