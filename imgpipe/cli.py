@@ -136,8 +136,13 @@ def build_parser() -> argparse.ArgumentParser:
     _add_run_dir_argument(status)
     status.add_argument("--json", action="store_true", help="print the status as JSON on stdout")
     status.add_argument("--all", action="store_true",
-                        help=f"list every done job too (by default, past {DONE_LISTED} done jobs, one line says "
-                        "which are done, under the jobs that are not)")
+                        help=f"list every job (by default, past {DONE_LISTED} done jobs, or jobs not started, one "
+                        "line says which they are)")
+    status.add_argument("--state", type=_states, metavar="STATE[,STATE]",
+                        help="only the jobs in these states: done, failed, running, stopped, not-started")
+    status.add_argument("--host", help="only the jobs of this node")
+    status.add_argument("--obs-id", metavar="GLOB", help="only the jobs of the obs_ids this glob matches")
+    status.add_argument("--sw", metavar="GLOB", help="only the jobs of the spectral windows this glob matches")
 
     runs = sub.add_parser(
         "runs",
@@ -565,7 +570,27 @@ def _short(path: str, _here: list = []) -> str:
     return path if rel.startswith("..") else rel
 
 
-DONE_LISTED = 100  # done jobs listed one by one by `imgpipe status` (more: one line, unless --all)
+DONE_LISTED = 100  # done (or not started) jobs listed one by one by `imgpipe status` (more: one line, unless --all)
+STATES = ("done", "failed", "running", "stopped", "not started")
+
+
+def _states(text: str) -> tuple[str, ...]:
+    """--state's value: states, comma-separated ('not-started' for 'not started')."""
+    words = tuple(w.strip().replace("-", " ") for w in text.split(",") if w.strip())
+    wrong = [w for w in words if w not in STATES]
+    if wrong or not words:
+        raise argparse.ArgumentTypeError(f"{text!r}: the states are " + ", ".join(s.replace(" ", "-") for s in STATES))
+    return words
+
+
+def _selected(r: dict, args) -> bool:
+    """Does a status row pass --state, --host, --obs-id and --sw?"""
+    from fnmatch import fnmatchcase
+
+    return ((not args.state or r["state"] in args.state)
+            and (not args.host or args.host in (r["host"], r["planned_host"]))
+            and (not args.obs_id or fnmatchcase(r.get("obs_id") or "", args.obs_id))
+            and (not args.sw or fnmatchcase(r.get("sw") or "", args.sw)))
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -575,7 +600,8 @@ def cmd_status(args: argparse.Namespace) -> int:
     from .status_memo import done_jobs
 
     path = find_run(args.run)
-    digest, rows, done = status_rows(path, every_row=args.json or args.all)
+    filtered = bool(args.state or args.host or args.obs_id or args.sw)
+    digest, rows, done = status_rows(path, every_row=args.json or args.all or filtered)
     if done is not None and len(done.ids) <= DONE_LISTED:
         digest, rows, done = status_rows(path)  # (a memo gave the done jobs in brief: these are listed)
     c = counts([r["state"] for r in rows] + ["done"] * len(done.ids) if done else (r["state"] for r in rows))
@@ -583,7 +609,9 @@ def cmd_status(args: argparse.Namespace) -> int:
     for r in rows:
         if r["state"] == "failed":
             r["why"] = failure_words(r["why"], r["log"])
+    shown = [r for r in rows if _selected(r, args)] if filtered else rows
     if args.json:
+        rows = shown
         for r in rows:
             del r["label"]
             if r["state"] == "running" and r["start"]:
@@ -595,10 +623,15 @@ def cmd_status(args: argparse.Namespace) -> int:
     out = [f"run {path.parent.resolve()}" + (f"   (the latest of {others + 1} runs here: `imgpipe runs` lists them)"
                                              if others > 0 else "")]
     order = {"failed": 0, "running": 1, "stopped": 2, "not started": 3, "done": 4}
-    listed = rows
-    if c["done"] > DONE_LISTED and not args.all:  # the jobs that need a look, not 50,000 lines of done
+    listed = shown
+    if c["done"] > DONE_LISTED and not args.all and not filtered:  # the jobs that need a look, not 50,000 done
         listed = [r for r in rows if r["state"] != "done"]
         done = done or done_jobs(rows)
+    waiting = [r["id"] for r in listed if r["state"] == "not started"]
+    if len(waiting) > DONE_LISTED and not args.all and not args.state:  # (a night not run yet: one line)
+        listed = [r for r in listed if r["state"] != "not started"]
+    else:
+        waiting = []
     slurm = any(r.get("slurm") for r in listed)  # a run through Slurm: its job (and step) ids too
     if listed:
         out.append(f"{'job':<6} {'host':<12} " + (f"{'slurm id':<10} " if slurm else "")
@@ -613,9 +646,13 @@ def cmd_status(args: argparse.Namespace) -> int:
         out.append((line % (r["id"], r["host"] or r["planned_host"] or "-", (r["slurm"] or "-") if slurm else "",
                             state, _fmt_time(start), _fmt_runtime(runtime), r["label"], _short(r["name"]),
                             why)).rstrip())
+    if waiting:
+        out.append(f"{len(waiting)} jobs not started: {id_ranges(waiting)} (`imgpipe status --all` lists each)")
     if done is not None:
         out.append(f"{c['done']} jobs done: {id_ranges(done.ids)} (`imgpipe status --all` lists each)")
         rows = [r for r in rows if r["state"] != "done"]  # (the done ones are in `done`)
+    if filtered:
+        out.append(f"shown: {len(shown)} of {c['total']} job(s) (--state, --host, --obs-id, --sw)")
     for host, h in sorted(host_summary(rows, done).items()):
         out.append(f"host {host:<12} {h['done']} done, {h['failed']} failed, busy {_fmt_runtime(h['busy'])}")
     out.append(f"total: {c['done']}/{c['total']} done, {c['failed']} failed, {c['running']} running, "

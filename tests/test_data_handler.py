@@ -648,3 +648,26 @@ def test_skip_missing_plans_the_others_and_lists_what_it_left_out(run_cli, img, 
         assert [j["id"] for j in jobs] == [f"{i:04d}" for i in range(1, 6)]
     finally:
         hidden.rename(gone)
+
+
+def test_status_of_a_night_folds_the_jobs_not_started_and_filters_as_squeue_does(run_cli, img, tmp_path,
+                                                                                 monkeypatch):
+    import imgpipe.cli as cli
+
+    jobs_path = tmp_path / "run" / "jobs.txt"
+    assert run_cli("plan", img(), "202312*_NT04", "--jobs-file", jobs_path).code == 0
+    monkeypatch.setattr(cli, "DONE_LISTED", 4)  # (a night of 500 jobs, in small)
+    r = run_cli("status", jobs_path.parent)
+    assert r.code == 3 and "9 jobs not started: 0001-0009 (`imgpipe status --all` lists each)" in r.out, r.out
+    assert len(r.out.splitlines()) <= 4, r.out  # not a line per job
+    r = run_cli("status", jobs_path.parent, "--obs-id", "20231201*", "--sw", "SW0[12]")
+    listed = [ln.split()[0] for ln in r.out.splitlines() if ln[:4].isdigit()]
+    assert len(listed) == 2 and all("20231201_NT04/SW0" in ln for ln in r.out.splitlines() if ln[:4].isdigit())
+    assert "shown: 2 of 9 job(s)" in r.out, r.out
+    r = run_cli("status", jobs_path.parent, "--state", "failed,running", "--json")
+    doc = json.loads(r.out)
+    assert doc["jobs"] == [] and doc["counts"]["not started"] == 9
+    r = run_cli("status", jobs_path.parent, "--state", "not-started", "--host", "nobody")
+    assert "shown: 0 of 9 job(s)" in r.out
+    with pytest.raises(SystemExit):
+        run_cli("status", jobs_path.parent, "--state", "finished")
