@@ -49,7 +49,7 @@ OUTCOMES: dict[str, Outcome] = {o.name: o for o in (
     Outcome("already-done", 0, "done already: its images were there", failed=False),
     Outcome("wsclean", 10, "WSClean failed", retry="job"),
     Outcome("env_file", 11, "env_file could not be sourced"),
-    Outcome("setup", 12, "job set-up failed (directories, wsclean not found)"),
+    Outcome("setup", 12, "job set-up failed"),
     Outcome("record", 13, "the record could not be written next to the images (disk full?)"),
     Outcome("busy", 14, "another job was making the same images"),
     Outcome("foreign", 15, "images of another command are in the way (--force replaces them)"),

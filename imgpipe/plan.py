@@ -728,24 +728,40 @@ def make_plan(config: Config, args: list[str], *, combine: bool = False, combine
     else:
         problems = []
     if problems:
-        raise PlanErrors(problems, hint="out-dir (and name) must lead to a directory the nodes can make: "
-                         "move the file away, or choose another out-dir")
+        raise PlanErrors(problems, hint="out-dir (and name) must lead to a directory the nodes can make and write: "
+                         "move the file away, make the directory writable, or choose another out-dir")
     return plan
 
 
 class OutDirCheck:
     """The image (and temp) directories of jobs, checked one job at a time: one problem per
-    directory that cannot be one, because it, or a directory above it, is a file."""
+    directory that cannot be one, because it, or a directory above it, is a file, or because the
+    directory it would be made in (or it itself) cannot be written from here (read-only, or
+    permission denied): a job would find that only when it runs."""
+
+    _KNOWN = ""  # a directory known to be one (an MS), not yet asked whether it can be written
 
     def __init__(self, known_dirs=()):
-        # path -> None when it is a directory, else the file in the way; known_dirs: absolute paths
-        # known to be directories (the MSs: out-dir is often inside them)
-        self.seen: dict[str, str | None] = dict.fromkeys(known_dirs)
+        # path -> None when it is a directory that can be written, else what is wrong with it;
+        # known_dirs: absolute paths known to be directories (the MSs: out-dir is often inside them)
+        self.seen: dict[str, str | None] = dict.fromkeys(known_dirs, self._KNOWN)
         self.problems: list[str] = []
 
     def known(self, directory: str) -> None:
         """``directory`` (absolute) is known to be one."""
-        self.seen.setdefault(directory, None)
+        self.seen.setdefault(directory, self._KNOWN)
+
+    @staticmethod
+    def _problem(path: str, known: bool = False) -> str | None:
+        if not known and not os.path.isdir(path):
+            return f"{path} {'is a file' if os.path.isfile(path) else 'is not a directory'}"
+        if os.access(path, os.W_OK | os.X_OK):
+            return None
+        try:
+            read_only = bool(os.statvfs(path).f_flag & os.ST_RDONLY)
+        except OSError:
+            read_only = False
+        return f"{path} cannot be written from here ({'a read-only file system' if read_only else 'permission denied'})"
 
     def add(self, job: Job) -> None:
         seen = self.seen
@@ -753,13 +769,12 @@ class OutDirCheck:
             start = path
             while path not in seen and not os.path.lexists(path) and os.path.dirname(path) != path:
                 path = os.path.dirname(path)  # up to the first part that exists
-            if path not in seen:
-                seen[path] = None if os.path.isdir(path) else path
-            blocker = seen[path]
-            if blocker is not None:
-                what = "is a file" if os.path.isfile(blocker) else "is not a directory"
+            problem = seen.get(path, self._KNOWN)
+            if path not in seen or problem == self._KNOWN:
+                problem = seen[path] = self._problem(path, known=path in seen)
+            if problem is not None:
                 which = "image directory" if start == job.out_dir else "temp-dir"
-                text = f"the {which} {start} cannot be made: {blocker} {what}"
+                text = f"the {which} {start} cannot be made: {problem}"
                 if text not in self.problems:
                     self.problems.append(text)
 

@@ -306,7 +306,7 @@ def print_summary(plan: Plan, outcome, out=None) -> int:
         first = members[0]
         host = first.host or first.job.host or "-"
         if len(members) == 1:
-            print(f"  {first.job.id:<6} {host:<12} {why:<50} {first.log or '-'}", file=out)
+            print(f"  {first.job.id:<6} {host:<12} {why}" + (f" (log {first.log})" if first.log else ""), file=out)
         else:
             print(f"  {len(members)} jobs {state}: {why}", file=out)
             print(f"    jobs {id_ranges([m.job.id for m in members])}; the first, {first.job.id} on {host}: "

@@ -549,3 +549,44 @@ def test_command_changes_in_words():
     assert command_changes(old, new) == ("-size 64 64 -> 128 128; -j 2 (not any more); -multiscale (on) (not any "
                                          "more); -niter 5 (new); the MSs: 1 -> 2 (a.MS .. b.MS)")
     assert command_changes("wsclean 'unclosed", new).startswith("the command that made them cannot be read")
+
+
+@pytest.fixture
+def read_only(tmp_path):
+    """tmp_path/ro: a read-only tmpfs (root only: skipped elsewhere)."""
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(ro)], capture_output=True, text=True)
+    if r.returncode != 0:
+        pytest.skip(f"cannot mount a read-only tmpfs here: {r.stderr.strip()}")
+    try:
+        yield ro
+    finally:
+        subprocess.run(["umount", "-l", str(ro)], check=False)
+
+
+def test_an_out_dir_that_cannot_be_written_is_a_plan_error(run_cli, tmp_path, ms_factory, read_only):
+    ms = ms_factory("obs.MS")
+    cfg = tmp_path / "ro.toml"
+    cfg.write_text(CONFIG.format(out=read_only / "images", extra="", size="64 64", niter=10), encoding="utf-8")
+    r = run_cli("plan", cfg, ms, "--jobs-file", tmp_path / "r" / "jobs.txt")
+    assert r.code == 2, r
+    assert (f"the image directory {read_only}/images cannot be made: {read_only} cannot be written from here "
+            "(a read-only file system)") in r.err, r.err
+    assert not (tmp_path / "r").exists()
+
+
+def test_a_job_whose_out_dir_cannot_be_made_says_why_in_the_system_s_words(run_cli, tmp_path, ms_factory,
+                                                                          read_only):
+    """(the planning machine may not see the nodes' disks: the job finds it, and says why)"""
+    plan = plan_of(run_cli, tmp_path, ms_factory("obs.MS"))
+    (job,) = plan.jobs
+    from dataclasses import replace
+
+    argv = list(job.argv)
+    argv[argv.index("-name") + 1] = str(read_only / "images" / "img")
+    job = replace(job, argv=tuple(argv), name=str(read_only / "images" / "img"))
+    code, log = wrapper(plan, job, tmp_path)
+    r = _result_of(log)
+    assert code == 12 and r.outcome == "setup", log
+    assert r.message == f"cannot create the output directory {read_only}/images: Read-only file system", r.message
