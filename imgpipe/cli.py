@@ -593,6 +593,21 @@ def _selected(r: dict, args) -> bool:
             and (not args.sw or fnmatchcase(r.get("sw") or "", args.sw)))
 
 
+COLOURS = {"failed": "31", "running": "34", "done": "32", "stopped": "33"}  # (ANSI: red, blue, green, yellow)
+
+
+def _painter(stream):
+    """text -> text coloured by a state, on a terminal only, and never with NO_COLOR set (no-color.org)
+    or TERM=dumb: a pipe or a file gets the plain text."""
+    try:
+        tty = stream.isatty()
+    except (AttributeError, ValueError, OSError):
+        tty = False
+    if not tty or os.environ.get("NO_COLOR") or os.environ.get("TERM") == "dumb":
+        return lambda state, text: text
+    return lambda state, text: f"\033[{COLOURS[state]}m{text}\033[0m" if state in COLOURS else text
+
+
 def cmd_status(args: argparse.Namespace) -> int:
     import time as _time
 
@@ -636,7 +651,8 @@ def cmd_status(args: argparse.Namespace) -> int:
     if listed:
         out.append(f"{'job':<6} {'host':<12} " + (f"{'slurm id':<10} " if slurm else "")
                    + f"{'state':<12} {'start':<15} {'runtime':>8}  {'MS':<22} {'images':<30} why")
-    line = "%-6s %-12s " + ("%-10s " if slurm else "%s") + "%-12s %-15s %8s  %-22s %-30s %s"
+    line = "%-6s %-12s " + ("%-10s " if slurm else "%s") + "%s %-15s %8s  %-22s %-30s %s"
+    paint = _painter(sys.stdout)
     for r in sorted(listed, key=lambda r: (order[r["state"]], r["id"])):
         state, start = r["state"], r["start"]
         runtime = now - start if state == "running" and start else r["runtime"]  # running: elapsed
@@ -644,8 +660,8 @@ def cmd_status(args: argparse.Namespace) -> int:
         if state == "failed":  # (an attempt that never reached its node has no log)
             why += f" (log {_short(r['log'])})" if r["log"] else " (no log)"
         out.append((line % (r["id"], r["host"] or r["planned_host"] or "-", (r["slurm"] or "-") if slurm else "",
-                            state, _fmt_time(start), _fmt_runtime(runtime), r["label"], _short(r["name"]),
-                            why)).rstrip())
+                            paint(state, f"{state:<12}"), _fmt_time(start), _fmt_runtime(runtime), r["label"],
+                            _short(r["name"]), why)).rstrip())
     if waiting:
         out.append(f"{len(waiting)} jobs not started: {id_ranges(waiting)} (`imgpipe status --all` lists each)")
     if done is not None:

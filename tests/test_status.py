@@ -264,3 +264,38 @@ def test_runs_lists_every_run_here_newest_activity_first(tmp_path, ms_cache):
     # status with no argument: the newest, and it says there are others
     r = imgpipe("status", cwd=tmp_path, env=env)
     assert r.returncode == 3 and "(the latest of 3 runs here: `imgpipe runs` lists them)" in r.stdout, r.stdout
+
+
+@pytest.mark.parametrize("no_color", [None, "1"])
+def test_states_are_coloured_on_a_terminal_only_and_never_with_no_color(real_run, no_color, tmp_path):
+    """On a real terminal: failed red, done green (NO_COLOR: none); in a pipe: never."""
+    import os
+    import pty
+    import sys
+
+    env = {**os.environ, "TERM": "xterm"}
+    env.pop("NO_COLOR", None)
+    if no_color:
+        env["NO_COLOR"] = no_color
+    argv = [sys.executable, "-m", "imgpipe.cli", "status", str(real_run.run_dir)]
+    master, slave = pty.openpty()
+    proc = subprocess.Popen(argv, stdout=slave, stderr=slave, stdin=subprocess.DEVNULL, env=env, cwd=tmp_path)
+    os.close(slave)
+    chunks = []
+    while True:
+        try:
+            data = os.read(master, 65536)
+        except OSError:
+            break
+        if not data:
+            break
+        chunks.append(data)
+    proc.wait(timeout=60)
+    os.close(master)
+    text = b"".join(chunks).decode()
+    if no_color:
+        assert "\x1b[" not in text, text
+    else:
+        assert "\x1b[31mfailed" in text and "\x1b[32mdone" in text, text
+    piped = subprocess.run(argv, capture_output=True, text=True, env=env, cwd=tmp_path)
+    assert "\x1b[" not in piped.stdout and "failed" in piped.stdout
