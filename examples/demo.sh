@@ -18,6 +18,7 @@
 # imgpipe installed (pip install -e .). wsclean and parallel must be on PATH.
 set -euo pipefail
 
+here=$PWD  # (the closing hints give paths from where the user is)
 repo=$(cd -- "$(dirname -- "${BASH_SOURCE[0]}")/.." && pwd)
 [[ ${PYTHON:-} == */* && ${PYTHON:-} != /* ]] && PYTHON=$PWD/$PYTHON  # relative to where we were
 cd "$repo"
@@ -78,11 +79,13 @@ fi
 # 3. where the images are
 mapfile -t mfs < <(find images -name '*-MFS-image.fits' | sort)
 ((${#mfs[@]} == 4)) || die "expected 4 MFS images under $demo/images, found ${#mfs[@]}"
+shown_demo=$(realpath --relative-to="$here" -- "$repo/$demo" 2> /dev/null || echo "$repo/$demo")
+q() { printf '%q' "$1"; }  # (a path with a space stays one word when pasted)
 echo
 echo "demo: done. The MFS images (one per MS; the per-channel images are next to them):"
 for f in "${mfs[@]}"; do
-  echo "  $demo/$f"
+  echo "  $(q "$shown_demo/$f")"
 done
-echo "demo: every file: ls $demo/images/*/     per job: cd $demo && $shown status"
-echo "demo: the run on one page (timeline, failures, image previews): cd $demo && $shown report"
-echo "demo: run it again and nothing is recomputed; start over with: rm -rf $demo"
+echo "demo: every file: ls $(q "$shown_demo")/images/*/     per job: cd $(q "$shown_demo") && $shown status"
+echo "demo: the run on one page (timeline, failures, image previews): cd $(q "$shown_demo") && $shown report"
+echo "demo: run it again and nothing is recomputed; start over with: rm -rf $(q "$shown_demo")"

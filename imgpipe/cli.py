@@ -677,26 +677,41 @@ def cmd_status(args: argparse.Namespace) -> int:
     return exit_status(c)
 
 
+def _fit(text: str, width: int) -> str:
+    """``text`` cut to ``width`` characters (the end shown as '...'), so that columns stay aligned."""
+    return text if len(text) <= width else text[: width - 3] + "..."
+
+
 def cmd_runs(args: argparse.Namespace) -> int:
     from .status import run_overview
 
-    paths = list(dict.fromkeys([p.resolve() for p in local_runs()] + [find_run(a).resolve() for a in args.extra]))
+    # (a directory `imgpipe plan` wrote and nothing ran from is a plan, not a run: said apart)
+    here = [p.resolve() for p in local_runs()]
+    planned = [p for p in here if not (p.parent / "run.json").exists()]
+    paths = list(dict.fromkeys([p for p in here if p not in planned] + [find_run(a).resolve() for a in args.extra]))
     rows = [run_overview(p) for p in paths]
     rows.sort(key=lambda r: r["last_activity"] or 0, reverse=True)
     if args.json:
-        _print_json({"runs": rows}, "runs")
+        _print_json({"planned": [str(p.parent) for p in planned], "runs": rows}, "runs")
         return 0
+    also = (f"{len(planned)} plan(s) here never run: " + ", ".join(_short(str(p.parent)) for p in planned)
+            if planned else "")
     if not rows:
-        print("no run here (imgpipe-runs/ is empty or missing)")
+        print("no run here (imgpipe-runs/ is empty or missing)" + (f"; {also}" if also else ""))
         return 0
+    # (the columns as wide as what they hold, up to a bound: long values are cut, never misalign)
+    cw = min(max([len("config"), *(len(os.path.basename(r["config"])) for r in rows)]), 40)
+    iw = min(max([len("inputs"), *(len(r["inputs"]) for r in rows)]), 60)
     print(f"{'last activity':<15} {'jobs':>5} {'done':>5} {'failed':>6} {'running':>7} {'to run':>6}  "
-          f"{'config':<18} {'inputs':<28} run")
+          f"{'config':<{cw}} {'inputs':<{iw}} run")
     for r in rows:
         c = r["counts"]
         print(f"{_fmt_time(r['last_activity']):<15} {c['total']:>5} {c['done']:>5} {c['failed']:>6} "
-              f"{c['running']:>7} {c['not started'] + c.get('stopped', 0):>6}  {os.path.basename(r['config']):<18} "
-              f"{r['inputs']:<28} "
+              f"{c['running']:>7} {c['not started'] + c.get('stopped', 0):>6}  "
+              f"{_fit(os.path.basename(r['config']), cw):<{cw}} {_fit(r['inputs'], iw):<{iw}} "
               f"{_short(r['run_dir'])}")
+    if also:
+        print(also)
     return 0
 
 

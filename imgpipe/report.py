@@ -264,12 +264,15 @@ def timeline_bars(plan: Plan, states: list[st.JobState], rows: list[Row], now: f
         why = f"stopped by the user (the run was stopped; the job got {f.stopped}): not done, it runs again on resume"
         bars.append(Bar(f.job_id, st.node_name(f.host, plan) or "(node not known)", f.start, max(f.end, f.start),
                         "stopped", why))
-    assign_lanes(bars)
+    assign_lanes(bars, plan.worker.max_concurrent)
     return bars
 
 
-def assign_lanes(bars: list[Bar]) -> None:
-    """Each bar goes to the first lane of its host that is free at its start (lanes = the node's slots)."""
+def assign_lanes(bars: list[Bar], slots: int | None = None) -> None:
+    """Each bar goes to the first lane of its host that is free at its start (lanes = the node's
+    slots). Times are the engine's and the nodes' clocks, to the millisecond: a bar that seems to
+    start a moment before the one before it on its slot ended goes on the lane that frees first,
+    never on a lane the node does not have (``slots``: max_concurrent)."""
     ends: dict[str, list[float]] = {}
     for b in sorted(bars, key=lambda b: (b.start, b.end)):
         lanes = ends.setdefault(b.host, [])
@@ -278,8 +281,12 @@ def assign_lanes(bars: list[Bar]) -> None:
                 b.lane, lanes[i] = i, b.end
                 break
         else:
-            b.lane = len(lanes)
-            lanes.append(b.end)
+            if slots is not None and len(lanes) >= slots:
+                i = min(range(len(lanes)), key=lambda k: lanes[k])
+                b.lane, lanes[i] = i, max(lanes[i], b.end)
+            else:
+                b.lane = len(lanes)
+                lanes.append(b.end)
 
 
 def _nice_step(span: float, target: int = 8) -> float:

@@ -183,8 +183,8 @@ def host_from_log(log: str | os.PathLike, plan: Plan) -> str | None:
 def _host(row: Row, log: str | os.PathLike, plan: Plan) -> str:
     """The node of an attempt: GNU parallel's ':' is this machine; a job Slurm placed names its node
     in its log."""
-    if row.host == ":":
-        return "localhost"
+    if row.host == ":":  # (this machine, under the name the plan gives it: --nodes vm shows vm)
+        return next((h for h in plan.worker.nodes if is_local(h)), "localhost")
     if row.host == SLURM_PLACED:
         return host_from_log(log, plan) or row.host
     return row.host

@@ -624,7 +624,7 @@ def test_the_jobs_file_keeps_each_job_s_obs_id_and_sw_and_status_shows_them(run_
 def test_runs_names_the_obs_ids_of_a_run(run_cli, img, tmp_path):
     jobs_path = tmp_path / "imgpipe-runs" / "x" / "jobs.txt"
     assert run_cli("plan", img(), "2023120[12]_NT04:SW01", "--jobs-file", jobs_path).code == 0
-    r = run_cli("runs", "--json", cwd=tmp_path)
+    r = run_cli("runs", "--json", jobs_path.parent, cwd=tmp_path)  # (a plan never run: named to be listed)
     (run,) = json.loads(r.out)["runs"]
     assert run["inputs"].startswith("2 MSs of 20231201_NT04 .. 20231202_NT04"), run
 

@@ -343,6 +343,10 @@ def test_lanes_are_node_slots():
             B("4", "a", 9, 12, "done"), B("5", "b", 0, 3, "done"), B("6", "a", 10, 11, "done")]
     report.assign_lanes(bars)
     assert [b.lane for b in bars] == [0, 1, 1, 1, 0, 0]
+    # a node of 2 slots never gets a third lane, whatever the clocks say (a bar starts 2 ms early)
+    bars = [B("1", "a", 0, 10, "done"), B("2", "a", 1, 5, "done"), B("3", "a", 4.998, 8, "done")]
+    report.assign_lanes(bars, slots=2)
+    assert [b.lane for b in bars] == [0, 1, 1]
 
 
 def test_escaping():

@@ -252,18 +252,24 @@ def test_runs_lists_every_run_here_newest_activity_first(tmp_path, ms_cache):
     assert imgpipe("plan", configs[1], ms[0], cwd=tmp_path, env=env).returncode == 0  # planned only
     time.sleep(1.1)
     assert imgpipe("plan", configs[2], *ms[:2], cwd=tmp_path, env=env).returncode == 0  # the newest
+    assert imgpipe(configs[1], ms[0], cwd=tmp_path, env=env).returncode == 0  # the plan of cfg1 run too
     r = imgpipe("runs", cwd=tmp_path, env=env)
     assert r.returncode == 0, r.stderr
-    rows = [ln for ln in r.stdout.splitlines()[1:] if ln.strip()]
-    assert [ln.split()[7] for ln in rows] == ["cfg2.toml", "cfg1.toml", "cfg0.toml"], r.stdout
-    assert rows[2].split()[2:7] == ["3", "3", "0", "0", "0"], r.stdout  # jobs, done, failed, running, to run
-    assert "3 MSs: SW01_T000.MS .. SW01_T002.MS" in rows[2], r.stdout
+    lines = r.stdout.splitlines()
+    rows = [ln for ln in lines[1:-1] if ln.strip()]
+    assert [ln.split()[7] for ln in rows] == ["cfg1.toml", "cfg0.toml"], r.stdout  # runs only, newest first
+    assert len({ln.index(" /") if " /" in ln else ln.rindex(" ") for ln in lines[:-1]}) == 1, r.stdout  # aligned
+    assert rows[1].split()[2:7] == ["3", "3", "0", "0", "0"], r.stdout  # jobs, done, failed, running, to run
+    assert "3 MSs: SW01_T000.MS .. SW01_T002.MS" in rows[1], r.stdout
+    assert lines[-1].startswith("1 plan(s) here never run: ") and "cfg2-" in lines[-1], r.stdout
     doc = json.loads(imgpipe("runs", "--json", cwd=tmp_path, env=env).stdout)
-    assert [os.path.basename(x["config"]) for x in doc["runs"]] == ["cfg2.toml", "cfg1.toml", "cfg0.toml"]
-    assert doc["runs"][0]["counts"] == {"done": 0, "failed": 0, "running": 0, "stopped": 0, "not started": 2, "total": 2}
+    assert [os.path.basename(x["config"]) for x in doc["runs"]] == ["cfg1.toml", "cfg0.toml"]
+    assert len(doc["planned"]) == 1 and "cfg2-" in doc["planned"][0]
+    assert doc["runs"][0]["counts"] == {"done": 1, "failed": 0, "running": 0, "stopped": 0, "not started": 0, "total": 1}
     # status with no argument: the newest, and it says there are others
     r = imgpipe("status", cwd=tmp_path, env=env)
-    assert r.returncode == 3 and "(the latest of 3 runs here: `imgpipe runs` lists them)" in r.stdout, r.stdout
+    assert r.returncode == 0 and "(the latest of 3 runs here: `imgpipe runs` lists them)" in r.stdout, r.stdout
+    assert "cfg1-" in r.stdout.splitlines()[0]  # (cfg1 ran last)
 
 
 @pytest.mark.parametrize("no_color", [None, "1"])
@@ -299,3 +305,20 @@ def test_states_are_coloured_on_a_terminal_only_and_never_with_no_color(real_run
         assert "\x1b[31mfailed" in text and "\x1b[32mdone" in text, text
     piped = subprocess.run(argv, capture_output=True, text=True, env=env, cwd=tmp_path)
     assert "\x1b[" not in piped.stdout and "failed" in piped.stdout
+
+
+def test_this_machine_by_its_own_name_is_shown_by_that_name(tmp_path, ms_cache):
+    """--nodes vm (this machine's name): status and the report say vm, not localhost."""
+    import socket
+
+    me = socket.gethostname()
+    ms = tmp_path / "data" / "SW01_T001.MS"
+    ms.parent.mkdir()
+    shutil.copytree(ms_cache(), ms)
+    config = write_config(tmp_path, nodes=me, pinned=False,
+                          wsclean={"size": "64 64", "scale": "5arcmin", "niter": 10})
+    env = run_env(tmp_path)
+    r = imgpipe(config, ms, cwd=tmp_path, env=env)
+    assert r.returncode == 0, r.stderr
+    doc = json.loads(imgpipe("status", "--json", cwd=tmp_path, env=env).stdout)
+    assert [j["host"] for j in doc["jobs"]] == [me], doc["jobs"]
