@@ -330,32 +330,15 @@ def test_no_job_starts_through_slurm_after_the_halt_decision(slurm, tmp_path, ms
 def test_a_terminal_that_hangs_up_stops_every_slurm_job(slurm, tmp_path, ms_factory, slurm_nodes):
     """imgpipe on a real pseudo-terminal that hangs up: every job is stopped and nothing is left in
     Slurm, although nothing can be written any more (EIO)."""
-    import fcntl
-    import os
-    import subprocess
     import sys
-    import termios
 
-    from test_loop import _drain
+    from test_loop import _two_running, run_on_a_terminal_that_hangs_up
 
     ms = make_ms(ms_factory, tmp_path, 4)
     cfg = config(tmp_path, worker={"slurm_nodes": slurm_nodes, "max_concurrent": "1"}, wsclean=SLOW)
-    master, slave = os.openpty()
-    proc = subprocess.Popen([sys.executable, "-m", "imgpipe.cli", str(cfg), *map(str, ms)], cwd=tmp_path,
-                            env=env_for(slurm, tmp_path), stdin=slave, stdout=slave, stderr=slave,
-                            start_new_session=True, preexec_fn=lambda: fcntl.ioctl(0, termios.TIOCSCTTY, 0))
-    os.close(slave)
-    seen: list = []
-    _drain(master, seen)
-    try:
-        wait_for(lambda: len([p for p in job_processes(tmp_path) if p.split()[1] == "wsclean"]) >= 2, 90,
-                 "two running WSCleans")
-        os.close(master)
-        code = proc.wait(timeout=90)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-    assert code == 130, (code, b"".join(seen)[-2000:])
+    code, seen = run_on_a_terminal_that_hangs_up([sys.executable, "-m", "imgpipe.cli", str(cfg), *map(str, ms)],
+                                                 tmp_path, env_for(slurm, tmp_path), lambda: _two_running(tmp_path),
+                                                 timeout=90)
+    assert code == 130, (code, seen[-2000:])
     assert not job_processes(tmp_path), job_processes(tmp_path)
     wait_for(lambda: not slurm.jobs(), 30, "Slurm to hold no job of the run")

@@ -442,18 +442,23 @@ def test_a_record_from_before_sizes_counts_by_its_files(made, tmp_path):
     assert code == 0 and _result_of(log).outcome == "already-done", log
 
 
+def tmpfs_at(path: Path, options: str):
+    """A tmpfs mounted at ``path`` (made) with ``options`` while the fixture lives (root only:
+    the test is skipped elsewhere)."""
+    path.mkdir()
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(path)], capture_output=True, text=True)
+    if r.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs ({options}) here: {r.stderr.strip()}")
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", "-l", str(path)], check=False)
+
+
 @pytest.fixture
 def small_disk(tmp_path):
-    """tmp_path/images: a tmpfs of 4 MB (root only: skipped elsewhere), and a filler to fill it up."""
-    disk = tmp_path / "images"
-    disk.mkdir()
-    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(disk)], capture_output=True, text=True)
-    if r.returncode != 0:
-        pytest.skip(f"cannot mount a small tmpfs here: {r.stderr.strip()}")
-    try:
-        yield disk
-    finally:
-        subprocess.run(["umount", "-l", str(disk)], check=False)
+    """tmp_path/images: a tmpfs of 4 MB, to be filled up (fill)."""
+    yield from tmpfs_at(tmp_path / "images", "size=4m")
 
 
 def fill(disk: Path, leave: int) -> Path:
@@ -553,16 +558,8 @@ def test_command_changes_in_words():
 
 @pytest.fixture
 def read_only(tmp_path):
-    """tmp_path/ro: a read-only tmpfs (root only: skipped elsewhere)."""
-    ro = tmp_path / "ro"
-    ro.mkdir()
-    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(ro)], capture_output=True, text=True)
-    if r.returncode != 0:
-        pytest.skip(f"cannot mount a read-only tmpfs here: {r.stderr.strip()}")
-    try:
-        yield ro
-    finally:
-        subprocess.run(["umount", "-l", str(ro)], check=False)
+    """tmp_path/ro: a read-only tmpfs."""
+    yield from tmpfs_at(tmp_path / "ro", "ro,size=1m")
 
 
 def test_an_out_dir_that_cannot_be_written_is_a_plan_error(run_cli, tmp_path, ms_factory, read_only):

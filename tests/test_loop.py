@@ -451,7 +451,7 @@ def _imgpipe_argv(engine: str, cfg: Path, ms) -> list[str]:
     return [sys.executable, "-m", "imgpipe.cli", "image", "--engine", engine, str(cfg), *map(str, ms)]
 
 
-def _drain(fd: int, seen: list) -> "threading.Thread":
+def _drain(fd: int, seen: list) -> object:
     """Read ``fd`` to its end in the background (a terminal or pipe that is not read fills up)."""
     import threading
 
@@ -470,6 +470,30 @@ def _drain(fd: int, seen: list) -> "threading.Thread":
     return t
 
 
+def run_on_a_terminal_that_hangs_up(argv: list[str], cwd: Path, env: dict, ready,
+                                    timeout: float = 60) -> tuple[int, bytes]:
+    """Run ``argv`` as the session leader of a real pseudo-terminal (its controlling terminal), hang
+    the terminal up once ``ready()`` (SIGHUP to it, and EIO on every write after), and return its exit
+    status and what it wrote."""
+    import fcntl
+    import termios
+
+    master, slave = os.openpty()
+    proc = subprocess.Popen(argv, cwd=cwd, env=env, stdin=slave, stdout=slave, stderr=slave, start_new_session=True,
+                            preexec_fn=lambda: fcntl.ioctl(0, termios.TIOCSCTTY, 0))
+    os.close(slave)
+    seen: list = []
+    _drain(master, seen)
+    try:
+        wait_for(ready, timeout, "the run to be under way")
+        os.close(master)  # the terminal hangs up
+        return proc.wait(timeout=timeout), b"".join(seen)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
 def _two_running(tmp_path: Path) -> bool:
     return len([p for p in job_processes(tmp_path) if p.split()[1] == "wsclean"]) >= 2
 
@@ -485,29 +509,13 @@ def _stopped_cleanly(tmp_path: Path) -> None:
 def test_a_terminal_that_hangs_up_stops_every_job(cluster, tmp_path, ms_factory, engine):
     """imgpipe on a real pseudo-terminal, which then hangs up (the ssh session dropped): SIGHUP,
     and every write to the terminal fails (EIO). Every job is stopped, the job log is whole, 130."""
-    import fcntl
-    import termios
-
     from test_engine_parallel import env_for
 
     ms = make_ms_set(ms_factory, tmp_path, 4)
     cfg = config(tmp_path, cluster, worker={"max_concurrent": "1"}, wsclean=SLOW)
-    master, slave = os.openpty()
-    proc = subprocess.Popen(_imgpipe_argv(engine, cfg, ms), cwd=tmp_path, env=env_for(cluster, tmp_path),
-                            stdin=slave, stdout=slave, stderr=slave, start_new_session=True,
-                            preexec_fn=lambda: fcntl.ioctl(0, termios.TIOCSCTTY, 0))
-    os.close(slave)
-    seen: list = []
-    _drain(master, seen)
-    try:
-        wait_for(lambda: _two_running(tmp_path), 60, "two running WSCleans")
-        os.close(master)  # the terminal hangs up
-        code = proc.wait(timeout=60)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-    assert code == 130, (code, b"".join(seen)[-2000:])
+    code, seen = run_on_a_terminal_that_hangs_up(_imgpipe_argv(engine, cfg, ms), tmp_path,
+                                                 env_for(cluster, tmp_path), lambda: _two_running(tmp_path))
+    assert code == 130, (code, seen[-2000:])
     _stopped_cleanly(tmp_path)
 
 
