@@ -87,7 +87,7 @@ def synthesize_run(work: str, n: int) -> str:
         host = f"node{1 + k % 32:03d}"
         stamp = lambda t: time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(t))  # noqa: E731
         with open(job.name + ".imgpipe.json", "w") as f:
-            json.dump({"format": 2, "job": job.id, "command": job.command, "images": ["-image.fits"],
+            json.dump({"format": 3, "job": job.id, "command": job.command, "images": ["-image.fits"], "sizes": [0],
                        "host": host, "start": stamp(start), "end": stamp(end), "exit_status": 0,
                        "wsclean_version": "3.1.0", "plan_digest": plan.tag[len("imgpipe-"):], "run": run,
                        "threads": 8, "abs_mem_gb": 30.0}, f, indent=2)
