@@ -342,3 +342,33 @@ def test_a_terminal_that_hangs_up_stops_every_slurm_job(slurm, tmp_path, ms_fact
     assert code == 130, (code, seen[-2000:])
     assert not job_processes(tmp_path), job_processes(tmp_path)
     wait_for(lambda: not slurm.jobs(), 30, "Slurm to hold no job of the run")
+
+
+def test_ctrl_c_through_a_pipe_whose_reader_died_stops_every_slurm_job(slurm, tmp_path, ms_factory):
+    """`imgpipe ... | tee night.log` and Ctrl-C: tee is gone, every write fails (EPIPE); every job
+    is stopped all the same, nothing is left in Slurm, and the exit status is 130, not 0."""
+    import os
+    import subprocess
+    import sys
+
+    from test_loop import _two_running
+
+    ms = make_ms(ms_factory, tmp_path, 4)
+    cfg = config(tmp_path, worker={"slurm_nodes": "2", "max_concurrent": "1"}, wsclean=SLOW)
+    read_end, write_end = os.pipe()
+    proc = subprocess.Popen([sys.executable, "-m", "imgpipe.cli", str(cfg), *map(str, ms)], cwd=tmp_path,
+                            env=env_for(slurm, tmp_path), stdin=subprocess.DEVNULL, stdout=write_end,
+                            stderr=write_end)
+    os.close(write_end)
+    try:
+        wait_for(lambda: _two_running(tmp_path), 90, "two running WSCleans")
+        os.close(read_end)
+        proc.send_signal(signal.SIGINT)
+        code = proc.wait(timeout=90)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert code == 130, code
+    assert not job_processes(tmp_path), job_processes(tmp_path)
+    wait_for(lambda: not slurm.jobs(), 30, "Slurm to hold no job of the run")

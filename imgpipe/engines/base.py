@@ -52,6 +52,7 @@ class Round:
     todo: list[Job]  # the jobs to run, in plan order
     nodes: list[str]  # the nodes that answer
     done: frozenset[str]  # the jobs whose images are done (for engines that keep their own record of it)
+    gate: bool = True  # ask the halt gate before each job (bin/imgpipe-gate): False when no failure can halt
 
 
 class Engine:

@@ -469,7 +469,7 @@ def _rounds(plan: Plan, run_dir: RunDir, eng, guard: Guard, stopper: Stopper, do
         output = run_dir / eng.output
         output_start = output.stat().st_size if output.exists() else 0
         gate.set(halt, 0)  # (the round's job log starts empty)
-        proc = eng.start(Round(number, todo, list(live), frozenset(done)))
+        proc = eng.start(Round(number, todo, list(live), frozenset(done), gate=halt.applies))
         record = eng.record(proc, live)
         guard.watch(record)
         try:

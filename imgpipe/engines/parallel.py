@@ -117,7 +117,7 @@ class Parallel(Engine):
             *RPL, "--joblog", str(joblog), "--results", str(run / LOGS) + "/{id}",
         ]
         if gate:
-            argv += ["--limit", f"bash {shlex.quote(str(run / GATE))} {shlex.quote(str(run.path))}"]
+            argv += ["--limit", f"perl {shlex.quote(str(run / GATE))} {shlex.quote(str(run.path))}"]
         if resume:
             argv.append("--resume-failed")
         return argv + [self.template(ship), "::::", str(input_file)]
@@ -153,7 +153,7 @@ class Parallel(Engine):
         self.write_input(run / ROUND_INPUT, rnd.todo)
         (run / ROUND_JOBLOG).unlink(missing_ok=True)
         return self.popen(self.argv(self.logins(rnd.nodes), run / ROUND_INPUT, run / ROUND_JOBLOG, resume=False,
-                                    gate=True))
+                                    gate=rnd.gate))
 
     def end_round(self) -> None:
         super().end_round()

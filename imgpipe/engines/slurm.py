@@ -328,7 +328,7 @@ class Slurm(Parallel):
         env = {**self.env, "IMGPIPE_JOB": (run / "imgpipe-job").read_text(),
                "IMGPIPE_SRUN": shlex.join(self.step_options())}
         return self.popen(self.command(rnd.nodes, pinned, run / ROUND_INPUT, run / ROUND_JOBLOG, resume=False,
-                                       gate=True), env=env)
+                                       gate=rnd.gate), env=env)
 
     def end_round(self) -> None:
         super().end_round()
