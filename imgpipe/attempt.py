@@ -13,7 +13,8 @@ and exits with the status its outcome has here (``OUTCOMES``). This module owns:
   retry budget it uses, and the words users read (status, report, runs, the run's summary);
 - the result's schema (``Result``, format ``RESULT_FORMAT``) and how it is read (``read_result``);
 - what an attempt that left no result was (``outcome_of``): ssh could not reach the node, srun
-  failed, the wrapper or its engine was killed: decided here and nowhere else.
+  failed, the wrapper or its engine was killed: decided here and nowhere else. A result counts
+  only for an attempt whose row ended as the result says (the run loop's ``confirmed``).
 
 bin/imgpipe-job keeps its own copy of the outcome table (``%EXIT``); tests/test_attempt.py
 proves the two agree. Nobody parses the sentences of a log: they are for people.
@@ -127,10 +128,6 @@ class Result:
     def failed(self) -> bool:
         return OUTCOMES[self.outcome].failed
 
-    @property
-    def words(self) -> str:
-        return OUTCOMES[self.outcome].words
-
 
 def parse_result(line: str) -> Result | None:
     """The result a line holds (``RESULT_MARK`` + JSON), or None: not a result, another format, damaged."""
@@ -179,20 +176,7 @@ def read_result(path: str | os.PathLike, attempt: int = 0) -> Result | None:
     return replace(result, attempt=attempt, path=os.fspath(path))
 
 
-# ---------------------------------------------------------------- one story per attempt
-
-
-@dataclass(frozen=True)
-class Story:
-    """How an attempt ended, in one place: from its result, else from its exit status alone."""
-
-    outcome: str
-    words: str  # the outcome's words, with the detail (WSClean's error, the exit status, the signal)
-    result: Result | None = field(default=None, compare=False)
-
-    @property
-    def failed(self) -> bool:
-        return OUTCOMES[self.outcome].failed
+# ---------------------------------------------------------------- an attempt that left no result
 
 
 def outcome_of(exitval: int, signal: int = 0) -> tuple[str, str]:
@@ -211,24 +195,6 @@ def outcome_of(exitval: int, signal: int = 0) -> tuple[str, str]:
             return "stopped", f"{OUTCOMES['stopped'].words} ({STOP_SIGNALS[sig]})"
         return "signal", f"WSClean killed by signal {sig}" + (" (KILL: out of memory?)" if sig == 9 else "")
     return "wsclean", f"exit status {exitval}"
-
-
-def story(exitval: int, signal: int = 0, result: Result | None = None) -> Story:
-    """The one story of an attempt: its result's outcome when the result agrees with the exit
-    status the engine saw (a result is the wrapper's last word; an engine's 255 or a signal after
-    it means the attempt did not end as it said), else what the exit status alone says."""
-    if result is not None and not signal and exitval == result.exit_status:
-        detail = result.wsclean_error or result.message
-        words = OUTCOMES[result.outcome].words
-        if result.outcome == "wsclean" and result.wsclean_status is not None:
-            words = f"{words} (exit status {result.wsclean_status})"
-        if result.outcome == "signal" and result.signal:
-            words = f"WSClean killed by {result.signal}" + (" (out of memory?)" if result.signal == "SIGKILL" else "")
-        if result.outcome == "stopped" and result.signal:
-            words = f"{words} ({result.signal})"
-        return Story(result.outcome, f"{words}: {detail}" if detail and detail not in words else words, result)
-    name, words = outcome_of(exitval, signal)
-    return Story(name, words, result)
 
 
 # ---------------------------------------------------------------- a job's log: its two structured lines
