@@ -67,7 +67,7 @@ WSCLEAN_DEFAULTS: dict[str, Any] = {
 # keys of [wsclean] that imgpipe itself interprets (not passed through verbatim)
 IMGPIPE_WSCLEAN_KEYS = ("name", "out-dir")
 
-TOP_LEVEL_KEYS = ("worker", "data_handler", "wsclean", "default_settings")
+TOP_LEVEL_KEYS = ("worker", "data_handler", "wsclean", "quality", "default_settings")
 
 # the origin of a value given by a command-line option (see load_config's overrides)
 COMMAND_LINE = Path("command line")
@@ -177,6 +177,7 @@ class Config:
     worker: WorkerConfig
     data_handler: DataHandlerConfig | None
     wsclean: dict[str, Any]  # remaining [wsclean] keys, defaults applied, dropped ones removed
+    quality: QualitySettings = field(default_factory=lambda: QualitySettings())
     origins: dict[tuple[str, str], Path] = field(default_factory=dict, compare=False)
 
     def where(self, section: str, key: str) -> str:
@@ -621,4 +622,69 @@ def load_config(path: str | os.PathLike, overrides: dict[str, dict[str, Any]] | 
             hint="set run_on_file_host_pattern to a regex whose first group is the host, e.g. '/net/(node\\d{3})/'",
         )
     wsclean = _check_wsclean(merged.get("wsclean", {}), where_in("wsclean"))
-    return Config(path=config_path, worker=worker, data_handler=data_handler, wsclean=wsclean, origins=origins)
+    quality = build_quality(merged.get("quality", {}), where_in("quality"))
+    return Config(path=config_path, worker=worker, data_handler=data_handler, wsclean=wsclean, quality=quality,
+                  origins=origins)
+
+
+# ---------------------------------------------------------------- [quality]
+
+
+@dataclass(frozen=True)
+class QualitySettings:
+    """The ``[quality]`` table: how each job's main image is judged as it lands (imgpipe/quality.py).
+    The defaults flag nothing on a normal night: all-zero, all-NaN, beamless and diverged images,
+    and RMS outliers of the night; every other limit is off (0)."""
+
+    on_fail: str = "warn"  # warn: done, marked suspect; fail: counted failed (class quality); off: no check
+    rms_sigma: float = 5.0  # robust standard deviations (1.4826 MAD) of the night's RMS before an outlier
+    rms_margin: float = 0.05  # ... and at least this fraction away from the median
+    min_alike: int = 6  # images alike measured before the night is a reference
+    max_nonfinite: float = 0.5  # fraction of NaN/inf pixels allowed (a masked horizon is ~22%)
+    residual_peak_ratio: float = 1.0  # the clean diverged: residual peak above this times the dirty peak (0: off)
+    rms_max: float = 0.0  # absolute limits, in the image's unit (0: off)
+    rms_min: float = 0.0
+    min_dynamic_range: float = 0.0
+    beam_min_pixels: float = 0.0  # restoring beam limits, in pixels (0: off)
+    beam_max_pixels: float = 0.0
+    beam_max_ratio: float = 0.0
+
+    def as_dict(self) -> dict[str, Any]:
+        """The settings that differ from the defaults (the jobs file's ``# quality:`` line)."""
+        default = QualitySettings()
+        return {k: getattr(self, k) for k in self.__dataclass_fields__ if getattr(self, k) != getattr(default, k)}
+
+
+QUALITY_WORDS = {
+    "on_fail": "'warn' (the job is done, marked suspect), 'fail' (it counts as failed) or 'off'",
+    "rms_sigma": "a number of robust standard deviations, above 0",
+    "rms_margin": "a fraction, from 0 (e.g. 0.05: 5%)",
+    "min_alike": "a whole number of images, from 2",
+    "max_nonfinite": "a fraction of the pixels, from 0 to 1",
+}
+
+
+def build_quality(table: Any, where) -> QualitySettings:
+    """``[quality]``, checked: unknown keys and bad values are refused, naming them."""
+    if not isinstance(table, dict):
+        raise ImgpipeError(f"'quality' must be a table ([quality]), got {table!r}", where=where(""))
+    fields = QualitySettings.__dataclass_fields__
+    for key in table:
+        if key not in fields:
+            close = suggest(key, fields)
+            raise ImgpipeError(f"unknown key '{key}' in [quality]", where=where(key),
+                               hint=f"did you mean '{close}'?" if close else f"the keys are {', '.join(fields)}")
+    q = {**QualitySettings().__dict__, **table}
+    if q["on_fail"] not in ("warn", "fail", "off"):
+        raise _type_error(where("on_fail"), QUALITY_WORDS["on_fail"], q["on_fail"])
+    for key in fields:
+        if key == "on_fail":
+            continue
+        value = q[key]
+        bad = not _is_number(value) or value < 0
+        bad = bad or (key == "min_alike" and (not _is_int(value) or value < 2))
+        bad = bad or (key == "max_nonfinite" and value > 1) or (key == "rms_sigma" and value <= 0)
+        if bad:
+            raise _type_error(where(key), QUALITY_WORDS.get(key, "a number, from 0 (0: off)"), value)
+        q[key] = value if key == "min_alike" else float(value)
+    return QualitySettings(**q)

@@ -28,7 +28,7 @@ import shlex
 import stat
 from pathlib import Path
 
-from .config import RunSettings
+from .config import QualitySettings, RunSettings, build_quality
 from .errors import ImgpipeError
 from .files import write_whole
 from .plan import Job, Plan, plan_digest
@@ -49,6 +49,8 @@ def render(plan: Plan) -> str:
     data = [[j.id, j.obs_id, j.sw] for j in plan.jobs if j.obs_id or j.sw]
     if data:
         lines.append("# data: " + json.dumps(data, ensure_ascii=False, separators=(",", ":")))
+    if plan.quality != QualitySettings():  # ([quality] as set: outside the digest, as judging is not running)
+        lines.append("# quality: " + json.dumps(plan.quality.as_dict(), sort_keys=True))
     lines += [
         "# one job per line: ID <TAB> HOST <TAB> COMMAND   (HOST '*' = any node)",
     ]
@@ -178,7 +180,7 @@ def read(path: str | os.PathLike) -> Plan:
         raise ImgpipeError(f"jobs file header is damaged (no {e.args[0]!r} line)", where=str(path)) from None
     except ValueError as e:
         raise ImgpipeError(f"jobs file header is damaged ({e})", where=str(path)) from None
-    plan = Plan(config_path=config, worker=worker, jobs=tuple(jobs), digest=digest)
+    plan = Plan(config_path=config, worker=worker, jobs=tuple(jobs), digest=digest, quality=_quality(header, path))
     if plan_digest(worker, plan.jobs) != digest:
         raise ImgpipeError(
             "the jobs file was edited after planning (its plan digest no longer matches)",
@@ -222,6 +224,17 @@ def split_command(command: str) -> list[str]:
                 word = [piece]
     words.append("".join(word))
     return words
+
+
+def _quality(header: dict[str, str], path: Path) -> QualitySettings:
+    """The header's ``quality`` line ([quality] as the plan had it; none: the defaults)."""
+    if "quality" not in header:
+        return QualitySettings()
+    try:
+        return build_quality(json.loads(header["quality"]), lambda key: f"{path}: its quality line")
+    except (ValueError, ImgpipeError) as e:
+        raise ImgpipeError(f"jobs file header is damaged (its quality line: {getattr(e, 'message', e)})",
+                           where=str(path)) from None
 
 
 def _data(text: str | None, path: Path) -> dict[str, tuple]:

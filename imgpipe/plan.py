@@ -19,7 +19,7 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any
 
-from .config import Config, RunSettings, suggest
+from .config import Config, QualitySettings, RunSettings, suggest
 from .errors import ImgpipeError, PlanErrors
 from .hosts import host_from_path, is_slurm, majority_host
 from .inputs import MSInput
@@ -76,6 +76,7 @@ class Plan:
     worker: RunSettings
     jobs: tuple[Job, ...]
     digest: str = field(default="")
+    quality: QualitySettings = field(default=QualitySettings())  # how images are judged: not in the digest
 
     @property
     def tag(self) -> str:
@@ -650,7 +651,8 @@ def _checked_plan(config: Config, inputs: list[MSInput], jobs: list[Job], *, com
         raise PlanErrors(collisions, hint=hint)
     worker = config.worker.run_settings()
     frozen = tuple(longest_first(jobs, worker.max_concurrent))
-    return Plan(config_path=str(config.path), worker=worker, jobs=frozen, digest=plan_digest(worker, frozen))
+    return Plan(config_path=str(config.path), worker=worker, jobs=frozen, digest=plan_digest(worker, frozen),
+                quality=config.quality)
 
 
 def _pattern_like(arg: str) -> bool:

@@ -12,7 +12,7 @@ import ast
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parent.parent / "imgpipe"
-FLOW = ["config", "data_handler", "inputs", "ms_facts", "plan", "check", "jobs_file", "image_sets", "attempt",
+FLOW = ["config", "data_handler", "inputs", "ms_facts", "plan", "check", "jobs_file", "image_sets", "attempt", "quality",
         "run_dir", "engines", "joblog", "status_memo", "status", "report", "cli"]
 HELPERS = {"__init__": 0, "errors": 0, "files": 0, "hosts": 0, "wsclean_options": 0, "wsclean_command": 1,
            "commands": 1}

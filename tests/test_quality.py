@@ -1,0 +1,143 @@
+"""The quality gate (imgpipe/quality.py), on real WSClean images of real MSs made here.
+
+A night: 12 normal MSs (the same sky, the noise of each its own seed), and the bad ones a user
+meets: DATA all zero, DATA all NaN, ten times the noise of the others, a clean that diverged.
+The images are WSClean's own (128 x 128 pixels of 3', 100 iterations, as the tests' runs make).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from conftest import needs
+from msmaker import make_ms
+
+pytest.importorskip("astropy")
+
+from imgpipe.config import QualitySettings  # noqa: E402
+from imgpipe.quality import (  # noqa: E402
+    QUALITY_SUFFIX, clipped_rms, judge, main_image, measured, night, night_problems,
+)
+
+NOISE = 3.0  # Jy per visibility: the images' noise shows above the sidelobes of the sky's two sources
+NORMAL = [f"n{i:02d}" for i in range(12)]
+BAD = {"zero": dict(data_column_value=0j), "nan": dict(data_column_value=complex("nan")),
+       "noisy": dict(noise=10 * NOISE, seed=99)}
+WSCLEAN = ["wsclean", "-quiet", "-j", "1", "-size", "128", "128", "-scale", "3arcmin", "-niter", "100"]
+
+
+def image(ms: Path, prefix: Path, *extra: str) -> list[str]:
+    subprocess.run([*WSCLEAN, *extra, "-name", str(prefix), str(ms)], check=True, capture_output=True)
+    return sorted(p.name[len(prefix.name):] for p in prefix.parent.iterdir()
+                  if p.name.startswith(prefix.name + "-"))
+
+
+@pytest.fixture(scope="module")
+def night_images(tmp_path_factory):
+    """job id -> (image prefix, its images), for the 12 normal MSs, the bad ones and a diverged clean."""
+    needs("wsclean")
+    root = tmp_path_factory.mktemp("night")
+    out = {}
+    kinds = {**{n: dict(noise=NOISE, seed=i) for i, n in enumerate(NORMAL)}, **BAD}
+    for name, kwargs in kinds.items():
+        ms = make_ms(str(root / f"{name}.MS"), **kwargs)
+        out[name] = (str(root / name), image(Path(ms), root / name))
+    out["diverged"] = (str(root / "diverged"), image(root / "n00.MS", root / "diverged", "-gain", "1"))
+    return out
+
+
+def verdicts(images, names, q=QualitySettings()):
+    return night([(n, *images[n]) for n in names], q, measure_now=True)
+
+
+def test_a_normal_night_flags_nothing(night_images):
+    v = verdicts(night_images, NORMAL)
+    assert sorted(v) == NORMAL
+    assert [n for n in NORMAL if not v[n].ok] == [], {n: v[n].why for n in NORMAL}
+
+
+def test_exactly_the_bad_images_are_flagged_with_their_reasons(night_images):
+    v = verdicts(night_images, NORMAL + list(BAD) + ["diverged"])
+    flagged = {n: v[n].why for n in v if not v[n].ok}
+    assert sorted(flagged) == ["diverged", "nan", "noisy", "zero"], flagged
+    assert flagged["zero"].startswith("every pixel is zero")
+    assert flagged["nan"].startswith("no finite pixel: the image is all NaN")
+    assert "times the median of 13 images alike" in flagged["noisy"]  # (12 normal, the diverged one left out)
+    assert flagged["diverged"].startswith("the clean diverged: the residual's peak")
+
+
+def test_the_night_is_compared_only_once_enough_images_alike_are_in(night_images):
+    few = NORMAL[:4] + ["noisy"]
+    assert all(v.ok for v in verdicts(night_images, few).values())  # 5 < min_alike = 6
+    assert not verdicts(night_images, NORMAL[:5] + ["noisy"])["noisy"].ok
+    assert not verdicts(night_images, few, QualitySettings(min_alike=5))["noisy"].ok
+
+
+def test_the_measures_are_kept_next_to_the_images_and_made_again_only_when_they_change(night_images, tmp_path):
+    src, images = night_images["n01"]
+    prefix = str(tmp_path / "n01")
+    for suffix in images:
+        shutil.copy2(src + suffix, prefix + suffix)
+    first = measured(prefix, images)
+    kept = Path(prefix + QUALITY_SUFFIX)
+    assert json.loads(kept.read_text())["rms_residual"] == first["rms_residual"] > 0
+    before = kept.stat().st_mtime_ns
+    assert measured(prefix, images, measure_now=False) == first
+    assert kept.stat().st_mtime_ns == before  # read, not made again
+    shutil.copy2(night_images["noisy"][0] + "-residual.fits", prefix + "-residual.fits")  # a new residual
+    assert measured(prefix, images, measure_now=False) is None  # the kept one is of other files
+    assert measured(prefix, images)["rms_residual"] > 1.5 * first["rms_residual"]
+
+
+def test_a_damaged_image_is_a_finding_not_a_crash(tmp_path):
+    prefix = str(tmp_path / "x")
+    Path(prefix + "-image.fits").write_bytes(b"SIMPLE  =                    T" + b" " * 50)
+    v = night([("x", prefix, ["-image.fits"])], QualitySettings(), measure_now=True)
+    assert v["x"].why.startswith("cannot read the image: ")
+
+
+def test_main_image_prefers_the_mfs_image():
+    assert main_image("p", ["-0000-image.fits", "-MFS-image.fits", "-MFS-residual.fits"]) == "-MFS-image.fits"
+    assert main_image("p", ["-0001-image.fits", "-0000-image.fits"]) == "-0000-image.fits"
+    assert main_image("p", ["-dirty.fits"]) is None
+
+
+def test_the_rms_is_robust_to_the_sources():
+    import numpy as np
+
+    rng = np.random.default_rng(1)
+    data = rng.normal(0, 2.0, (256, 256)).astype(np.float32)
+    data[128, 128] = 1e6  # a bright source at the centre
+    data[:10] = np.nan
+    assert clipped_rms(data) == pytest.approx(2.0, rel=0.05)
+
+
+def test_night_problems_needs_a_real_outlier():
+    q = QualitySettings()
+    same = {f"j{i}": {"rms": 1.0, "unit": "Jy/beam", "shape": [8, 8]} for i in range(8)}
+    assert night_problems({**same, "k": {"rms": 1.03, "unit": "Jy/beam", "shape": [8, 8]}}, q) == {}  # within 5%
+    assert "k" in night_problems({**same, "k": {"rms": 0.5, "unit": "Jy/beam", "shape": [8, 8]}}, q)
+    # images of another size are not alike: no comparison
+    assert night_problems({**same, "k": {"rms": 9.0, "unit": "Jy/beam", "shape": [16, 16]}}, q) == {}
+
+
+def test_judge_keeps_an_image_with_its_own_problem_out_of_the_night():
+    q = QualitySettings(min_alike=3)
+    m = {f"j{i}": {"rms": 1.0 + i / 100, "unit": "", "shape": [8], "nonfinite": 0.0, "peak": 5.0, "min": -1.0,
+                   "beam": [0.1, 0.05, 10.0]} for i in range(4)}
+    m["z"] = {**m["j0"], "peak": 0.0, "min": 0.0, "rms": 0.0}
+    v = judge(m, q)
+    assert [j for j in v if not v[j].ok] == ["z"]
+
+
+def test_without_astropy_the_gate_says_it_is_off():
+    code = ("import sys; sys.modules['astropy'] = None\n"
+            "from imgpipe.quality import unavailable; print(unavailable())")
+    out = subprocess.run([os.sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "astropy not installed: install imgpipe[report] to check the images"
