@@ -5,9 +5,10 @@ Nothing here touches a Measurement Set or a node.
 
 - ``default_settings = 'other.toml'`` chains (relative to the file that names it);
   the user's file overrides the defaults, table by table, key by key.
-- ``[worker]`` and ``[data_handler]`` keys are checked against the known keys,
-  ``[wsclean]`` keys against WSClean's own options; an unknown key is an error
-  that names the file and suggests the closest valid key.
+- each ``[worker]`` and ``[data_handler]`` key is declared once (``Key``: its default,
+  its check, the words of its error, its README line); ``[wsclean]`` keys are checked
+  against WSClean's own options; an unknown key is an error that names the file and
+  suggests the closest valid key.
 - ``[wsclean]`` always starts from nenucal's defaults (``pol``, ``weight``,
   ``data-column``, ``out-dir``); ``false`` or ``''`` drops a default.
 """
@@ -20,9 +21,9 @@ import re
 import shlex
 import stat
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from .errors import ImgpipeError
 from .hosts import MAX_NODES, parse_nodes
@@ -34,28 +35,105 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover - exercised on Python < 3.11 only
     import tomli as tomllib
 
-WORKER_DEFAULTS: dict[str, Any] = {
-    "nodes": "localhost",
-    "max_concurrent": 4,
-    "env_file": "",
-    "dry_run": False,
-    "debug": False,
-    "run_on_file_host": False,
-    "run_on_file_host_pattern": "",
-    "max_time": 0,
-    "slurm_nodes": 0,
-    "slurm_options": "",
-    "resources": {},
-    "halt_after": "auto",
-    "ssh": "ssh",
-    "retries": 0,
-    "connection_retries": 3,
-}
+MAX_CONCURRENT = 1000  # jobs at once on one node: beyond, each gets nothing of its cores and memory
+MAX_TIME = 30 * 86400  # a job's max_time: 30 days
 
-DATA_HANDLER_DEFAULTS: dict[str, Any] = {
-    "config_file": "",
-    "data_level": "L2",
-}
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_number(v: Any) -> bool:
+    """A finite number (TOML has nan and inf)."""
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _is_str(v: Any) -> bool:
+    return isinstance(v, str)
+
+
+def _is_bool(v: Any) -> bool:
+    return isinstance(v, bool)
+
+
+@dataclass(frozen=True)
+class Key:
+    """One key of a config table, declared once: its default, the kind of value it takes (and a
+    number's range), the words its error says it expects, and its line in the README's table
+    (``tests/test_config.py`` holds the README to these)."""
+
+    name: str
+    default: Any
+    kind: Callable[[Any], bool]
+    expected: str  # the error's 'expected <this>, got <value>'
+    doc: str = ""  # the README table's 'meaning'
+    hint: str | None = None
+    within: tuple[float, float] | None = None  # (lowest, highest), both allowed
+
+    def fits(self, value: Any) -> bool:
+        return self.kind(value) and (self.within is None or self.within[0] <= value <= self.within[1])
+
+
+WORKER_KEYS = {k.name: k for k in (
+    Key("nodes", "localhost", lambda v: _is_str(v) or isinstance(v, list) and all(map(_is_str, v)),
+        "a string such as 'node[001-004],node010'",
+        "hosts: `'a,b'`, ranges `'node[1-3]'`, zero-padded `'node[08-11]'`, lists `'node[1,5]'`, mixed "
+        "`'node[1-2,7]'`; order kept, spaces stripped, duplicates dropped. `'localhost'` (or this machine's name) "
+        "runs here without ssh"),
+    Key("max_concurrent", 4, _is_int, f"a whole number of jobs per node, from 1 to {MAX_CONCURRENT}",
+        "WSClean jobs at once **per node**", "each job gets 1/max_concurrent of its node's cores and memory",
+        within=(1, MAX_CONCURRENT)),
+    Key("env_file", "", _is_str, "a string",
+        "sourced on the node before each job; a leading `~` is the node's home. A missing file or a non-zero "
+        "status fails the job (class `env_file`)"),
+    Key("dry_run", False, _is_bool, "true or false", "as `--dry-run` (`imgpipe plan` still writes the jobs file)"),
+    Key("debug", False, _is_bool, "true or false", "print each command as it is planned"),
+    Key("run_on_file_host", False, _is_bool, "true or false", "pin each job to the node holding its data"),
+    Key("run_on_file_host_pattern", "", _is_str, "a string",
+        "regex searched in the MS path; its first group is the host, e.g. `'/net/(node\\d{3})/'`. No group, no "
+        "match, or a host not in `nodes`: plan error. With a data handler and no pattern, the data handler's node "
+        "map is used"),
+    Key("max_time", 0, _is_number, f"a number of seconds, from 0 (no limit) to {MAX_TIME:,}",
+        "seconds a job may run (0 = no limit); then TERM, KILL 30 s later; the job counts as failed (class "
+        "`timeout`)", "e.g. max_time = 7200 (2 hours)", within=(0, MAX_TIME)),
+    Key("retries", 0, _is_int, "a whole number of retries, from 0 to 100",
+        "re-run a job that failed in WSClean this many times", within=(0, 100)),
+    Key("halt_after", "auto", lambda v: v == "auto" or _is_int(v) and v >= 0,
+        "'auto' or a whole number of failed jobs (0: never halt)",
+        "start no new job once this many jobs have failed for good (`0`: never halt). `'auto'`: halt when the "
+        "first jobs of the run (5, or all if fewer) all failed the same way (one bad option, say), and say why",
+        "'auto' (the default) halts when the first jobs all fail the same way"),
+    Key("connection_retries", 3, _is_int, "a whole number of retries, from 0 to 100",
+        "re-run a job whose ssh connection failed this many times (a pinned job stays on its node)",
+        within=(0, 100)),
+    Key("ssh", "ssh", lambda v: _is_str(v) and bool(v.strip()),
+        "the ssh command, e.g. 'ssh' or 'ssh -F ~/.ssh/cluster_config'",
+        "the ssh command, e.g. `'ssh -F ~/.ssh/cluster'`; the environment variable `IMGPIPE_SSH` overrides it"),
+    Key("slurm_nodes", 0, _is_int, f"a whole number of nodes, from 0 to {MAX_NODES:,}",
+        "with `nodes = 'slurm'`: `K > 0` one allocation of K nodes, jobs run as its steps; `0` each job is a "
+        "Slurm job of its own (see *Running on a Slurm cluster*)", within=(0, MAX_NODES)),
+    Key("slurm_options", "", _is_str, "a string",
+        "options for Slurm, as on the sbatch command line (`'--partition=imaging --account=nenufar "
+        "--time=12:00:00'`); unset: `$LIBPIPE_SLURM_OPTIONS`, as in nenucal"),
+    Key("resources", {}, lambda v: isinstance(v, dict) and all(isinstance(t, dict) for t in v.values()),
+        "tables of {cpus, mem}, e.g. [worker.resources.heavy] cpus = 8, mem = '30G'",
+        "`[worker.resources.heavy]` with `cpus = 8`, `mem = '30G'`: what each job asks of Slurm (nenucal's "
+        "table; default: a node's CPUs and memory divided by `max_concurrent`)"),
+)}
+
+# the run settings read from [worker.resources.heavy] (its cpus, its mem in MB)
+SLURM_CPUS = Key("slurm_cpus", 0, _is_int, "a whole number of CPUs per job", within=(0, math.inf))
+SLURM_MEM_MB = Key("slurm_mem_mb", 0, _is_int, "a whole number of MB per job", within=(0, math.inf))
+
+DATA_HANDLER_KEYS = {k.name: k for k in (
+    Key("config_file", "", _is_str, "a string",
+        "the NenuFAR `data_handler.toml`, relative to this config file (if only found relative to the current "
+        "directory, that one is used with a warning)"),
+    Key("data_level", "L2", _is_str, "a string", "the data level whose MSs are imaged"),
+)}
+
+# the tables whose keys are declared above (another: its keys here, and its table in the README)
+TABLES = {"worker": WORKER_KEYS, "data_handler": DATA_HANDLER_KEYS}
 
 WSCLEAN_DEFAULTS: dict[str, Any] = {
     "pol": "I",
@@ -75,94 +153,74 @@ COMMAND_LINE = Path("command line")
 _EVERY_RE = re.compile(r"^every\s*(\d+)$")
 
 
+# the settings of the '# worker:' line added since format 1, and their value when unset: written only when set,
+# so that earlier plans keep their digest
+_SINCE_FORMAT_1 = {"slurm_cpus": 0, "slurm_mem_mb": 0, "halt_after": None}
+
+
 @dataclass(frozen=True)
 class RunSettings:
     """The ``[worker]`` settings a run needs, typed: carried from the plan, through the jobs
-    file (its ``# worker:`` line, covered by the plan digest), to the engines."""
+    file (its ``# worker:`` line, covered by the plan digest), to the engines. Each is checked
+    by the declaration of its [worker] key (``halt_after``: None for 'auto'), or of SLURM_CPUS
+    and SLURM_MEM_MB."""
 
     nodes: tuple[str, ...]
-    max_concurrent: int = 4
-    env_file: str = ""
-    max_time: float = 0
-    slurm_nodes: int = 0
-    slurm_options: str = ""
-    ssh: str = "ssh"
-    retries: int = 0
-    connection_retries: int = 3
-    slurm_cpus: int = 0  # CPUs per job asked of Slurm ([worker.resources.heavy] cpus); 0: the node's share
-    slurm_mem_mb: int = 0  # memory per job asked of Slurm, MB ([worker.resources.heavy] mem); 0: the node's share
-    halt_after: int | None = None  # start no new job after this many failures; 0 never; None: 'auto'
+    max_concurrent: int
+    env_file: str
+    max_time: float
+    slurm_nodes: int
+    slurm_options: str
+    ssh: str
+    retries: int
+    connection_retries: int
+    slurm_cpus: int  # CPUs per job asked of Slurm ([worker.resources.heavy] cpus); 0: the node's share
+    slurm_mem_mb: int  # memory per job asked of Slurm, MB ([worker.resources.heavy] mem); 0: the node's share
+    halt_after: int | None  # start no new job after this many failures; 0 never; None: 'auto'
 
     def as_dict(self) -> dict[str, Any]:
-        """A stable JSON-able form (the jobs file's ``# worker:`` line; the digest is taken over it).
-        Settings added since format 1 appear only when set, so earlier plans keep their digest."""
-        extra = {k: getattr(self, k) for k in ("slurm_cpus", "slurm_mem_mb", "halt_after")
-                 if getattr(self, k) not in (0, None)}
-        if self.halt_after == 0:
-            extra["halt_after"] = 0
-        return {**extra, **{
-            "nodes": list(self.nodes),
-            "max_concurrent": self.max_concurrent,
-            "env_file": self.env_file,
-            "max_time": self.max_time,
-            "slurm_nodes": self.slurm_nodes,
-            "slurm_options": self.slurm_options,
-            "ssh": self.ssh,
-            "retries": self.retries,
-            "connection_retries": self.connection_retries,
-        }}
+        """A stable JSON-able form (the jobs file's ``# worker:`` line; the digest is taken over it)."""
+        later = {k: getattr(self, k) for k, unset in _SINCE_FORMAT_1.items() if getattr(self, k) != unset}
+        first = {f.name: getattr(self, f.name) for f in fields(RunSettings) if f.name not in _SINCE_FORMAT_1}
+        return {**later, **first, "nodes": list(self.nodes)}
 
     @classmethod
     def from_dict(cls, data: Any) -> "RunSettings":
         """Read back ``as_dict``'s form; ValueError naming the key when it is not that form."""
         if not isinstance(data, dict):
             raise ValueError("the worker settings are not a JSON object")
-        unknown = sorted(set(data) - set(cls.__dataclass_fields__))
+        keys = {**WORKER_KEYS, "slurm_cpus": SLURM_CPUS, "slurm_mem_mb": SLURM_MEM_MB}
+        names = [f.name for f in fields(RunSettings)]
+        unknown = sorted(set(data) - set(names))
         if unknown:
             raise ValueError(f"unknown worker setting {unknown[0]!r}")
         nodes = data.get("nodes")
         if not isinstance(nodes, list) or not nodes or not all(isinstance(n, str) and n for n in nodes):
             raise ValueError("worker 'nodes' is not a list of host names")
-        kinds = {"max_concurrent": _is_int, "slurm_nodes": _is_int, "retries": _is_int,
-                 "connection_retries": _is_int, "max_time": _is_number, "slurm_cpus": _is_int,
-                 "slurm_mem_mb": _is_int, "halt_after": lambda v: v is None or (_is_int(v) and v >= 0),
-                 "env_file": lambda v: isinstance(v, str), "slurm_options": lambda v: isinstance(v, str),
-                 "ssh": lambda v: isinstance(v, str) and bool(v.strip())}
-        for key, ok in kinds.items():
-            if key in data and not ok(data[key]):
-                raise ValueError(f"worker {key!r} has the wrong type: {data[key]!r}")
-        if data.get("max_concurrent", 4) < 1:
-            raise ValueError("worker 'max_concurrent' is less than 1")
-        return cls(**{**data, "nodes": tuple(nodes)})
+        settings = {**{name: keys[name].default for name in names}, **data, "nodes": tuple(nodes)}
+        for key in (keys[name] for name in names if name != "nodes"):
+            value = settings[key.name]
+            if not key.kind(value):
+                raise ValueError(f"worker {key.name!r} has the wrong type: {value!r}")
+            if not key.fits(value):
+                low, high = key.within
+                raise ValueError(f"worker {key.name!r} is less than {low}" if value < low else
+                                 f"worker {key.name!r} is more than {high}")
+        return cls(**{**settings, "halt_after": None if settings["halt_after"] == "auto" else settings["halt_after"]})
 
 
 @dataclass(frozen=True)
-class WorkerConfig:
-    nodes: tuple[str, ...]
-    max_concurrent: int
-    env_file: str
+class WorkerConfig(RunSettings):
+    """The checked ``[worker]`` table: the run settings, and the keys only planning reads."""
+
     dry_run: bool
     debug: bool
     run_on_file_host: bool
     run_on_file_host_pattern: re.Pattern | None
-    max_time: float
-    slurm_nodes: int
-    slurm_options: str
-    ssh: str = "ssh"
-    retries: int = 0
-    connection_retries: int = 3
-    slurm_cpus: int = 0
-    slurm_mem_mb: int = 0
-    halt_after: int | None = None
 
     def run_settings(self) -> RunSettings:
         """What a run of the plan needs (planning-only keys such as debug and the pattern left out)."""
-        return RunSettings(
-            nodes=self.nodes, max_concurrent=self.max_concurrent, env_file=self.env_file,
-            max_time=self.max_time, slurm_nodes=self.slurm_nodes, slurm_options=self.slurm_options,
-            ssh=self.ssh, retries=self.retries, connection_retries=self.connection_retries,
-            slurm_cpus=self.slurm_cpus, slurm_mem_mb=self.slurm_mem_mb, halt_after=self.halt_after,
-        )
+        return RunSettings(**{f.name: getattr(self, f.name) for f in fields(RunSettings)})
 
 
 @dataclass(frozen=True)
@@ -263,14 +321,10 @@ def _check_keys(path: Path, data: dict[str, Any]) -> None:
             continue
         if not isinstance(value, dict):
             raise ImgpipeError(f"'{top}' must be a table ([{top}]), got {value!r}", where=str(path))
-        if top == "worker":
+        if top in TABLES:
             for key in value:
-                if key not in WORKER_DEFAULTS:
-                    raise _unknown_key(path, top, key, WORKER_DEFAULTS, "[worker] keys")
-        elif top == "data_handler":
-            for key in value:
-                if key not in DATA_HANDLER_DEFAULTS:
-                    raise _unknown_key(path, top, key, DATA_HANDLER_DEFAULTS, "[data_handler] keys")
+                if key not in TABLES[top]:
+                    raise _unknown_key(path, top, key, TABLES[top], f"[{top}] keys")
         elif top == "wsclean":
             for key in value:
                 if key.startswith("-"):
@@ -340,57 +394,34 @@ def _toml_repr(value: Any) -> str:
     return repr(value)
 
 
-MAX_CONCURRENT = 1000  # jobs at once on one node: beyond, each gets nothing of its cores and memory
-MAX_TIME = 30 * 86400  # a job's max_time: 30 days
-
-
 def _type_error(where: str, expected: str, value: Any, hint: str | None = None) -> ImgpipeError:
     return ImgpipeError(f"expected {expected}, got {_toml_repr(value)}", where=where, hint=hint)
 
 
-def _is_int(v: Any) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
+def _check(key: Key, value: Any, where: str) -> None:
+    if not key.fits(value):
+        raise _type_error(where, key.expected, value, key.hint)
 
 
-def _is_number(v: Any) -> bool:
-    """A finite number (TOML has nan and inf)."""
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+def _checked(keys: dict[str, Key], table: dict[str, Any], where) -> dict[str, Any]:
+    """``table`` over its keys' defaults, each value checked against its key's declaration."""
+    values = {**{name: key.default for name, key in keys.items()}, **table}
+    for name, key in keys.items():
+        _check(key, values[name], where(name))
+    return values
 
 
 def _build_worker(table: dict[str, Any], where) -> WorkerConfig:
-    w = {**WORKER_DEFAULTS, **table}
-    for key in ("dry_run", "debug", "run_on_file_host"):
-        if not isinstance(w[key], bool):
-            raise _type_error(where(key), "true or false", w[key])
-    for key in ("retries", "connection_retries"):
-        if not _is_int(w[key]) or not 0 <= w[key] <= 100:
-            raise _type_error(where(key), "a whole number of retries, from 0 to 100", w[key])
-    if not isinstance(w["ssh"], str) or not w["ssh"].strip():
-        raise _type_error(where("ssh"), "the ssh command, e.g. 'ssh' or 'ssh -F ~/.ssh/cluster_config'", w["ssh"])
-    for key in ("env_file", "run_on_file_host_pattern", "slurm_options"):
-        if not isinstance(w[key], str):
-            raise _type_error(where(key), "a string", w[key])
-    nodes_value = w["nodes"]
-    if isinstance(nodes_value, list) and all(isinstance(n, str) for n in nodes_value):
-        nodes_value = ",".join(nodes_value)
-    if not isinstance(nodes_value, str):
-        raise _type_error(where("nodes"), "a string such as 'node[001-004],node010'", w["nodes"])
+    w = _checked(WORKER_KEYS, table, where)
+    nodes_value = ",".join(w["nodes"]) if isinstance(w["nodes"], list) else w["nodes"]
     try:
-        nodes = parse_nodes(nodes_value)
-        if "slurm" in nodes and len(nodes) > 1:
+        w["nodes"] = parse_nodes(nodes_value)
+        if "slurm" in w["nodes"] and len(w["nodes"]) > 1:
             raise ValueError(f"'slurm' runs the jobs through Slurm: it cannot be listed with other hosts "
                              f"({nodes_value!r})")
     except ValueError as e:
         raise ImgpipeError(str(e), where=where("nodes"),
                            hint="write hosts as 'a,b', ranges as 'node[1-3]' or 'node[08-11]', lists as 'node[1,5]'") from None
-    if not _is_int(w["max_concurrent"]) or not 1 <= w["max_concurrent"] <= MAX_CONCURRENT:
-        raise _type_error(where("max_concurrent"), f"a whole number of jobs per node, from 1 to {MAX_CONCURRENT}",
-                          w["max_concurrent"], hint="each job gets 1/max_concurrent of its node's cores and memory")
-    if not _is_number(w["max_time"]) or not 0 <= w["max_time"] <= MAX_TIME:
-        raise _type_error(where("max_time"), f"a number of seconds, from 0 (no limit) to {MAX_TIME:,}",
-                          w["max_time"], hint="e.g. max_time = 7200 (2 hours)")
-    if not _is_int(w["slurm_nodes"]) or not 0 <= w["slurm_nodes"] <= MAX_NODES:
-        raise _type_error(where("slurm_nodes"), f"a whole number of nodes, from 0 to {MAX_NODES:,}", w["slurm_nodes"])
     slurm_options = w["slurm_options"] or os.environ.get("LIBPIPE_SLURM_OPTIONS", "")  # nenucal's fallback
     try:
         shlex.split(slurm_options)
@@ -399,13 +430,10 @@ def _build_worker(table: dict[str, Any], where) -> WorkerConfig:
                            where=where("slurm_options") + ("" if w["slurm_options"] else " ($LIBPIPE_SLURM_OPTIONS)"),
                            hint="write the options as on the sbatch command line, e.g. "
                            "'--partition=imaging --time=12:00:00'") from None
-    cpus, mem_mb = _resources(w["resources"], where)
-    halt_after = w["halt_after"]
-    if halt_after == "auto":
-        halt_after = None
-    elif not _is_int(halt_after) or halt_after < 0:
-        raise _type_error(where("halt_after"), "'auto' or a whole number of failed jobs (0: never halt)", halt_after,
-                          hint="'auto' (the default) halts when the first jobs all fail the same way")
+    w["slurm_options"] = slurm_options
+    w["slurm_cpus"], w["slurm_mem_mb"] = _resources(w.pop("resources"), where)
+    if w["halt_after"] == "auto":
+        w["halt_after"] = None
     pattern = None
     if w["run_on_file_host_pattern"]:
         try:
@@ -422,36 +450,16 @@ def _build_worker(table: dict[str, Any], where) -> WorkerConfig:
                 where=where("run_on_file_host_pattern"),
                 hint="put the host name part in parentheses, e.g. '/net/(node\\d{3})/'",
             )
-    return WorkerConfig(
-        nodes=nodes,
-        max_concurrent=w["max_concurrent"],
-        env_file=w["env_file"],
-        dry_run=w["dry_run"],
-        debug=w["debug"],
-        run_on_file_host=w["run_on_file_host"],
-        run_on_file_host_pattern=pattern,
-        max_time=w["max_time"],
-        slurm_nodes=w["slurm_nodes"],
-        slurm_options=slurm_options,
-        slurm_cpus=cpus,
-        slurm_mem_mb=mem_mb,
-        halt_after=halt_after,
-        ssh=w["ssh"],
-        retries=w["retries"],
-        connection_retries=w["connection_retries"],
-    )
+    return WorkerConfig(**{**w, "run_on_file_host_pattern": pattern})
 
 
 _MEM_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]?)B?\s*$", re.IGNORECASE)
 _MEM_MB = {"K": 1 / 1024, "M": 1, "G": 1024, "T": 1024 * 1024, "": 1024}  # a bare number is in GB
 
 
-def _resources(table: Any, where) -> tuple[int, int]:
+def _resources(table: dict[str, dict], where) -> tuple[int, int]:
     """nenucal's ``[worker.resources]``: ``{category: {cpus, mem}}``; imaging asks for the category
     'heavy' (as nenucal's imaging did). Returns (CPUs, memory in MB) per job, 0 when not set."""
-    if not isinstance(table, dict) or not all(isinstance(v, dict) for v in table.values()):
-        raise _type_error(where("resources"), "tables of {cpus, mem}, e.g. [worker.resources.heavy] cpus = 8, "
-                          "mem = '30G'", table)
     heavy = table.get("heavy", {})
     unknown = sorted(set(heavy) - {"cpus", "mem"})
     if unknown:
@@ -459,8 +467,7 @@ def _resources(table: Any, where) -> tuple[int, int]:
         raise ImgpipeError(f"unknown key '{unknown[0]}' in [worker.resources.heavy]", where=where("resources"),
                            hint=f"did you mean '{close}'?" if close else "its keys are cpus and mem")
     cpus = heavy.get("cpus", 0)
-    if not _is_int(cpus) or cpus < 0:
-        raise _type_error(where("resources") + ".heavy cpus", "a whole number of CPUs per job", cpus)
+    _check(SLURM_CPUS, cpus, where("resources") + ".heavy cpus")
     mem = heavy.get("mem", 0)
     mem_mb = 0
     if _is_number(mem) and mem >= 0:
@@ -484,10 +491,7 @@ def _build_data_handler(naming_file: Path, table: dict[str, Any] | None, where) 
             where=where("config_file"),
             hint="add config_file = 'data_handler.toml' (relative to this config file), or remove [data_handler]",
         )
-    d = {**DATA_HANDLER_DEFAULTS, **table}
-    for key in ("config_file", "data_level"):
-        if not isinstance(d[key], str):
-            raise _type_error(where(key), "a string", d[key])
+    d = _checked(DATA_HANDLER_KEYS, table, where)
     if not d["config_file"]:
         return None
     if not d["data_level"]:
@@ -582,9 +586,7 @@ def load_worker_overrides(settings: RunSettings, *, nodes: str | None = None,
         except ValueError as e:
             raise ImgpipeError(str(e), where=where("nodes"), hint="e.g. --nodes 'node[001-004]'") from None
     if max_concurrent is not None:
-        if not 1 <= max_concurrent <= MAX_CONCURRENT:
-            raise _type_error(where("max_concurrent"), f"a whole number of jobs per node, from 1 to {MAX_CONCURRENT}",
-                              max_concurrent)
+        _check(WORKER_KEYS["max_concurrent"], max_concurrent, where("max_concurrent"))
         changes["max_concurrent"] = max_concurrent
     return replace(settings, **changes)
 

@@ -11,11 +11,14 @@ from __future__ import annotations
 
 import json
 import os
+import re
+from dataclasses import fields
 from pathlib import Path
 
 import pytest
 
-from imgpipe.config import WSCLEAN_DEFAULTS, load_config, parse_channels_out
+from imgpipe.config import (TABLES, WORKER_KEYS, WSCLEAN_DEFAULTS, Key, RunSettings, WorkerConfig, load_config,
+                            parse_channels_out)
 from imgpipe.errors import ImgpipeError
 
 MINIMAL = "[wsclean]\nname = 'img'\n"
@@ -75,6 +78,82 @@ def test_false_flag_is_dropped_true_flag_kept(write_config):
     cfg = load_config(write_config(MINIMAL + "multiscale = false\njoin-channels = true\n"))
     assert "multiscale" not in cfg.wsclean
     assert cfg.wsclean["join-channels"] is True
+
+
+# ---------------------------------------------------------------- the declared keys: README, settings
+
+
+def readme_rows(table: str) -> dict[str, tuple[str, str]]:
+    """The README's `[table]` table: key -> (default, meaning), as written."""
+    text = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    section = text.split(f"### `[{table}]`\n", 1)[1].split("\n#", 1)[0]
+    return {m[1]: (m[2], m[3]) for m in re.finditer(r"^\| `([^`]+)` \| (.*?) \| (.*) \|$", section, re.M)}
+
+
+def readme_default(key: Key) -> str:
+    """A declared default as the README shows it: as written in TOML, or 'none' for an empty table."""
+    if key.default == {}:
+        return "none"
+    return f"`{str(key.default).lower() if isinstance(key.default, bool) else repr(key.default)}`"
+
+
+@pytest.mark.parametrize("table", sorted(TABLES))
+def test_the_readme_tables_are_the_declared_keys(table):
+    documented, declared = readme_rows(table), TABLES[table]
+    for name in declared:
+        assert name in documented, f"README: [{table}] {name} is declared but not documented"
+    for name in documented:
+        assert name in declared, f"README: [{table}] {name} is documented but not declared in imgpipe/config.py"
+    for name, key in declared.items():
+        fix = f"README: [{table}] {name}: %s is not as declared; write\n| `{name}` | {readme_default(key)} | {key.doc} |"
+        assert documented[name][0] == readme_default(key), fix % "the default"
+        assert documented[name][1] == key.doc, fix % "the meaning"
+    assert list(documented) == list(declared), f"README: the [{table}] keys are not in their declared order"
+
+
+def test_the_worker_settings_are_the_declared_keys():
+    """Every field of WorkerConfig is a declared [worker] key, but the two read from [worker.resources.heavy]."""
+    assert {f.name for f in fields(WorkerConfig)} == set(WORKER_KEYS) - {"resources"} | {"slurm_cpus", "slurm_mem_mb"}
+
+
+@pytest.mark.parametrize("worker, line", [
+    ("", '{"nodes": ["localhost"], "max_concurrent": 4, "env_file": "", "max_time": 0, "slurm_nodes": 0, '
+         '"slurm_options": "", "ssh": "ssh", "retries": 0, "connection_retries": 3}'),
+    ("nodes = 'n[1-2]'\nmax_concurrent = 8\nenv_file = '~/env.sh'\nmax_time = 7200\nslurm_nodes = 2\n"
+     "slurm_options = '--partition=x'\nssh = 'ssh -F c'\nretries = 2\nconnection_retries = 5\nhalt_after = 0\n"
+     "resources = {heavy = {cpus = 8, mem = '30G'}}\ndebug = true\n",
+     '{"slurm_cpus": 8, "slurm_mem_mb": 30720, "halt_after": 0, "nodes": ["n1", "n2"], "max_concurrent": 8, '
+     '"env_file": "~/env.sh", "max_time": 7200, "slurm_nodes": 2, "slurm_options": "--partition=x", '
+     '"ssh": "ssh -F c", "retries": 2, "connection_retries": 5}'),
+    ("nodes = 'slurm'\nmax_time = 1.5\nhalt_after = 3\nresources = {heavy = {mem = '512M'}}\n",
+     '{"slurm_mem_mb": 512, "halt_after": 3, "nodes": ["slurm"], "max_concurrent": 4, "env_file": "", '
+     '"max_time": 1.5, "slurm_nodes": 0, "slurm_options": "", "ssh": "ssh", "retries": 0, "connection_retries": 3}'),
+])
+def test_the_worker_line_of_a_plan_stays_as_it_was(write_config, monkeypatch, worker, line):
+    """The jobs file's '# worker:' line, over which every plan's digest is taken, as imgpipe wrote it before the
+    keys were declared once (in as_dict's order, which `imgpipe plan --json` prints); and read back the same."""
+    monkeypatch.delenv("LIBPIPE_SLURM_OPTIONS", raising=False)
+    settings = load_config(write_config(f"[worker]\n{worker}" + MINIMAL)).worker.run_settings()
+    assert json.dumps(settings.as_dict(), ensure_ascii=False) == line
+    assert RunSettings.from_dict(json.loads(line)) == settings
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"max_concurrent": 0}, "worker 'max_concurrent' is less than 1"),
+    ({"max_concurrent": "4"}, "worker 'max_concurrent' has the wrong type: '4'"),
+    ({"retries": 101}, "worker 'retries' is more than 100"),
+    ({"halt_after": -1}, "worker 'halt_after' has the wrong type: -1"),
+    ({"ssh": " "}, "worker 'ssh' has the wrong type: ' '"),
+    ({"slurm_cpus": -1}, "worker 'slurm_cpus' is less than 0"),
+    ({"nodes": []}, "worker 'nodes' is not a list of host names"),
+    ({"debug": True}, "unknown worker setting 'debug'"),
+])
+def test_a_worker_line_takes_only_what_a_config_could_give(change, message):
+    line = {"nodes": ["a"], "max_concurrent": 4, "env_file": "", "max_time": 0, "slurm_nodes": 0,
+            "slurm_options": "", "ssh": "ssh", "retries": 0, "connection_retries": 3}
+    with pytest.raises(ValueError) as info:
+        RunSettings.from_dict({**line, **change})
+    assert str(info.value) == message
 
 
 # ---------------------------------------------------------------- default_settings chain
