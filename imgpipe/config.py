@@ -5,10 +5,9 @@ Nothing here touches a Measurement Set or a node.
 
 - ``default_settings = 'other.toml'`` chains (relative to the file that names it);
   the user's file overrides the defaults, table by table, key by key.
-- each ``[worker]`` and ``[data_handler]`` key is declared once (``Key``: its default,
-  its check, the words of its error, its README line); ``[wsclean]`` keys are checked
-  against WSClean's own options; an unknown key is an error that names the file and
-  suggests the closest valid key.
+- ``[worker]`` and ``[data_handler]`` keys are checked against their declarations (``Key``),
+  ``[wsclean]`` keys against WSClean's own options; an unknown key is an error
+  that names the file and suggests the closest valid key.
 - ``[wsclean]`` always starts from nenucal's defaults (``pol``, ``weight``,
   ``data-column``, ``out-dir``); ``false`` or ``''`` drops a default.
 """
@@ -153,17 +152,15 @@ COMMAND_LINE = Path("command line")
 _EVERY_RE = re.compile(r"^every\s*(\d+)$")
 
 
-# the settings of the '# worker:' line added since format 1, and their value when unset: written only when set,
-# so that earlier plans keep their digest
+# '# worker:' settings added since format 1, as unset: written only when set (earlier plans keep their digest)
 _SINCE_FORMAT_1 = {"slurm_cpus": 0, "slurm_mem_mb": 0, "halt_after": None}
 
 
 @dataclass(frozen=True)
 class RunSettings:
     """The ``[worker]`` settings a run needs, typed: carried from the plan, through the jobs
-    file (its ``# worker:`` line, covered by the plan digest), to the engines. Each is checked
-    by the declaration of its [worker] key (``halt_after``: None for 'auto'), or of SLURM_CPUS
-    and SLURM_MEM_MB."""
+    file (its ``# worker:`` line, covered by the plan digest), to the engines. Each is checked by
+    its [worker] key's declaration (``halt_after``: None for 'auto'), or SLURM_CPUS, SLURM_MEM_MB."""
 
     nodes: tuple[str, ...]
     max_concurrent: int
