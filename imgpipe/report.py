@@ -34,23 +34,30 @@ current and archived (``logs/ID``, ``logs/ID.1`` ...): a log that ends with the
 wrapper's ``stopped (SIG...)`` line and that no row accounts for. Only the first
 and the last LOG_PEEK bytes of each log are read.
 
-Every string from the run (MS names, log lines, the config) is HTML-escaped.
-The page is also well-formed XML, which the tests rely on to read it.
+Every string from the run (MS names, job ids, hosts, log lines, the config) is
+HTML-escaped by construction: markup is written only as html() templates, whose
+values are escaped, and Html literals (see "escaping"). The page is also well-formed
+XML, which the tests rely on to read it.
+
+The page is made by render(): a function per section (summary_section ...
+plan_section), each of the Facts read once, each returning a Section; adding a
+section is a function and a line in render().
 """
 
 from __future__ import annotations
 
 import functools
-import html
 import json
 import math
 import os
 import re
 import statistics
+import string
 import sys
 import time
 from base64 import b64encode
 from dataclasses import dataclass
+from html import escape as html_escape
 from pathlib import Path
 from urllib.parse import quote
 
@@ -78,17 +85,58 @@ CONFIG_MAX = 200_000  # characters of config text shown
 COLOURS = {"done": "#2e9b4f", "failed": "#d62728", "running": "#1f77b4", "stopped": "#7f8793"}
 
 
-# ----------------------------------------------------------------- escaping
+# ----------------------------------------------------------------- escaping: markup is made in one way
+# A plain str is text, from the run or not (a path, a job id, a host, a WSClean error line): it is
+# escaped wherever it goes into the page. Markup is an Html, and only three things make one:
+# html(TEMPLATE, values...) (a literal template whose values are escaped), an Html("...") literal,
+# and esc(). Adding a str to an Html escapes the str. tests/test_report.py checks that no other
+# markup is written in this file (no f-string, no concatenation, no %-format of a tag).
 
 _CONTROL = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 
 
-def esc(value) -> str:
+class Html(str):
+    """Markup, written into the page as it is (see html())."""
+
+    __slots__ = ()
+
+    def __add__(self, other) -> Html:
+        return Html(str.__add__(self, other if isinstance(other, Html) else esc(other)))
+
+    def __radd__(self, other) -> Html:
+        return Html(str.__add__(esc(other), self))
+
+
+def esc(value) -> Html:
     """HTML-escape (quotes too) and drop control characters (the page must stay well-formed)."""
-    return html.escape(_CONTROL.sub("\ufffd", str(value)), quote=True)
+    return Html(html_escape(_CONTROL.sub("\ufffd", str(value)), quote=True))
 
 
-def href(path: str) -> str:
+class _Escaping(string.Formatter):
+    def format_field(self, value, spec: str) -> str:
+        if isinstance(value, Html):
+            return value
+        if type(value) in (int, float):  # (a number holds nothing to escape)
+            return format(value, spec)
+        return esc(format(value, spec))
+
+
+_ESCAPING = _Escaping()
+
+
+def html(template: str, *args, **kwargs) -> Html:
+    """``template`` (markup written here, a plain literal) with its fields filled as ``str.format``
+    fills them (``{}``, ``{name}``, ``{s.job.id}``, ``{:.1f}``), each value escaped unless it is
+    an Html already."""
+    return Html(_ESCAPING.vformat(template, args, kwargs))
+
+
+def join(pieces, sep: str = "") -> Html:
+    """Pieces of markup one after the other (a str among them is escaped as text)."""
+    return Html(sep.join(p if isinstance(p, Html) else esc(p) for p in pieces))
+
+
+def href(path: str) -> Html:
     """A relative link, percent-encoded and escaped: a name holding ``#``, ``?`` or ``"`` still links."""
     return esc(quote(path, safe="/"))
 
@@ -359,9 +407,35 @@ def tick_label(t: float, step: float, days: bool) -> str:
     return time.strftime(fmt, time.localtime(tenths // 10)) + f".{tenths % 10}"
 
 
-def timeline_svg(plan: Plan, bars: list[Bar], job_by_id: dict[str, Job]) -> str:
-    """The Gantt chart: x = time, one lane per node slot; inline SVG, hover titles, labels when wide enough."""
-    slots = plan.worker.max_concurrent
+SVG_W, SVG_LEFT, SVG_RIGHT, SVG_TOP = 1200, 170, 16, 34  # px: the timeline's width, margins, and axis height
+LANE_H, BAR_H = 20, 14  # px: a lane, and a bar in it
+
+
+class TimeAxis:
+    """Time to x on the timeline: the working stretches (work_spans) drawn to scale one after
+    the other, with a band of IDLE_W pixels for each stretch in which nothing ran."""
+
+    def __init__(self, bars: list[Bar]):
+        self.spans = axis_spans(work_spans((b.start, b.end) for b in bars)) or [(0.0, 1.0)]
+        self.t0, self.t1 = self.spans[0][0], self.spans[-1][1]
+        self.span = max(sum(e - s for s, e in self.spans), 0.01)  # the time drawn to scale
+        self.scale = (SVG_W - SVG_LEFT - SVG_RIGHT - IDLE_W * (len(self.spans) - 1)) / self.span
+        self.offsets = []  # x where each stretch starts
+        pos = float(SVG_LEFT)
+        for s0, s1 in self.spans:
+            self.offsets.append(pos)
+            pos += (s1 - s0) * self.scale + IDLE_W
+
+    def x(self, t: float) -> float:
+        for (s0, s1), off in zip(self.spans, self.offsets):
+            if t <= s1 + 1e-6:
+                return off + (max(t, s0) - s0) * self.scale
+        return self.offsets[-1] + (self.spans[-1][1] - self.spans[-1][0]) * self.scale
+
+
+def timeline_lanes(plan: Plan, bars: list[Bar]) -> tuple[dict[tuple[str, int], int], dict[str, int]]:
+    """((node, slot) -> its lane, top to bottom; node -> the slots it used): every slot of a node
+    that ran something, one lane for a node that ran nothing."""
     hosts = list(plan.worker.nodes)
     for b in bars:
         if b.host not in hosts:
@@ -369,90 +443,109 @@ def timeline_svg(plan: Plan, bars: list[Bar], job_by_id: dict[str, Job]) -> str:
     used = {h: 1 + max((b.lane for b in bars if b.host == h), default=-1) for h in hosts}
     lanes: list[tuple[str, int]] = []
     for h in hosts:
-        n = max(used[h], slots) if used[h] else 1
+        n = max(used[h], plan.worker.max_concurrent) if used[h] else 1
         lanes += [(h, i) for i in range(n)]
-    lane_y = {key: i for i, key in enumerate(lanes)}
-    width, left, right, top, lane_h, bar_h = 1200, 170, 16, 34, 20, 14
-    height = top + lane_h * len(lanes) + 8
-    spans = axis_spans(work_spans((b.start, b.end) for b in bars)) or [(0.0, 1.0)]
-    t0, t1 = spans[0][0], spans[-1][1]
-    span = max(sum(e - s for s, e in spans), 0.01)  # time drawn to scale: idle gaps are cut out
-    plot_w = width - left - right
-    scale = (plot_w - IDLE_W * (len(spans) - 1)) / span
-    offsets = []  # x where each span starts
-    pos = float(left)
-    for s0, s1 in spans:
-        offsets.append(pos)
-        pos += (s1 - s0) * scale + IDLE_W
+    return {key: i for i, key in enumerate(lanes)}, used
 
-    def x(t: float) -> float:
-        for (s0, s1), off in zip(spans, offsets):
-            if t <= s1 + 1e-6:
-                return off + (max(t, s0) - s0) * scale
-        return offsets[-1] + (spans[-1][1] - spans[-1][0]) * scale
 
-    out = [f'<svg xmlns="http://www.w3.org/2000/svg" class="timeline" viewBox="0 0 {width} {height}" '
-           f'width="{width}" height="{height}" role="img" aria-label="timeline of every job on every node slot">']
-    out.append(f'<rect x="0" y="0" width="{width}" height="{height}" fill="#ffffff"/>')
-    # lanes, with the host's name on its first lane
-    for (h, i), n in lane_y.items():
-        y = top + n * lane_h
+def svg_lanes(lanes: dict[tuple[str, int], int], used: dict[str, int]) -> list[Html]:
+    """The lanes, striped, a line above each node's first, labelled with the node and the slot."""
+    out = []
+    for (h, i), n in lanes.items():
+        y = SVG_TOP + n * LANE_H
         if n % 2 == 0:
-            out.append(f'<rect x="{left}" y="{y}" width="{plot_w}" height="{lane_h}" fill="#f4f5f7"/>')
+            out.append(html('<rect x="{}" y="{}" width="{}" height="{}" fill="#f4f5f7"/>',
+                            SVG_LEFT, y, SVG_W - SVG_LEFT - SVG_RIGHT, LANE_H))
         if i == 0 and n:
-            out.append(f'<line x1="4" x2="{width - right}" y1="{y}" y2="{y}" stroke="#b8bcc4"/>')
+            out.append(html('<line x1="4" x2="{}" y1="{}" y2="{}" stroke="#b8bcc4"/>', SVG_W - SVG_RIGHT, y, y))
         label = f"{h}  #{i + 1}" if used[h] else f"{h}  (ran no job)"
-        out.append(f'<text x="{left - 6}" y="{y + lane_h - 6}" text-anchor="end" class="lane">{esc(label)}</text>')
-    # time axis: ticks within each working stretch; between two, a band says how long nothing ran
-    step = _nice_step(span)
+        out.append(html('<text x="{}" y="{}" text-anchor="end" class="lane">{}</text>',
+                        SVG_LEFT - 6, y + LANE_H - 6, label))
+    return out
+
+
+def svg_ticks(axis: TimeAxis, height: int) -> list[Html]:
+    """The time labels, with a line down, within each working stretch (none closer than TICK_GAP)."""
+    out = []
+    step = _nice_step(axis.span)
     last_x = -1e9
-    for t in (axis_ticks(spans, step) if bars else []):
-        xx = x(t)
+    for t in axis_ticks(axis.spans, step):
+        xx = axis.x(t)
         if xx - last_x < TICK_GAP:
             continue
         last_x = xx
-        anchor = "end" if xx > width - right - TICK_GAP / 2 else "middle"
-        out.append(f'<line x1="{xx:.1f}" x2="{xx:.1f}" y1="{top - 4}" y2="{height - 8}" stroke="#d5d8dd"/>')
-        out.append(f'<text x="{xx:.1f}" y="{top - 8}" text-anchor="{anchor}" class="tick">'
-                   f'{esc(tick_label(t, step, t1 - t0 > 86400))}</text>')
-    for n, (s0, s1) in enumerate(spans[:-1]):
-        gx, idle = offsets[n + 1] - IDLE_W, spans[n + 1][0] - s1
+        anchor = "end" if xx > SVG_W - SVG_RIGHT - TICK_GAP / 2 else "middle"
+        out.append(html('<line x1="{0:.1f}" x2="{0:.1f}" y1="{1}" y2="{2}" stroke="#d5d8dd"/>',
+                        xx, SVG_TOP - 4, height - 8))
+        out.append(html('<text x="{:.1f}" y="{}" text-anchor="{}" class="tick">{}</text>',
+                        xx, SVG_TOP - 8, anchor, tick_label(t, step, axis.t1 - axis.t0 > 86400)))
+    return out
+
+
+def svg_idle_bands(axis: TimeAxis, height: int) -> list[Html]:
+    """Between two working stretches, a band that says how long nothing ran."""
+    out = []
+    for n, (s0, s1) in enumerate(axis.spans[:-1]):
+        gx, idle = axis.offsets[n + 1] - IDLE_W, axis.spans[n + 1][0] - s1
         tip = (f"nothing ran for {fmt_duration(idle)}: "
-               f"{fmt_clock(s1, date=True)} to {fmt_clock(spans[n + 1][0], date=True)}")
-        out.append(f'<g class="idle"><title>{esc(tip)}</title>'
-                   f'<rect x="{gx + 4:.1f}" y="{top - 4}" width="{IDLE_W - 8}" height="{height - top - 4}" '
-                   'fill="#e9eaee" stroke="#b8bcc4" stroke-dasharray="3 3"/>'
-                   f'<text x="{gx + IDLE_W / 2:.1f}" y="{top + 12}" text-anchor="middle" class="tick">idle</text>'
-                   f'<text x="{gx + IDLE_W / 2:.1f}" y="{top + 24}" text-anchor="middle" class="tick">'
-                   f'{esc(fmt_duration(idle))}</text></g>')
+               f"{fmt_clock(s1, date=True)} to {fmt_clock(axis.spans[n + 1][0], date=True)}")
+        out.append(html('<g class="idle"><title>{tip}</title>'
+                        '<rect x="{x:.1f}" y="{y}" width="{w}" height="{h}" '
+                        'fill="#e9eaee" stroke="#b8bcc4" stroke-dasharray="3 3"/>'
+                        '<text x="{mid:.1f}" y="{y1}" text-anchor="middle" class="tick">idle</text>'
+                        '<text x="{mid:.1f}" y="{y2}" text-anchor="middle" class="tick">{idle}</text></g>',
+                        tip=tip, x=gx + 4, y=SVG_TOP - 4, w=IDLE_W - 8, h=height - SVG_TOP - 4,
+                        mid=gx + IDLE_W / 2, y1=SVG_TOP + 12, y2=SVG_TOP + 24, idle=fmt_duration(idle)))
+    return out
+
+
+_BAR_STROKES = {"failed": Html(' stroke="#7a0c0c" stroke-width="1"'),
+                "stopped": Html(' stroke="#4b515a" stroke-width="1" stroke-dasharray="4 2"')}
+
+
+def svg_bar(b: Bar, y: float, axis: TimeAxis, job: Job | None) -> list[Html]:
+    """An attempt's bar: its hover text (job, MS, host, start, runtime, outcome), and its job id
+    (and MS) written on it when it is wide enough."""
+    x0 = axis.x(b.start)
+    w = max(axis.x(b.end) - x0, 2.0)
+    ms = ms_label(job) if job else "?"
+    outcome = {"done": "done", "running": "running", "stopped": b.why}.get(b.outcome, f"FAILED: {b.why}")
+    tries = f", attempt {b.attempt} of {b.attempts}" if b.attempts > 1 else ""
+    title = (f"job {b.job_id} \u2014 {ms}\nhost {b.host}, start {fmt_clock(b.start)}, "
+             f"runtime {fmt_duration(b.end - b.start)}{tries}\n{outcome}")
+    out = [html('<g class="bar {}" data-job="{}"><title>{}</title>', b.outcome, b.job_id, title),
+           html('<rect class="bar {}" x="{:.1f}" y="{:.1f}" width="{:.1f}" height="{}" rx="2" fill="{}"{}/>',
+                b.outcome, x0, y, w, BAR_H, COLOURS[b.outcome], _BAR_STROKES.get(b.outcome, Html("")))]
+    text = {"failed": "\u2715 ", "stopped": "\u25a0 "}.get(b.outcome, "") + b.job_id
+    if job and w >= 6.3 * (len(text) + len(ms) + 1) + 8:
+        text += " " + ms
+    if w >= 6.3 * len(text) + 8:
+        out.append(html('<text x="{:.1f}" y="{:.1f}" class="barlabel">{}</text>', x0 + 4, y + BAR_H - 3.5, text))
+    out.append(Html("</g>"))
+    return out
+
+
+def timeline_svg(plan: Plan, bars: list[Bar], job_by_id: dict[str, Job]) -> Html:
+    """The Gantt chart: x = time, one lane per node slot; inline SVG, hover titles, labels when wide enough."""
+    lanes, used = timeline_lanes(plan, bars)
+    height = SVG_TOP + LANE_H * len(lanes) + 8
+    axis = TimeAxis(bars)
+    out = [html('<svg xmlns="http://www.w3.org/2000/svg" class="timeline" viewBox="0 0 {0} {1}" width="{0}" '
+                'height="{1}" role="img" aria-label="timeline of every job on every node slot">', SVG_W, height),
+           html('<rect x="0" y="0" width="{}" height="{}" fill="#ffffff"/>', SVG_W, height),
+           *svg_lanes(lanes, used)]
     if bars:
-        out.append(f'<text x="4" y="{top - 8}" class="tick">{esc(fmt_clock(t0, date=True)[:10])}</text>')
-    # the bars
+        out += svg_ticks(axis, height)
+    out += svg_idle_bands(axis, height)
+    if bars:
+        out.append(html('<text x="4" y="{}" class="tick">{}</text>', SVG_TOP - 8, fmt_clock(axis.t0, date=True)[:10]))
     for b in bars:
-        y = top + lane_y[(b.host, b.lane)] * lane_h + (lane_h - bar_h) / 2
-        x0 = x(b.start)
-        w = max(x(b.end) - x0, 2.0)
-        job = job_by_id.get(b.job_id)
-        ms = ms_label(job) if job else "?"
-        outcome = {"done": "done", "running": "running", "stopped": b.why}.get(b.outcome, f"FAILED: {b.why}")
-        tries = f", attempt {b.attempt} of {b.attempts}" if b.attempts > 1 else ""
-        title = (f"job {b.job_id} \u2014 {ms}\nhost {b.host}, start {fmt_clock(b.start)}, "
-                 f"runtime {fmt_duration(b.end - b.start)}{tries}\n{outcome}")
-        out.append(f'<g class="bar {b.outcome}" data-job="{esc(b.job_id)}"><title>{esc(title)}</title>')
-        stroke = {"failed": ' stroke="#7a0c0c" stroke-width="1"',
-                  "stopped": ' stroke="#4b515a" stroke-width="1" stroke-dasharray="4 2"'}.get(b.outcome, "")
-        out.append(f'<rect class="bar {b.outcome}" x="{x0:.1f}" y="{y:.1f}" width="{w:.1f}" height="{bar_h}" '
-                   f'rx="2" fill="{COLOURS[b.outcome]}"{stroke}/>')
-        text = {"failed": "\u2715 ", "stopped": "\u25a0 "}.get(b.outcome, "") + b.job_id
-        if job and w >= 6.3 * (len(text) + len(ms) + 1) + 8:
-            text += " " + ms
-        if w >= 6.3 * len(text) + 8:
-            out.append(f'<text x="{x0 + 4:.1f}" y="{y + bar_h - 3.5:.1f}" class="barlabel">{esc(text)}</text>')
-        out.append("</g>")
+        y = SVG_TOP + lanes[(b.host, b.lane)] * LANE_H + (LANE_H - BAR_H) / 2
+        out += svg_bar(b, y, axis, job_by_id.get(b.job_id))
     if not bars:
-        out.append(f'<text x="{left + 10}" y="{top + 14}" class="tick">no job has run yet</text>')
-    out.append("</svg>")
-    return "\n".join(out)
+        out.append(html('<text x="{}" y="{}" class="tick">no job has run yet</text>', SVG_LEFT + 10, SVG_TOP + 14))
+    out.append(Html("</svg>"))
+    return join(out, "\n")
 
 
 # ----------------------------------------------------------------- previews
@@ -510,7 +603,7 @@ def preview_libs() -> PreviewLibs | None:
 class Preview:
     job_id: str
     fits: str
-    png: str | None = None  # the PNG as a data: URI
+    png: Html | None = None  # the PNG as a data: URI (data_uri)
     peak: float | None = None
     rms: float | None = None
     unit: str = ""
@@ -661,9 +754,10 @@ def _safe(job_id: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]", "_", job_id)
 
 
-def data_uri(png: bytes) -> str:
-    """(base64 holds no character HTML needs escaped: the page writes it as it is)"""
-    return "data:image/png;base64," + b64encode(png).decode("ascii")
+def data_uri(png: bytes) -> Html:
+    """The PNG as a data: URI, which the page writes as it is: base64's alphabet (A-Z a-z 0-9 + / =)
+    holds no character HTML escapes (and escaping 75 KB a preview costs time)."""
+    return Html("data:image/png;base64," + b64encode(png).decode("ascii"))
 
 
 DRAW_POOL_MIN = 16  # previews to draw before it pays to start worker processes
@@ -710,7 +804,6 @@ def previews(states: list[st.JobState], run_dir: Path, libs) -> dict[str, Previe
     jobs no longer done is pruned, but only when previews can be drawn (without astropy or
     matplotlib nothing in it is touched, so the next report with them is fast again).
     """
-    global _LIBS
     out: dict[str, Preview] = {}
     folder = run_dir / REPORT_DIR
     keep = set()
@@ -745,23 +838,11 @@ def previews(states: list[st.JobState], run_dir: Path, libs) -> dict[str, Previe
         except (OSError, ValueError, KeyError, AttributeError):
             pass
         todo.append((s.job.id, str(image), str(png), key))
-    if todo:
-        folder.mkdir(parents=True, exist_ok=True)
-        if len(todo) > 50:
-            print(f"imgpipe: drawing {len(todo)} image previews (kept in {folder} for the next report)...",
-                  file=sys.stderr)
-        _LIBS = libs
-        try:
-            tuple(libs)  # imported here, once, before any worker is forked
-        except Exception as e:  # a broken installation: every preview says so, the report goes on
-            for job_id, *_ in todo:
-                out[job_id].error = f"cannot preview: the preview libraries do not import ({type(e).__name__}: {e})"
-            todo = []
-        for job_id, meta in _draw_all(todo):
-            if isinstance(meta, str):
-                out[job_id].error = meta
-            else:
-                cached[job_id] = meta
+    for job_id, meta in _draw_missing(todo, folder, libs):
+        if isinstance(meta, str):
+            out[job_id].error = meta
+        else:
+            cached[job_id] = meta
     for job_id, meta in cached.items():
         p = out[job_id]
         try:
@@ -770,19 +851,44 @@ def previews(states: list[st.JobState], run_dir: Path, libs) -> dict[str, Previe
             p.shape, p.beam = tuple(meta["shape"]), fmt_beam(*meta["beam"]) if meta["beam"] else ""
         except Exception as e:  # a cache entry of another shape, or a PNG gone meanwhile
             p.error = f"cannot preview: {type(e).__name__}: {e}"
-    if libs is not None and folder.is_dir():  # previews of jobs no longer done
+    if libs is not None:
+        _prune(folder, keep)
+    return out
+
+
+def _draw_missing(todo: list[tuple[str, str, str, dict]], folder: Path, libs):
+    """(job id, statistics or error text) of each preview not in the cache, drawn into ``folder``."""
+    global _LIBS
+    if not todo:
+        return
+    folder.mkdir(parents=True, exist_ok=True)
+    if len(todo) > 50:
+        print(f"imgpipe: drawing {len(todo)} image previews (kept in {folder} for the next report)...",
+              file=sys.stderr)
+    _LIBS = libs
+    try:
+        tuple(libs)  # imported here, once, before any worker is forked
+    except Exception as e:  # a broken installation: every preview says so, the report goes on
+        for job_id, *_ in todo:
+            yield job_id, f"cannot preview: the preview libraries do not import ({type(e).__name__}: {e})"
+        return
+    yield from _draw_all(todo)
+
+
+def _prune(folder: Path, keep: set[str]) -> None:
+    """Remove the cached previews of jobs no longer done (those not in ``keep``)."""
+    if folder.is_dir():
         for f in folder.iterdir():
             if f.suffix in (".png", ".json") and f.name not in keep:
                 try:
                     f.unlink()
                 except OSError:
                     pass
-    return out
 
 
 # ----------------------------------------------------------------- the page
 
-CSS = """
+CSS = Html("""
 body { font: 14px/1.4 system-ui, -apple-system, 'Segoe UI', Roboto, Helvetica, Arial, sans-serif;
        margin: 0; color: #1d2430; background: #eef0f3; }
 header { background: #1d2430; color: #fff; padding: 14px 24px; }
@@ -829,25 +935,26 @@ svg .barlabel { fill: #fff; font-size: 10px; pointer-events: none; }
 .wsclean-error { margin: 4px 0; color: #7a0c0c; overflow-wrap: break-word; }
 td.ms, td.why { max-width: 360px; overflow-wrap: break-word; }
 td.num { white-space: nowrap; }
-"""
+""")
 
 
-def _state_badge(state: str) -> str:
-    return f'<span class="state s-{state.replace(" ", "")}">{esc(state)}</span>'
+def state_badge(state: str) -> Html:
+    return html('<span class="state s-{}">{}</span>', state.replace(" ", ""), state)
 
 
-def _link(path: Path, run_dir: Path, text: str) -> str:
+def link(path: Path, run_dir: Path, text: str) -> Html:
+    """A link to a file of the run (relative to the page), or the text greyed when it is not there."""
     if path.exists():
-        return f'<a href="{href(rel(path, run_dir))}">{esc(text)}</a>'
-    return f'<span class="muted">{esc(text)}</span>'
+        return html('<a href="{}">{}</a>', href(rel(path, run_dir)), text)
+    return html('<span class="muted">{}</span>', text)
 
 
-def _why_cell(s: st.JobState, why: str, error: str | None) -> str:
+def why_cell(s: st.JobState, why: str, error: str | None) -> Html:
     """The jobs table's "why": a failure links to its card, and WSClean's error is its hover text."""
     if s.state != "failed":
-        return f'<td class="why">{esc(why)}</td>'
-    title = f' title="{esc("WSClean said: " + error)}"' if error else ""
-    return f'<td class="why"{title}><a href="#fail-{esc(s.job.id)}">{esc(why)}</a></td>'
+        return html('<td class="why">{}</td>', why)
+    title = html(' title="{}"', "WSClean said: " + error) if error else Html("")
+    return html('<td class="why"{}><a href="#fail-{}">{}</a></td>', title, s.job.id, why)
 
 
 def _config_texts(config_path: str) -> list[tuple[str, str]]:
@@ -884,226 +991,346 @@ def failure_words(s: st.JobState, log: LogFacts | None) -> tuple[str, str | None
     return f"exit status {s.exitval}", log.wsclean_error if log is not None else None
 
 
+# ----------------------------------------------------------------- what the page shows
+
+
+@dataclass
+class Facts:
+    """What the page shows, read once (write_report) and shared by its sections; what several
+    sections work out from it is worked out here, once."""
+
+    plan: Plan
+    jobs_path: Path
+    run_dir: Path
+    states: list[st.JobState]
+    rows: list[Row]  # the job log: every finished attempt
+    previews: dict[str, Preview]  # job id -> its main image's preview (done jobs)
+    libs_ok: bool  # the preview libraries are installed
+    now: float
+    logs: dict[str, list[LogFacts]]  # job id -> what each of its logs says, oldest first
+
+    @functools.cached_property
+    def job_by_id(self) -> dict[str, Job]:
+        return {j.id: j for j in self.plan.jobs}
+
+    @functools.cached_property
+    def bars(self) -> list[Bar]:
+        """Every attempt on the timeline (timeline_bars)."""
+        return timeline_bars(self.plan, self.states, self.rows, self.now, self.logs)
+
+    @functools.cached_property
+    def stopped(self) -> list[Bar]:
+        """The attempts stopped by the user."""
+        return [b for b in self.bars if b.outcome == "stopped"]
+
+    @functools.cached_property
+    def host_of(self):
+        """row -> the name of its node (host_namer)."""
+        return host_namer(self.plan, self.states)
+
+    @functools.cached_property
+    def hosts_used(self) -> list[str]:
+        """The nodes the job log has attempts of."""
+        return sorted({self.host_of(r) for r in self.rows})
+
+    @functools.cached_property
+    def spans(self) -> list[tuple[float, float]]:
+        """The stretches of time in which jobs ran (work_spans): a bar per row, and per running job."""
+        return work_spans((b.start, b.end) for b in self.bars)
+
+    @functools.cached_property
+    def working(self) -> float:
+        """The working time: the wall time less the long idle stretches (a run resumed later)."""
+        return max(sum(e - s for s, e in self.spans), 1e-9)
+
+
+@dataclass
+class Section:
+    """A section of the page: <section id=ID><h2>HEADING</h2>, its lines of markup, </section>;
+    the bar at the top of the page links to it by its TITLE."""
+
+    id: str
+    title: str
+    body: list[Html]
+    heading: str = ""  # when it says more than the title: "Failures (3)"
+
+    def lines(self) -> list[Html]:
+        return [html('<section id="{}"><h2>{}</h2>', self.id, self.heading or self.title), *self.body,
+                Html("</section>")]
+
+
+# ----------------------------------------------------------------- the sections of the page, top to bottom
+
+
+def summary_section(f: Facts) -> Section:
+    """How many jobs are in each state; the run's times and each node's use, once jobs finished."""
+    if not f.rows:
+        stopped = f" {len(f.stopped)} attempt(s) were stopped by the user (see the timeline)." if f.stopped else ""
+        note = html('<p class="muted">No job has finished yet: the job log is empty.{}</p>', stopped)
+        return Section("summary", "Summary", [*state_counts(f), note])
+    return Section("summary", "Summary", [*state_counts(f), *run_times(f), *per_node(f)])
+
+
+def state_counts(f: Facts) -> list[Html]:
+    """A box per state (stopped only when some are), and the total."""
+    c = st.counts(s.state for s in f.states)
+    boxes = [html('<div class="count c-{}" data-state="{}"><b>{}</b>{}</div>', key.replace(" ", ""), key, c[key], label)
+             for key, label in (("done", "done"), ("failed", "failed"), ("running", "running"),
+                                ("stopped", "stopped"), ("not started", "not started"), ("total", "jobs"))
+             if key != "stopped" or c[key]]
+    return [Html('<div class="counts">'), *boxes, Html("</div>")]
+
+
+def run_times(f: Facts) -> list[Html]:
+    """First start, last end, wall time (and how much of it nothing ran), busy time, the attempts
+    stopped by the user, and the runtimes of the jobs done."""
+    t0 = min(min(r.start for r in f.rows), min(b.start for b in f.bars))
+    t1 = max(max(r.start + r.runtime for r in f.rows), max((b.end for b in f.bars), default=t0))
+    wall = max(t1 - t0, 1e-9)
+    busy = sum(r.runtime for r in f.rows)
+    lost = sum(r.runtime for r in f.rows if not r.ok)
+    ok_runtimes = [r.runtime for r in f.rows if r.ok]
+    rows = [("first start", fmt_clock(t0, date=True)), ("last end", fmt_clock(t1, date=True))]
+    if len(f.spans) > 1:
+        rows.append(("wall time", f"{fmt_duration(wall)}, of which {fmt_duration(f.working)} working in "
+                     f"{len(f.spans)} stretches and {fmt_duration(wall - f.working)} with nothing running "
+                     "(the run was resumed later)"))
+    else:
+        rows.append(("wall time", fmt_duration(wall)))
+    rows.append(("busy time", f"{fmt_duration(busy)} in {len(f.rows)} attempt(s) on {len(f.hosts_used)} node(s); "
+                 f"{fmt_duration(lost)} in failed attempts"))
+    if f.stopped:
+        rows.append(("stopped", f"{len(f.stopped)} attempt(s) stopped by the user, after "
+                     f"{fmt_duration(sum(b.end - b.start for b in f.stopped))} of work in all "
+                     "(not done: they run again on resume)"))
+    if ok_runtimes:
+        rows.append(("job runtime", f"min {fmt_duration(min(ok_runtimes))}, median "
+                     f"{fmt_duration(statistics.median(ok_runtimes))}, max {fmt_duration(max(ok_runtimes))}"))
+    return [Html("<table>"), *(html("<tr><th>{}</th><td>{}</td></tr>", k, v) for k, v in rows), Html("</table>")]
+
+
+def per_node(f: Facts) -> list[Html]:
+    """Per node: jobs done, failed attempts, busy time, and the use of its slots (over the working
+    time); the nodes that ran nothing last."""
+    slots = f.plan.worker.max_concurrent
+    out = [html('<h3>Where the time went, per node</h3><table class="hosts"><tr><th>node</th><th class="num">done</th>'
+                '<th class="num">failed attempts</th><th class="num">busy</th>'
+                '<th class="num">use of its {} slot(s){}</th></tr>', slots, " while working" if len(f.spans) > 1 else "")]
+    for h in f.hosts_used:
+        mine = [r for r in f.rows if f.host_of(r) == h]
+        busy = sum(r.runtime for r in mine)
+        out.append(html('<tr><td>{}</td><td class="num">{}</td><td class="num">{}</td><td class="num">{}</td>'
+                        '<td class="num">{:.0f} %</td></tr>', h, sum(r.ok for r in mine), sum(not r.ok for r in mine),
+                        fmt_duration(busy), 100 * busy / (slots * f.working)))
+    for h in f.plan.worker.nodes:
+        if h not in f.hosts_used:
+            out.append(html('<tr><td>{}</td><td class="num">0</td><td class="num">0</td><td class="num">-</td>'
+                            '<td class="num muted">ran no job</td></tr>', h))
+    out.append(Html("</table>"))
+    return out
+
+
+def timeline_section(f: Facts) -> Section:
+    """The legend of the colours, and the timeline (timeline_svg)."""
+    legend = html('<p class="legend muted">One lane per job slot of each node; every attempt of every job (hover a '
+                  'bar for its job, MS and outcome).<span style="background:{done}"></span>done'
+                  '<span style="background:{failed}"></span>failed attempt'
+                  '<span style="background:{running}"></span>running'
+                  '<span style="background:{stopped}"></span>stopped by the user (runs again on resume)</p>', **COLOURS)
+    chart = html('<div class="timeline-box">{}</div>', timeline_svg(f.plan, f.bars, f.job_by_id))
+    return Section("timeline", "Timeline", [legend, chart])
+
+
+def failures_section(f: Facts) -> Section | None:
+    """A card for each failed job (none without failures)."""
+    failed = sorted((s for s in f.states if s.state == "failed"), key=lambda s: s.job.id)
+    if not failed:
+        return None
+    cards = [line for s in failed for line in failure_card(f, s)]
+    return Section("failures", "Failures", cards, heading=f"Failures ({len(failed)})")
+
+
+def failure_card(f: Facts, s: st.JobState) -> list[Html]:
+    """Why a job failed, where, after how long, what WSClean said, and the last lines of its log."""
+    log, err = f.run_dir / LOGS / s.job.id, f.run_dir / LOGS / f"{s.job.id}.err"
+    status, error = failure_words(s, current_log(f.logs, s.job.id))
+    out = [html('<div class="failure" id="fail-{id}" data-job="{id}">', id=s.job.id),
+           html("<h3>job {} \u2014 {}</h3>", s.job.id, ms_label(s.job)),
+           html("<div>{} (class <b>{}</b>, {}) on {}, after {} \u2014 {} \u00b7 {}</div>",
+                s.why or "failed", s.failure or "-", status, s.host or s.job.host or "-", fmt_duration(s.runtime),
+                link(log, f.run_dir, "log"), link(err, f.run_dir, "stderr"))]
+    if error:
+        out.append(html('<div class="wsclean-error">WSClean said: <b>{}</b></div>', error))
+    lines = st.tail(str(log), TAIL_LINES)
+    err_lines = st.tail(str(err), 5) if err.is_file() and err.stat().st_size else []
+    if lines:
+        out.append(html('<pre class="tail">{}</pre>', "\n".join(lines)))
+    if err_lines:
+        out.append(html('<pre class="tail err">{}</pre>', "\n".join(err_lines)))
+    if not lines and not err_lines:
+        out.append(Html('<p class="muted">(its log is empty or missing)</p>'))
+    out.append(Html("</div>"))
+    return out
+
+
+JOB_ORDER = {"failed": 0, "running": 1, "stopped": 2, "not started": 3, "done": 4}  # the jobs table's order
+
+
+def jobs_section(f: Facts) -> Section:
+    """Every job, failures first: a row each (job_row)."""
+    ran_hosts = {f.host_of(r) for r in f.rows}
+    last_row = {r.job_id: r.start for r in f.rows}
+    last_stop = {b.job_id: b for b in f.stopped if b.start > last_row.get(b.job_id, -math.inf)}
+    head = Html('<table class="jobs"><thead><tr><th>job</th><th>state</th><th>host</th><th>MS</th><th>start</th>'
+                '<th class="num">runtime</th><th>why</th><th>log</th><th>images</th><th class="num">peak</th>'
+                '<th class="num">RMS</th></tr></thead><tbody>')
+    rows = [job_row(f, s, *job_why(f, s, last_stop.get(s.job.id), ran_hosts))
+            for s in sorted(f.states, key=lambda s: (JOB_ORDER[s.state], s.job.id))]
+    return Section("jobs", "Jobs", [head, *rows, Html("</tbody></table>")], heading=f"Jobs ({len(f.states)})")
+
+
+def job_why(f: Facts, s: st.JobState, last_stop: Bar | None, ran_hosts: set[str]) -> tuple[str, str | None]:
+    """(why, WSClean's error line) of a job in the jobs table: WSClean's own exit status for a
+    failure when its log says it; when and how long its last attempt ran when the user stopped it;
+    that its node ran nothing when it is pinned to one that did not."""
+    said = current_log(f.logs, s.job.id)
+    if s.state == "failed" and said is not None:
+        if said.wsclean_status is not None:
+            return f"WSClean failed with exit status {said.wsclean_status}", said.wsclean_error
+        return s.why or "", said.wsclean_error
+    if s.state != "not started":
+        return s.why or "", None
+    if last_stop is not None and not s.why:
+        return (f"stopped by the user at {fmt_clock(last_stop.end, date=True)} after "
+                f"{fmt_duration(last_stop.end - last_stop.start)}: runs again on resume"), None
+    if s.job.host and s.job.host not in ran_hosts and f.rows:
+        return f"pinned to {s.job.host}, which ran no job of this run (unreachable?)", None
+    return "not run yet", None
+
+
+def job_row(f: Facts, s: st.JobState, why: str, error: str | None) -> Html:
+    """A job's row: id, state, node, MS, start, runtime, why, links to its log and its images, and
+    its image's peak (linking to its preview) and RMS."""
+    j, p = s.job, f.previews.get(s.job.id)
+    host = running_host(f.plan, s) if s.state == "running" else (s.host or j.host or "-")
+    if s.slurm:
+        host += f" (Slurm {s.slurm})"
+    links = link(f.run_dir / LOGS / j.id, f.run_dir, "log")
+    err = f.run_dir / LOGS / f"{j.id}.err"
+    if err.is_file() and err.stat().st_size:
+        links += Html(" ") + link(err, f.run_dir, "stderr")
+    peak = fmt_flux(p.peak, p.unit) if p and p.peak is not None else "-"
+    if p and p.png:
+        peak = html('<a href="#img-{}">{}</a>', j.id, peak)
+    return html('<tr class="{cls}" data-job="{id}" data-state="{state}"><td>{id}</td><td>{badge}</td><td>{host}</td>'
+                '<td class="ms" title="{all_ms}">{ms}</td><td>{start}</td><td class="num">{runtime}</td>{why}'
+                '<td>{links}</td><td>{images}</td><td class="num">{peak}</td><td class="num">{rms}</td></tr>',
+                cls=s.state.replace(" ", ""), id=j.id, state=s.state, badge=state_badge(s.state), host=host,
+                all_ms="\n".join(j.ms), ms=ms_label(j), start=fmt_clock(s.start), runtime=fmt_duration(s.runtime),
+                why=why_cell(s, why, error), links=links, peak=peak,
+                images=link(Path(j.out_dir), f.run_dir, os.path.basename(j.out_dir) or j.out_dir),
+                rms=fmt_flux(p.rms, p.unit) if p and p.rms is not None else "-")
+
+
+def images_section(f: Facts) -> Section:
+    """A card for each job done (image_card); how to get previews when their libraries are missing."""
+    out = []
+    if not f.libs_ok:
+        out.append(html('<p class="note" id="no-previews">No image previews: {}, e.g. <code>{}</code>, then run '
+                        "<code>imgpipe report</code> again.</p>", NO_PREVIEW_NOTE, INSTALL_HINT))
+    done = sorted((s for s in f.states if s.state == "done"), key=lambda s: s.job.id)
+    if not done:
+        out.append(Html('<p class="muted">No job is done yet.</p>'))
+        return Section("images", "Images", out)
+    out.append(Html('<p class="muted">The main image of each finished job (the MFS image when there is one, else '
+                    "the image), asinh stretch from median \u2212 2 \u03c3 to the peak; peak and robust RMS \u03c3 "
+                    "(1.4826 \u00d7 MAD); DR = peak / RMS.</p>"))
+    cards = [line for s in done for line in image_card(f, s)]
+    return Section("images", "Images", [*out, Html('<div class="grid">'), *cards, Html("</div>")])
+
+
+def image_card(f: Facts, s: st.JobState) -> list[Html]:
+    """A job's preview (or why there is none), with its image's name, size, peak, RMS, DR and beam."""
+    p = f.previews.get(s.job.id)
+    out = [html('<div class="card" id="img-{id}" data-job="{id}">', id=s.job.id)]
+    if p and p.png:
+        out.append(html('<a href="{}"><img src="{}" width="{size}" height="{size}" alt="{}"/></a>',
+                        href(rel(p.fits, f.run_dir)), p.png, "preview of job " + s.job.id, size=THUMB))
+    else:
+        reason = (p.error if p and p.error else "no preview") if f.libs_ok else "no preview"
+        out.append(html('<div class="noimg">{}</div>', reason))
+    out.append(html('<div class="name">{} \u2014 {}</div>', s.job.id, ms_label(s.job)))
+    if p and p.fits:
+        size = f" ({p.shape[1]}\u00d7{p.shape[0]})" if len(p.shape) == 2 else ""
+        out.append(html('<div class="muted">{}{}</div>', os.path.basename(p.fits), size))
+    if p and p.peak is not None:
+        dr = f", DR {p.peak / p.rms:.0f}" if p.rms else ""
+        out.append(html("<div>peak {}, RMS {}{}</div>", fmt_flux(p.peak, p.unit), fmt_flux(p.rms, p.unit), dr))
+    if p and p.beam:
+        out.append(html('<div class="muted">beam {}</div>', p.beam))
+    out.append(Html("</div>"))
+    return out
+
+
+def plan_section(f: Facts) -> Section:
+    """The jobs file's header (config, digest, worker settings), the config's text, every job's command."""
+    plan = f.plan
+    out = [Html('<table class="header">'),
+           html('<tr><th>jobs file</th><td><a href="{}">{}</a></td></tr>', href(jf.JOBS_FILE_NAME), f.jobs_path),
+           html("<tr><th>config</th><td>{}</td></tr>", plan.config_path),
+           html("<tr><th>plan digest</th><td><code>{}</code></td></tr>", plan.digest)]
+    for key, value in sorted(plan.worker.as_dict().items()):
+        shown = ", ".join(map(str, value)) if isinstance(value, list) else json.dumps(value, ensure_ascii=False)
+        out.append(html("<tr><th>worker {}</th><td><code>{}</code></td></tr>", key, shown))
+    out.append(Html("</table>"))
+    out += [html('<h3>{}</h3><pre class="config">{}</pre>', path, text) for path, text in _config_texts(plan.config_path)]
+    out.append(html('<details><summary>The WSClean command of each of the {} job(s)</summary><table class="commands">',
+                    len(plan.jobs)))
+    out += [html('<tr><td>{}</td><td>{}</td><td><pre class="command">{}</pre></td></tr>', j.id, j.host or "any node",
+                 j.command) for j in plan.jobs]
+    out.append(Html("</table></details>"))
+    return Section("plan", "Config and plan", out)
+
+
+# ----------------------------------------------------------------- the page, whole
+
+
 def render(plan: Plan, jobs_path: Path, run_dir: Path, states: list[st.JobState], rows: list[Row],
            prev: dict[str, Preview], libs_ok: bool, now: float,
            logs: dict[str, list[LogFacts]] | None = None) -> str:
-    logs = logs or {}
-    job_by_id = {j.id: j for j in plan.jobs}
-    c = st.counts(s.state for s in states)
-    bars = timeline_bars(plan, states, rows, now, logs)
-    stopped = [b for b in bars if b.outcome == "stopped"]
-    run_name = run_dir.name
-    parts: list[str] = []
-    add = parts.append
-    add("<!DOCTYPE html>")
-    add('<html lang="en"><head><meta charset="utf-8"/>')
-    add('<meta name="viewport" content="width=device-width, initial-scale=1"/>')
-    add(f"<title>imgpipe report: {esc(run_name)}</title><style>{CSS}</style></head><body>")
-    add(f'<header><h1>imgpipe report: {esc(run_name)}</h1><div class="sub">run directory {esc(run_dir)}'
-        f" \u2014 written {esc(fmt_clock(now, date=True))} {esc(time.strftime('%Z', time.localtime(now)))}"
-        f" by imgpipe {esc(__version__)}</div></header>")
-    add('<nav><a href="#summary">Summary</a><a href="#timeline">Timeline</a>'
-        + ('<a href="#failures">Failures</a>' if c["failed"] else "")
-        + '<a href="#jobs">Jobs</a><a href="#images">Images</a><a href="#plan">Config and plan</a>'
-        + f'<a href="{href(jf.JOBS_FILE_NAME)}">jobs.txt</a></nav><main>')
+    """The page: its header, a bar of links to its sections, and the sections, top to bottom.
 
-    # --- summary
-    add('<section id="summary"><h2>Summary</h2><div class="counts">')
-    for key, label in (("done", "done"), ("failed", "failed"), ("running", "running"), ("stopped", "stopped"),
-                       ("not started", "not started"), ("total", "jobs")):
-        if key == "stopped" and not c[key]:
-            continue
-        add(f'<div class="count c-{key.replace(" ", "")}" data-state="{esc(key)}"><b>{c[key]}</b>{esc(label)}</div>')
-    add("</div>")
-    host_of = host_namer(plan, states)
-    finished = rows
-    if finished:
-        t0 = min(min(r.start for r in finished), min(b.start for b in bars))
-        t1 = max(max(r.start + r.runtime for r in finished), max((b.end for b in bars), default=t0))
-        wall = max(t1 - t0, 1e-9)
-        spans = work_spans((b.start, b.end) for b in bars)  # a bar per job-log row, and per running job
-        working = max(sum(e - s for s, e in spans), 1e-9)  # wall time less long idle stretches (resumes)
-        busy = sum(r.runtime for r in finished)
-        lost = sum(r.runtime for r in finished if not r.ok)
-        slots = plan.worker.max_concurrent
-        hosts_used = sorted({host_of(r) for r in finished})
-        add("<table>")
-        add(f"<tr><th>first start</th><td>{esc(fmt_clock(t0, date=True))}</td></tr>")
-        add(f"<tr><th>last end</th><td>{esc(fmt_clock(t1, date=True))}</td></tr>")
-        if len(spans) > 1:
-            add(f"<tr><th>wall time</th><td>{esc(fmt_duration(wall))}, of which {esc(fmt_duration(working))} "
-                f"working in {len(spans)} stretches and {esc(fmt_duration(wall - working))} with nothing "
-                "running (the run was resumed later)</td></tr>")
-        else:
-            add(f"<tr><th>wall time</th><td>{esc(fmt_duration(wall))}</td></tr>")
-        add(f"<tr><th>busy time</th><td>{esc(fmt_duration(busy))} in {len(finished)} attempt(s) on "
-            f"{len(hosts_used)} node(s); {esc(fmt_duration(lost))} in failed attempts</td></tr>")
-        if stopped:
-            add(f"<tr><th>stopped</th><td>{len(stopped)} attempt(s) stopped by the user, after "
-                f"{esc(fmt_duration(sum(b.end - b.start for b in stopped)))} of work in all "
-                "(not done: they run again on resume)</td></tr>")
-        ok_runtimes = [r.runtime for r in finished if r.ok]
-        if ok_runtimes:
-            add(f"<tr><th>job runtime</th><td>min {esc(fmt_duration(min(ok_runtimes)))}, median "
-                f"{esc(fmt_duration(statistics.median(ok_runtimes)))}, max {esc(fmt_duration(max(ok_runtimes)))}"
-                "</td></tr>")
-        add("</table>")
-        add('<h3>Where the time went, per node</h3><table class="hosts"><tr><th>node</th><th class="num">done</th>'
-            f'<th class="num">failed attempts</th><th class="num">busy</th><th class="num">use of its {slots} slot(s)'
-            + (" while working" if len(spans) > 1 else "") + "</th></tr>")
-        for h in hosts_used:
-            mine = [r for r in finished if host_of(r) == h]
-            b = sum(r.runtime for r in mine)
-            add(f'<tr><td>{esc(h)}</td><td class="num">{sum(r.ok for r in mine)}</td>'
-                f'<td class="num">{sum(not r.ok for r in mine)}</td><td class="num">{esc(fmt_duration(b))}</td>'
-                f'<td class="num">{100 * b / (slots * working):.0f} %</td></tr>')
-        idle = [h for h in plan.worker.nodes if h not in hosts_used]
-        for h in idle:
-            add(f'<tr><td>{esc(h)}</td><td class="num">0</td><td class="num">0</td><td class="num">-</td>'
-                '<td class="num muted">ran no job</td></tr>')
-        add("</table>")
-    else:
-        add('<p class="muted">No job has finished yet: the job log is empty.'
-            + (f" {len(stopped)} attempt(s) were stopped by the user (see the timeline)." if stopped else "")
-            + "</p>")
-    add("</section>")
+    A section is a function of the Facts that returns a Section (or None to leave it out):
+    adding one to the page is that function and its line here. It writes its markup with html()
+    and Html literals only, so every value from the run in it is escaped (see "escaping")."""
+    f = Facts(plan, jobs_path, run_dir, states, rows, prev, libs_ok, now, logs or {})
+    sections = [
+        summary_section(f),
+        timeline_section(f),
+        failures_section(f),
+        jobs_section(f),
+        images_section(f),
+        plan_section(f),
+    ]
+    return join(page(f, [s for s in sections if s is not None]), "\n")
 
-    # --- timeline
-    add('<section id="timeline"><h2>Timeline</h2>')
-    add('<p class="legend muted">One lane per job slot of each node; every attempt of every job (hover a bar '
-        f'for its job, MS and outcome).<span style="background:{COLOURS["done"]}"></span>done'
-        f'<span style="background:{COLOURS["failed"]}"></span>failed attempt'
-        f'<span style="background:{COLOURS["running"]}"></span>running'
-        f'<span style="background:{COLOURS["stopped"]}"></span>stopped by the user (runs again on resume)</p>')
-    add(f'<div class="timeline-box">{timeline_svg(plan, bars, job_by_id)}</div></section>')
 
-    # --- failures, first
-    failed = [s for s in states if s.state == "failed"]
-    if failed:
-        add(f'<section id="failures"><h2>Failures ({len(failed)})</h2>')
-        for s in sorted(failed, key=lambda s: s.job.id):
-            log = run_dir / LOGS / s.job.id
-            err = run_dir / LOGS / f"{s.job.id}.err"
-            add(f'<div class="failure" id="fail-{esc(s.job.id)}" data-job="{esc(s.job.id)}">')
-            status, error = failure_words(s, current_log(logs, s.job.id))
-            add(f"<h3>job {esc(s.job.id)} \u2014 {esc(ms_label(s.job))}</h3>")
-            add(f'<div>{esc(s.why or "failed")} (class <b>{esc(s.failure or "-")}</b>, {esc(status)}) on '
-                f'{esc(s.host or s.job.host or "-")}, after {esc(fmt_duration(s.runtime))}'
-                f' \u2014 {_link(log, run_dir, "log")} \u00b7 {_link(err, run_dir, "stderr")}</div>')
-            if error:
-                add(f'<div class="wsclean-error">WSClean said: <b>{esc(error)}</b></div>')
-            lines = st.tail(str(log), TAIL_LINES)
-            err_lines = st.tail(str(err), 5) if err.is_file() and err.stat().st_size else []
-            if lines:
-                add(f'<pre class="tail">{esc(chr(10).join(lines))}</pre>')
-            if err_lines:
-                add(f'<pre class="tail err">{esc(chr(10).join(err_lines))}</pre>')
-            if not lines and not err_lines:
-                add('<p class="muted">(its log is empty or missing)</p>')
-            add("</div>")
-        add("</section>")
-
-    # --- all jobs, failures first
-    ran_hosts = {host_of(r) for r in rows}
-    last_row = {r.job_id: r.start for r in rows}
-    last_stopped = {b.job_id: b for b in stopped if b.start > last_row.get(b.job_id, -math.inf)}
-    order = {"failed": 0, "running": 1, "stopped": 2, "not started": 3, "done": 4}
-    add(f'<section id="jobs"><h2>Jobs ({len(states)})</h2><table class="jobs"><thead><tr><th>job</th>'
-        "<th>state</th><th>host</th><th>MS</th><th>start</th><th class=\"num\">runtime</th><th>why</th>"
-        "<th>log</th><th>images</th><th class=\"num\">peak</th><th class=\"num\">RMS</th></tr></thead><tbody>")
-    for s in sorted(states, key=lambda s: (order[s.state], s.job.id)):
-        j = s.job
-        log = run_dir / LOGS / j.id
-        err = run_dir / LOGS / f"{j.id}.err"
-        why = s.why or ""
-        said = current_log(logs, j.id)
-        start = s.start
-        if s.state == "failed" and said is not None and said.wsclean_status is not None:
-            why = f"WSClean failed with exit status {said.wsclean_status}"
-        error = said.wsclean_error if s.state == "failed" and said is not None else None
-        last_stop = last_stopped.get(j.id)
-        if s.state == "not started" and last_stop is not None and not s.why:
-            why = (f"stopped by the user at {fmt_clock(last_stop.end, date=True)} after "
-                   f"{fmt_duration(last_stop.end - last_stop.start)}: runs again on resume")
-        elif s.state == "not started":
-            if j.host and j.host not in ran_hosts and rows:
-                why = f"pinned to {j.host}, which ran no job of this run (unreachable?)"
-            else:
-                why = "not run yet"
-        p = prev.get(j.id)
-        host = running_host(plan, s) if s.state == "running" else (s.host or j.host or "-")
-        if s.slurm:
-            host += f" (Slurm {s.slurm})"
-        links = _link(log, run_dir, "log")
-        if err.is_file() and err.stat().st_size:
-            links += " " + _link(err, run_dir, "stderr")
-        ms_title = esc("\n".join(j.ms))
-        peak = esc(fmt_flux(p.peak, p.unit)) if p and p.peak is not None else "-"
-        rms = esc(fmt_flux(p.rms, p.unit)) if p and p.rms is not None else "-"
-        if p and p.png:
-            peak = f'<a href="#img-{esc(j.id)}">{peak}</a>'
-        add(f'<tr class="{esc(s.state.replace(" ", ""))}" data-job="{esc(j.id)}" data-state="{esc(s.state)}">'
-            f"<td>{esc(j.id)}</td><td>{_state_badge(s.state)}</td><td>{esc(host)}</td>"
-            f'<td class="ms" title="{ms_title}">{esc(ms_label(j))}</td><td>{esc(fmt_clock(start))}</td>'
-            f'<td class="num">{esc(fmt_duration(s.runtime))}</td>{_why_cell(s, why, error)}'
-            f"<td>{links}</td><td>{_link(Path(j.out_dir), run_dir, os.path.basename(j.out_dir) or j.out_dir)}</td>"
-            f'<td class="num">{peak}</td><td class="num">{rms}</td></tr>')
-    add("</tbody></table></section>")
-
-    # --- previews
-    add('<section id="images"><h2>Images</h2>')
-    if not libs_ok:
-        add(f'<p class="note" id="no-previews">No image previews: {esc(NO_PREVIEW_NOTE)}, e.g. '
-            f"<code>{esc(INSTALL_HINT)}</code>, then run <code>imgpipe report</code> again.</p>")
-    done = [s for s in states if s.state == "done"]
-    if not done:
-        add('<p class="muted">No job is done yet.</p>')
-    else:
-        add('<p class="muted">The main image of each finished job (the MFS image when there is one, else the '
-            "image), asinh stretch from median \u2212 2 \u03c3 to the peak; peak and robust RMS \u03c3 "
-            "(1.4826 \u00d7 MAD); DR = peak / RMS.</p>")
-        add('<div class="grid">')
-        for s in sorted(done, key=lambda s: s.job.id):
-            p = prev.get(s.job.id)
-            add(f'<div class="card" id="img-{esc(s.job.id)}" data-job="{esc(s.job.id)}">')
-            if p and p.png:
-                add(f'<a href="{href(rel(p.fits, run_dir))}"><img src="{p.png}" width="{THUMB}" '
-                    f'height="{THUMB}" alt="{esc("preview of job " + s.job.id)}"/></a>')
-            else:
-                reason = (p.error if p and p.error else "no preview") if libs_ok else "no preview"
-                add(f'<div class="noimg">{esc(reason)}</div>')
-            add(f'<div class="name">{esc(s.job.id)} \u2014 {esc(ms_label(s.job))}</div>')
-            if p and p.fits:
-                add(f'<div class="muted">{esc(os.path.basename(p.fits))}'
-                    + (f" ({p.shape[1]}\u00d7{p.shape[0]})" if len(p.shape) == 2 else "") + "</div>")
-            if p and p.peak is not None:
-                dr = f", DR {p.peak / p.rms:.0f}" if p.rms else ""
-                add(f"<div>peak {esc(fmt_flux(p.peak, p.unit))}, RMS {esc(fmt_flux(p.rms, p.unit))}{esc(dr)}</div>")
-            if p and p.beam:
-                add(f'<div class="muted">beam {esc(p.beam)}</div>')
-            add("</div>")
-        add("</div>")
-    add("</section>")
-
-    # --- config and plan
-    add('<section id="plan"><h2>Config and plan</h2><table class="header">')
-    add(f'<tr><th>jobs file</th><td><a href="{href(jf.JOBS_FILE_NAME)}">{esc(jobs_path)}</a></td></tr>')
-    add(f"<tr><th>config</th><td>{esc(plan.config_path)}</td></tr>")
-    add(f"<tr><th>plan digest</th><td><code>{esc(plan.digest)}</code></td></tr>")
-    for key, value in sorted(plan.worker.as_dict().items()):
-        shown = ", ".join(map(str, value)) if isinstance(value, list) else json.dumps(value, ensure_ascii=False)
-        add(f"<tr><th>worker {esc(key)}</th><td><code>{esc(shown)}</code></td></tr>")
-    add("</table>")
-    for path, text in _config_texts(plan.config_path):
-        add(f'<h3>{esc(path)}</h3><pre class="config">{esc(text)}</pre>')
-    add(f"<details><summary>The WSClean command of each of the {len(plan.jobs)} job(s)</summary>"
-        '<table class="commands">')
-    for j in plan.jobs:
-        add(f'<tr><td>{esc(j.id)}</td><td>{esc(j.host or "any node")}</td>'
-            f'<td><pre class="command">{esc(j.command)}</pre></td></tr>')
-    add("</table></details></section>")
-    add("</main></body></html>")
-    return "\n".join(parts) + "\n"
+def page(f: Facts, sections: list[Section]) -> list[Html]:
+    """The lines of the document: its head (title, CSS), the header, the bar of links, the sections."""
+    written = f"{fmt_clock(f.now, date=True)} {time.strftime('%Z', time.localtime(f.now))}"
+    header = html('<header><h1>imgpipe report: {name}</h1><div class="sub">run directory {dir} \u2014 written {when} '
+                  "by imgpipe {version}</div></header>", name=f.run_dir.name, dir=f.run_dir, when=written,
+                  version=__version__)
+    links = join(html('<a href="#{}">{}</a>', s.id, s.title) for s in sections)
+    return [Html("<!DOCTYPE html>"),
+            Html('<html lang="en"><head><meta charset="utf-8"/>'),
+            Html('<meta name="viewport" content="width=device-width, initial-scale=1"/>'),
+            html("<title>imgpipe report: {}</title><style>{}</style></head><body>", f.run_dir.name, CSS),
+            header,
+            html('<nav>{}<a href="{}">jobs.txt</a></nav><main>', links, href(jf.JOBS_FILE_NAME)),
+            *(line for s in sections for line in s.lines()),
+            Html("</main></body></html>"),
+            Html("")]
 
 
 def write_report(jobs_file: Path) -> Path:

@@ -9,7 +9,9 @@ progress and of stopped attempts.
 
 from __future__ import annotations
 
+import ast
 import base64
+import dataclasses
 import json
 import os
 import re
@@ -32,6 +34,8 @@ from test_status import HOSTILE, imgpipe, make_run, run_env, write_config
 
 from imgpipe import jobs_file as jf
 from imgpipe import report
+from imgpipe import status as st
+from imgpipe.joblog import attempts
 from imgpipe.run_dir import JOBLOG, read_rows
 
 SVG = "{http://www.w3.org/2000/svg}"
@@ -248,6 +252,105 @@ def test_hostile_names_are_escaped(page, page_path):
     assert not [el for el in page.iter() for a in el.attrib if a.lower().startswith("on")]  # no handler attributes
     assert all(img.get("src", "").startswith(PNG_URI) for img in page.iter("img"))
     assert any(HOSTILE in text_of(td) for td in section(page, "jobs").iter("td"))  # shown as text, intact
+
+
+def evil(name: str) -> str:
+    """A name as hostile as a run can make one: markup, both quotes, an entity, a control character
+    (no '/': a job id names its log file)."""
+    return f"{name}\"'><script>alert(1)<b onmouseover=x>&amp;\x07"
+
+
+def shown(name: str) -> str:
+    """evil(name) as the page shows it: intact, but for the control character."""
+    return evil(name).replace("\x07", "\ufffd")
+
+
+def hostile_page(run) -> tuple[ET.Element, str, dict[str, str]]:
+    """The page of the real run with every value the run gives made hostile: job ids, nodes (the
+    plan's and the job log's), hosts, failure classes and reasons, Slurm ids, WSClean's error
+    lines, image names, beams and preview errors. (The page, its XML tree, job id -> hostile id.)"""
+    R = dataclasses.replace
+    plan = jf.read(run.jobs_file)
+    states = st.job_states(plan, run.run_dir)
+    rows = attempts(run.run_dir, plan.tag)
+    logs = report.read_logs(run.run_dir, (j.id for j in plan.jobs))
+    ids = {j.id: evil(j.id) for j in plan.jobs}
+    jobs = {j.id: R(j, id=ids[j.id], host=evil(j.host) if j.host else None) for j in plan.jobs}
+    plan = R(plan, jobs=tuple(jobs.values()), worker=R(plan.worker, nodes=tuple(map(evil, plan.worker.nodes))))
+    states = [R(s, job=jobs[s.job.id], host=evil("host"), why=evil("why") if s.why else None,
+                failure=evil("class") if s.failure else None, slurm=evil("slurm")) for s in states]
+    rows = [R(r, host=evil("node"), job_id=ids.get(r.job_id, r.job_id)) for r in rows]
+    logs = {ids[k]: [R(f, path=os.path.join(os.path.dirname(f.path), ids[k] + os.path.basename(f.path)[len(k):]),
+                       job_id=ids[k], host=evil("host"), wsclean_error=evil("error")) for f in fs]
+            for k, fs in logs.items()}
+    prev = {s.job.id: report.Preview(s.job.id, evil("image.fits"), png=PNG_URI + "AAAA", peak=2.0, rms=0.01,
+                                     unit="Jy/beam", shape=(64, 64), beam=evil("beam"))
+            for s in states if s.state == "done"}
+    text = report.render(plan, run.jobs_file, run.run_dir, states, rows, prev, True, time.time(), logs)
+    assert text.startswith("<!DOCTYPE html>\n")
+    return ET.fromstring(text[len("<!DOCTYPE html>\n"):]), text, {k: shown(k) for k in ids}
+
+
+def test_every_value_from_the_run_is_escaped(run):
+    """Whatever the run names hold, the page stays the page: no element, no attribute comes from
+    them, and each name is shown intact (as text, or as the value of the attribute it belongs in)."""
+    page, text, ids = hostile_page(run)
+    assert "<script" not in text and "<b onmouseover" not in text
+    assert not list(page.iter("script"))
+    assert not [a for el in page.iter() for a in el.attrib if a.lower().startswith("on")]
+    rows = section(page, "jobs").findall(".//tbody/tr")
+    assert {tr.get("data-job") for tr in rows} == set(ids.values())
+    assert all(text_of(tr.find("td")) == tr.get("data-job") for tr in rows)
+    (card,) = section(page, "failures").findall(".//div[@class='failure']")
+    assert card.get("data-job") == ids[run.ids["failed"]] and card.get("id") == "fail-" + ids[run.ids["failed"]]
+    words = text_of(card)
+    assert all(shown(w) in words for w in ("why", "class", "host", "error"))
+    assert {g.get("data-job") for g in section(page, "timeline").iter(f"{SVG}g") if g.get("data-job")} == \
+        {ids[run.ids[r]] for r in ("done", "hostile", "failed")}
+    lanes = [text_of(t) for t in section(page, "timeline").iter(f"{SVG}text") if t.get("class") == "lane"]
+    assert f"{shown('node')}  #1" in lanes and f"{shown('node999')}  (ran no job)" in lanes
+    nodes = [text_of(tr.find("td")) for tr in section(page, "summary").findall(".//table[@class='hosts']/tr")[1:]]
+    assert nodes == [shown("node"), shown("localhost"), shown("node999")]
+    cards = section(page, "images").findall(".//div[@class='card']")
+    assert {c.get("data-job") for c in cards} == {ids[run.ids["done"]], ids[run.ids["hostile"]]}
+    assert all(shown("beam") in text_of(c) and shown("image.fits") in text_of(c) for c in cards)
+    assert all(HOSTILE in text_of(tr) for tr in rows if tr.get("data-job") == ids[run.ids["hostile"]])
+    assert shown("slurm") in text_of(section(page, "jobs"))
+    assert "worker nodes" in text_of(section(page, "plan")) and shown("node999") in text_of(section(page, "plan"))
+
+
+MARKUP = re.compile(r"<[A-Za-z/!?]")  # a tag, a comment, a doctype
+
+
+def test_markup_is_written_only_by_html_and_html_literals():
+    """Escaping by construction (report.py, "escaping"): a literal of report.py that holds a tag is
+    the template of an html() call (which escapes the values put in it) or the literal of an
+    Html(); never an f-string, a concatenation, a %-format or a .format(). And Html() wraps only
+    literals, but in the escaping helpers themselves and in data_uri (base64: nothing to escape)."""
+    tree = ast.parse(Path(report.__file__).read_text(encoding="utf-8"))
+    helpers = {"esc", "html", "join", "__add__", "__radd__", "data_uri"}
+    inside_helpers = {id(n) for f in ast.walk(tree) if isinstance(f, ast.FunctionDef) and f.name in helpers
+                      for n in ast.walk(f)}
+    templates, wrong = set(), []
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef)) and ast.get_docstring(node, clean=False):
+            templates.add(id(node.body[0].value))  # (a docstring may speak of tags)
+        if isinstance(node, ast.Call) and getattr(node.func, "id", None) in ("html", "Html") \
+                and id(node) not in inside_helpers:
+            first = node.args[0] if node.args else None
+            if isinstance(first, ast.Constant) and isinstance(first.value, str):
+                templates.add(id(first))
+            else:
+                wrong.append(f"line {node.lineno}: {node.func.id}() of something else than a literal")
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Constant) and isinstance(node.value, str) and MARKUP.search(node.value) \
+                and id(node) not in templates:
+            wrong.append(f"line {node.lineno}: markup outside html() and Html(): {node.value[:60]!r}")
+    assert not wrong, "\n".join(wrong)
+    assert report.html("<b title={}>{}</b>", '"x"', report.html("<i>{}</i>", "<&>")) == \
+        '<b title=&quot;x&quot;><i>&lt;&amp;&gt;</i></b>'
+    assert report.Html("<i>") + "<&>" == "<i>&lt;&amp;&gt;" and "<&>" + report.Html("<i>") == "&lt;&amp;&gt;<i>"
+    assert report.join(["<&>", report.Html("<br/>")]) == "&lt;&amp;&gt;<br/>"
 
 
 @needs_preview_libs
