@@ -291,24 +291,9 @@ def test_the_wrapper_compiles_under_strict_and_loads_only_core_modules():
         assert core.returncode == 0, f"{module} is not a core module of perl 5.14"
 
 
-def test_every_part_of_the_wrapper_compiles_and_is_asked_for_by_name():
-    """The code after __END__ is compiled only when a job needs it (later('PART')): the whole
-    wrapper, parts included, must compile under strict and warnings, every part asked for must
-    be there, and every part there must be asked for."""
-    text = WRAPPER.read_text()
-    hot, parts = text.split("\n__END__\n")
-    names = re.findall(r"^#### (\S+)$", parts, re.M)
-    assert names[-1] == "(end)" and len(set(names)) == len(names), names
-    assert set(re.findall(r"later\('(\w+)'\)", text)) == set(names[:-1])
-    check = subprocess.run(["perl", "-Mstrict", "-Mwarnings", "-c", "-"], input=hot + "\n" + parts,
-                           capture_output=True, text=True)
-    assert check.returncode == 0 and check.stderr.strip().endswith("syntax OK"), check.stderr
-    assert check.stderr.count("\n") == 1, check.stderr
-
-
-def test_a_wrapper_sent_in_the_environment_finds_its_parts_there(made, tmp_path):
-    """parallel.sh and the Slurm engine send the wrapper in $IMGPIPE_JOB (`perl -e`): the parts
-    a job needs (here: a set made before, a command with a quoted word) come from there."""
+def test_a_wrapper_sent_in_the_environment_runs_as_the_file_does(made, tmp_path):
+    """parallel.sh and the Slurm engine send the wrapper in $IMGPIPE_JOB (`perl -e`): it runs
+    from there as from its file (here: a set made before, a command with a quoted word)."""
     plan, job = made
     args = wrapper_args(plan, job.id, job.command.replace(" -pol I ", " -pol 'I' "), share="0", force=False,
                         run=f"test:{tmp_path}")
@@ -323,10 +308,10 @@ def test_a_wrapper_sent_in_the_environment_finds_its_parts_there(made, tmp_path)
     assert proc.returncode == 0 and "already done" in proc.stdout, proc
 
 
-def test_a_wrapper_removed_while_its_job_runs_still_reads_its_parts(run_cli, tmp_path, ms_factory):
-    """A node's ~/.cache cleaned while a job runs: the part a failure needs is still read, from
-    perl's own handle on the removed file, so WSClean's failure is said as such (exit 10), not as a
-    set-up failure (12). That handle is not inherited by WSClean."""
+def test_a_wrapper_removed_while_its_job_runs_still_says_how_it_ended(run_cli, tmp_path, ms_factory):
+    """A node's ~/.cache cleaned while a job runs: the wrapper was compiled whole when it started,
+    so WSClean's failure is said as such (exit 10), not as a set-up failure (12). No handle on the
+    wrapper's file is inherited by WSClean."""
     plan = plan_of(run_cli, tmp_path, ms_factory("obs.MS"))
     (job,) = plan.jobs
     copy = tmp_path / "imgpipe-job-copy"

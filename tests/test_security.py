@@ -144,3 +144,66 @@ def test_a_newline_in_a_config_value_is_a_clear_plan_error(run_cli, write_config
     assert r.code == 2, r
     assert "control character" in r.err and key in r.err
     assert not (tmp_path / "imgpipe-runs").exists()
+
+
+# ---------------------------------------------------------------- the node wrapper's own split
+
+WRAPPER = Path(__file__).resolve().parent.parent / "bin" / "imgpipe-job"
+# (the wrapper's split_words run alone over many lines, after the wrapper's own decoding of '@'
+# and '%', which GNU parallel would otherwise read as its own)
+SPLIT = r"""
+use strict; use warnings;
+my $text = do { local $/; open(my $f, '<', $ARGV[0]) or die "$ARGV[0]: $!"; <$f> };
+my ($sub) = $text =~ /^(sub split_words \{.*?^\})/ms or die "no sub split_words in $ARGV[0]";
+eval "$sub; 1" or die $@;
+local $/ = "\0";
+while (my $command = <STDIN>) {
+  chomp $command;
+  $command =~ s/%40/@/g;
+  $command =~ s/%25/%/g;
+  my @words = split_words($command);
+  print @words ? join(' ', 'OK', map { unpack('H*', $_) . '.' } @words) : 'REFUSED', "\n";
+}
+"""
+
+
+def wrapper_split(lines: list[str]) -> list[list[str] | None]:
+    """Each line as the wrapper reads it (percent-encoded as the parallel engine sends it): its
+    words, or None when it is refused."""
+    sent = "".join(line.replace("%", "%25").replace("@", "%40") + "\0" for line in lines).encode()
+    out = subprocess.run(["perl", "-e", SPLIT, str(WRAPPER)], input=sent, capture_output=True, check=True)
+    rows = out.stdout.decode().split("\n")[:-1]
+    assert len(rows) == len(lines)
+    return [None if row == "REFUSED" else [bytes.fromhex(w[:-1]).decode() for w in row.split(" ")[1:]]
+            for row in rows]
+
+
+def test_the_wrapper_splits_every_quoted_line_as_shlex_does():
+    """The wrapper splits COMMAND into words itself. For every line the planner writes
+    (shlex.quote of each word) it must find exactly the words shlex.split finds: hostile names,
+    empty words, quotes, backslashes, $(...), backticks, newlines, '@' and '%'. (Text::ParseWords'
+    shellwords does not: a backslash inside single quotes, 'x\\', is an escape to it.)"""
+    import random
+    import shlex
+
+    pieces = list("ab Z09_@%+=:,./-'\"\\$`;|&<>()*?[]{}~!#\n\t\r\x01\x7f\u00e9\u2014\u03a9") + [
+        "$(x)", "`x`", "''", '""', "\\'", "\\\\", '\\"', "%40", "%25", "%%", "@@", "'\"'\"'", " -name "]
+    rng = random.Random(22)
+    words = [*HOSTILE_NAMES, "", " ", "''", "x\\", "\\", "'", '"', "%40", "%2540", "@%", "$(touch PWNED)",
+             "`touch PWNED`", "it's; rm -rf ~ &", "new\nline\ttab", "caf\u00e9 \u2014 \"quoted\" \\ back"]
+    words += ["".join(rng.choice(pieces) for _ in range(rng.randint(1, 12))) for _ in range(2000)]
+    lines = [shlex.join(["wsclean", *words[i:i + 3]]) for i in range(0, len(words), 3)]
+    got = wrapper_split(lines)
+    wrong = [(line, shlex.split(line), words) for line, words in zip(lines, got) if words != shlex.split(line)]
+    assert not wrong, wrong[:5]
+
+
+def test_the_wrapper_splits_a_hand_quoted_line_as_a_shell_does_and_refuses_what_a_shell_would_run():
+    written = ['wsclean "a b" c\\ d', "wsclean \"it's\" 'say \"hi\"'", 'wsclean "back\\\\slash" "q\\"q" "\\a"',
+               "wsclean x'y'\"z\" ''", "wsclean a\t\tb  "]
+    shell = [subprocess.run(["bash", "-c", "printf '%s\\0' " + line.removeprefix("wsclean")],
+                            capture_output=True, text=True, check=True).stdout.split("\0")[:-1] for line in written]
+    assert wrapper_split(written) == [["wsclean", *w] for w in shell]
+    refused = ["wsclean $(touch PWNED)", "wsclean `touch PWNED`", "wsclean a;b", "wsclean a|b", "wsclean a&b",
+               "wsclean >x", "wsclean *", "wsclean ~/x", "wsclean \"$HOME\"", "wsclean 'open", "wsclean a\nb", ""]
+    assert wrapper_split(refused) == [None] * len(refused)
