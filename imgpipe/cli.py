@@ -571,7 +571,7 @@ def _short(path: str, _here: list = []) -> str:
 
 
 DONE_LISTED = 100  # done (or not started) jobs listed one by one by `imgpipe status` (more: one line, unless --all)
-STATES = ("done", "failed", "running", "stopped", "not started")
+STATES = ("done", "suspect", "failed", "running", "stopped", "not started")
 
 
 def _states(text: str) -> tuple[str, ...]:
@@ -593,7 +593,8 @@ def _selected(r: dict, args) -> bool:
             and (not args.sw or fnmatchcase(r.get("sw") or "", args.sw)))
 
 
-COLOURS = {"failed": "31", "running": "34", "done": "32", "stopped": "33"}  # (ANSI: red, blue, green, yellow)
+COLOURS = {"failed": "31", "running": "34", "done": "32", "stopped": "33", "suspect": "35"}  # (ANSI: red, blue,
+# green, yellow, magenta)
 
 
 def _painter(stream):
@@ -637,7 +638,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     others = len(local_runs()) - 1 if not args.run else 0
     out = [f"run {path.parent.resolve()}" + (f"   (the latest of {others + 1} runs here: `imgpipe runs` lists them)"
                                              if others > 0 else "")]
-    order = {"failed": 0, "running": 1, "stopped": 2, "not started": 3, "done": 4}
+    order = {"failed": 0, "suspect": 1, "running": 2, "stopped": 3, "not started": 4, "done": 5}
     listed = shown
     if c["done"] > DONE_LISTED and not args.all and not filtered:  # the jobs that need a look, not 50,000 done
         listed = [r for r in rows if r["state"] != "done"]
@@ -671,7 +672,9 @@ def cmd_status(args: argparse.Namespace) -> int:
         out.append(f"shown: {len(shown)} of {c['total']} job(s) (--state, --host, --obs-id, --sw)")
     for host, h in sorted(host_summary(rows, done).items()):
         out.append(f"host {host:<12} {h['done']} done, {h['failed']} failed, busy {_fmt_runtime(h['busy'])}")
-    out.append(f"total: {c['done']}/{c['total']} done, {c['failed']} failed, {c['running']} running, "
+    out.append(f"total: {c['done'] + c['suspect']}/{c['total']} done"
+               + (f" ({c['suspect']} suspect: their images failed a quality check)" if c["suspect"] else "")
+               + f", {c['failed']} failed, {c['running']} running, "
                + (f"{c['stopped']} stopped, " if c["stopped"] else "") + f"{c['not started']} not started")
     print("\n".join(out))
     return exit_status(c)
@@ -702,12 +705,12 @@ def cmd_runs(args: argparse.Namespace) -> int:
     # (the columns as wide as what they hold, up to a bound: long values are cut, never misalign)
     cw = min(max([len("config"), *(len(os.path.basename(r["config"])) for r in rows)]), 40)
     iw = min(max([len("inputs"), *(len(r["inputs"]) for r in rows)]), 60)
-    print(f"{'last activity':<15} {'jobs':>5} {'done':>5} {'failed':>6} {'running':>7} {'to run':>6}  "
+    print(f"{'last activity':<15} {'jobs':>5} {'done':>5} {'suspect':>7} {'failed':>6} {'running':>7} {'to run':>6}  "
           f"{'config':<{cw}} {'inputs':<{iw}} run")
     for r in rows:
         c = r["counts"]
-        print(f"{_fmt_time(r['last_activity']):<15} {c['total']:>5} {c['done']:>5} {c['failed']:>6} "
-              f"{c['running']:>7} {c['not started'] + c.get('stopped', 0):>6}  "
+        print(f"{_fmt_time(r['last_activity']):<15} {c['total']:>5} {c['done'] + c['suspect']:>5} {c['suspect']:>7} "
+              f"{c['failed']:>6} {c['running']:>7} {c['not started'] + c.get('stopped', 0):>6}  "
               f"{_fit(os.path.basename(r['config']), cw):<{cw}} {_fit(r['inputs'], iw):<{iw}} "
               f"{_short(r['run_dir'])}")
     if also:

@@ -4,8 +4,10 @@ WSClean exits 0 with images that are worthless. Measured with WSClean 3.1 on sma
 (128 x 128 pixels of 3', 100 iterations; tests/test_quality.py makes them):
 
 - DATA all zeros (a correlator or flagging fault): every pixel 0.0, the beam fitted as if normal;
-- DATA all NaN (a bad calibration solution): every pixel NaN, BMAJ = BMIN = BPA = 0 (with 5'
-  pixels WSClean 3.1 writes a circular beam of 10' instead: a default, not a fit);
+- DATA all NaN (a bad calibration solution): every pixel NaN, BMAJ = BMIN = BPA = 0 (a circular
+  beam with position angle 0 is reported too: a default, not a fit). A dirty image (``-niter 0``)
+  of normal data has BMAJ = 0 as well ("beam is neither fitted nor estimated"): a beam of 0 is
+  a fault only after a clean (a residual is there);
 - ten times the noise: the image looks normal; only its RMS, next to the other jobs', tells;
 - a clean that diverged (``-gain 1`` on these PSFs): exit 0, "Stopped on peak 39371.2 KJy" in
   the log, a residual whose peak is 10^6 to 10^35 times the dirty image's (normal cleans: a
@@ -46,6 +48,7 @@ from typing import Iterable
 
 from .config import QualitySettings
 from .files import write_whole
+from .image_sets import image_set
 
 QUALITY_SUFFIX = ".imgpipe-quality.json"
 FORMAT = 1
@@ -90,7 +93,7 @@ def _plane(path: str):
     import numpy as np
     from astropy.io import fits
 
-    with fits.open(path, memmap=False) as hdus, warnings.catch_warnings():
+    with warnings.catch_warnings(), fits.open(path, memmap=False) as hdus:
         warnings.simplefilter("ignore")  # (astropy's words on a damaged header: the error says it)
         for hdu in hdus:
             data = hdu.data
@@ -239,8 +242,10 @@ def image_problems(m: dict, q: QualitySettings) -> list[str]:
         out.append(f"{m['nonfinite']:.0%} of the pixels are not finite (max_nonfinite = {q.max_nonfinite:g})")
     bmaj, bmin, bpa = (m.get("beam") or [None, None, None]) + [None] * (3 - len(m.get("beam") or []))
     pixel = m.get("pixel_deg")
+    cleaned = m.get("residual_peak") is not None or m.get("rms_residual") is not None
     if bmaj is None or bmin is None or bmaj <= 0 or bmin <= 0:
-        out.append("no restoring beam (BMAJ/BMIN missing or 0): WSClean had no PSF to fit")
+        if cleaned:  # (a dirty image, -niter 0, has no restoring beam: WSClean writes 0)
+            out.append("no restoring beam (BMAJ/BMIN missing or 0) after a clean: WSClean had no PSF to fit")
     elif bmaj == bmin and not bpa:
         out.append(f"restoring beam {_arcmin(bmaj)} x {_arcmin(bmin)} is circular with position angle 0: "
                    "WSClean's default, not a fit")
@@ -296,7 +301,7 @@ def night_problems(measures: dict[str, dict], q: QualitySettings) -> dict[str, s
             ratio = rms / median
             if abs(rms - median) > q.rms_sigma * sigma and abs(math.log(ratio)) > math.log1p(q.rms_margin):
                 spread = f"{abs(rms - median) / sigma:.0f} sigma" if sigma else "the others are all equal"
-                out[job_id] = (f"RMS {rms:.3g} {measures[job_id]['unit']} is {ratio:.3g} times the median of "
+                out[job_id] = (f"RMS {rms:.3g} {measures[job_id]['unit']} is {ratio:.3g} times the median of the "
                                f"{len(members)} images alike ({median:.3g}; {spread})")
     return out
 
@@ -334,3 +339,95 @@ def night(jobs_images: Iterable[tuple[str, str, Iterable[str]]], q: QualitySetti
         if m is not None:
             measures[job_id] = m
     return judge(measures, q)
+
+
+class Watch:
+    """The gate during a run: each job's images measured in a thread as the job ends done (so no
+    job waits for it), the night judged again after each, and each newly flagged job told once
+    (``news``, said by the run loop between two looks at the round)."""
+
+    def __init__(self, plan) -> None:
+        import queue
+
+        self.settings = plan.quality
+        self.jobs = {j.id: j for j in plan.jobs}
+        self.off = None if self.settings.on_fail != "off" else ""
+        if self.off is None:
+            self.off = unavailable()
+        self.queue: queue.Queue = queue.Queue()
+        self.seen: set[str] = set()
+        self.measures: dict[str, dict] = {}
+        self.flagged: dict[str, str] = {}  # job id -> why, as last told
+        self._news: list[str] = []
+        self.thread = None
+
+    def start(self, done: Iterable[str]) -> list[str]:
+        """Start measuring (first the jobs done before this run); what to tell the user now."""
+        if self.off is not None:
+            return [f"quality gate off: {self.off}"] if self.off else []
+        import threading
+
+        self.thread = threading.Thread(target=self._work, name="imgpipe-quality", daemon=True)
+        self.thread.start()
+        self.add(sorted(done))
+        return []
+
+    def kept(self, sets: dict) -> dict[str, str]:
+        """job id -> why, of the done jobs (their image sets) the kept measures flag (nothing is
+        measured now)."""
+        if self.settings.on_fail == "off":
+            return {}
+        v = night([(j, self.jobs[j].name, s.record.images) for j, s in sets.items() if s.done], self.settings)
+        return {j: x.why for j, x in v.items() if not x.ok}
+
+    def add(self, job_ids: Iterable[str]) -> None:
+        if self.thread is None:
+            return
+        for job_id in job_ids:
+            if job_id not in self.seen and job_id in self.jobs:
+                self.seen.add(job_id)
+                self.queue.put(job_id)
+
+    def _work(self) -> None:
+        while True:
+            job_id = self.queue.get()
+            if job_id is None:
+                return
+            try:
+                job = self.jobs[job_id]
+                found = image_set(job)
+                m = measured(job.name, found.record.images) if found.done else None
+                if m is not None:
+                    self.measures[job_id] = m
+                    self._judge()
+            except Exception as e:  # (the gate never costs the run)
+                self._news.append(f"quality: cannot check job {job_id}: {type(e).__name__}: {e}")
+            finally:
+                self.queue.task_done()
+
+    def _judge(self) -> None:
+        verb = "failed" if self.settings.on_fail == "fail" else "suspect"
+        for job_id, v in judge(dict(self.measures), self.settings).items():
+            if not v.ok and job_id not in self.flagged:
+                self._news.append(f"quality: job {job_id} {verb}: {v.why} ({self.jobs[job_id].name}"
+                                  f"{self.measures[job_id]['image']})")
+            if v.ok:
+                self.flagged.pop(job_id, None)
+            else:
+                self.flagged[job_id] = v.why
+
+    def news(self) -> list[str]:
+        out, self._news[:] = list(self._news), []
+        return out
+
+    def finish(self, stopping=lambda: False) -> None:
+        """Wait for the images queued to be measured (not when ``stopping()``), then end the thread."""
+        if self.thread is None:
+            return
+        import time
+
+        while self.queue.unfinished_tasks and not stopping():
+            time.sleep(0.05)
+        self.queue.put(None)
+        if not stopping():
+            self.thread.join()

@@ -63,6 +63,7 @@ from urllib.parse import quote
 
 from . import __version__
 from . import jobs_file as jf
+from . import quality
 from . import status as st
 from .files import write_whole
 from .hosts import is_local
@@ -810,7 +811,7 @@ def previews(states: list[st.JobState], run_dir: Path, libs) -> dict[str, Previe
     cached: dict[str, dict] = {}
     todo: list[tuple[str, str, str, dict]] = []
     for s in states:
-        if s.state != "done":
+        if not (s.images and s.images.done):  # (done, suspect, or failed the quality gate)
             continue
         image = main_image(s.job.name)
         if image is None:
@@ -903,7 +904,7 @@ h3 { margin: 12px 0 4px 0; font-size: 15px; }
 .counts { display: flex; gap: 12px; flex-wrap: wrap; margin-bottom: 10px; }
 .count { border-radius: 6px; padding: 8px 14px; min-width: 90px; color: #fff; }
 .count b { display: block; font-size: 24px; }
-.c-done { background: #2e9b4f; } .c-failed { background: #d62728; }
+.c-done { background: #2e9b4f; } .c-failed { background: #d62728; } .c-suspect { background: #a0368f; }
 .c-running { background: #1f77b4; } .c-stopped { background: #b8860b; } .c-notstarted { background: #7f8793; }
 .c-total { background: #1d2430; }
 table { border-collapse: collapse; margin: 6px 0; }
@@ -911,7 +912,7 @@ th, td { text-align: left; padding: 3px 10px 3px 0; vertical-align: top; border-
 th { font-weight: 600; border-bottom: 1px solid #b8bcc4; }
 td.num, th.num { text-align: right; }
 .state { border-radius: 3px; padding: 0 6px; color: #fff; white-space: nowrap; }
-.s-done { background: #2e9b4f; } .s-failed { background: #d62728; }
+.s-done { background: #2e9b4f; } .s-failed { background: #d62728; } .s-suspect { background: #a0368f; }
 .s-running { background: #1f77b4; } .s-notstarted { background: #7f8793; }
 tr.failed td { background: #fdf0f0; }
 pre { background: #f6f7f9; border: 1px solid #e1e4e8; padding: 6px 8px; overflow-x: auto;
@@ -1075,9 +1076,9 @@ def state_counts(f: Facts) -> list[Html]:
     """A box per state (stopped only when some are), and the total."""
     c = st.counts(s.state for s in f.states)
     boxes = [html('<div class="count c-{}" data-state="{}"><b>{}</b>{}</div>', key.replace(" ", ""), key, c[key], label)
-             for key, label in (("done", "done"), ("failed", "failed"), ("running", "running"),
+             for key, label in (("done", "done"), ("suspect", "suspect"), ("failed", "failed"), ("running", "running"),
                                 ("stopped", "stopped"), ("not started", "not started"), ("total", "jobs"))
-             if key != "stopped" or c[key]]
+             if key not in ("stopped", "suspect") or c[key]]
     return [Html('<div class="counts">'), *boxes, Html("</div>")]
 
 
@@ -1173,7 +1174,7 @@ def failure_card(f: Facts, s: st.JobState) -> list[Html]:
     return out
 
 
-JOB_ORDER = {"failed": 0, "running": 1, "stopped": 2, "not started": 3, "done": 4}  # the jobs table's order
+JOB_ORDER = {"failed": 0, "suspect": 1, "running": 2, "stopped": 3, "not started": 4, "done": 5}  # the jobs table's order
 
 
 def jobs_section(f: Facts) -> Section:
@@ -1232,13 +1233,113 @@ def job_row(f: Facts, s: st.JobState, why: str, error: str | None) -> Html:
                 rms=fmt_flux(p.rms, p.unit) if p and p.rms is not None else "-")
 
 
+QUALITY_ROWS = 500  # jobs listed in the quality table (the flagged ones always)
+GROUP_COLOURS = ("#1f77b4", "#2e9b4f", "#ff7f0e", "#17becf", "#8c564b", "#7f7f7f", "#bcbd22", "#9467bd")
+
+
+def _ended(s: st.JobState) -> float | None:
+    """When the job's images were made (its record's end), in seconds; None when it does not say."""
+    from datetime import datetime
+
+    try:
+        return datetime.strptime(s.images.record.end or "", "%Y-%m-%dT%H:%M:%S%z").timestamp()
+    except (AttributeError, ValueError):
+        return None
+
+
+def quality_section(f: Facts) -> Section | None:
+    """The quality gate's findings: the flagged jobs first (with their previews), the noise of every
+    job across the night (by frequency and time), and each image's measures with its beam."""
+    if f.plan.quality.on_fail == "off":
+        return None
+    judged = [(s, quality.measured(s.job.name, s.images.record.images, measure_now=False))
+              for s in f.states if s.images and s.images.done]
+    judged = [(s, m) for s, m in judged if m is not None]
+    off = quality.unavailable()
+    if not judged:
+        text = f"No image is checked: {off}." if off else "No image is checked yet."
+        return Section("quality", "Quality", [html('<p class="muted">{}</p>', text)])
+    flagged = [s for s, _ in judged if s.failure == "quality"]
+    out = [html('<p class="muted">Each job\'s main image, measured as it landed: robust RMS (3\u03c3-clipped, '
+                'central quarter; of the residual when there is one) against the median of the images alike '
+                '(same size, pixel, frequency and band: {}\u03c3 and {:.0%} away flags it, once {} are in), and '
+                'the image\'s own faults (all zero, all NaN, no beam, a diverged clean). {} of {} flagged '
+                '([quality] on_fail = {}).</p>', f"{f.plan.quality.rms_sigma:g}", f.plan.quality.rms_margin,
+                f.plan.quality.min_alike, len(flagged), len(judged), f.plan.quality.on_fail)]
+    if flagged:
+        out.append(Html('<h3>Flagged</h3><div class="grid">'))
+        for s in sorted(flagged, key=lambda s: s.job.id):
+            card = image_card(f, s)
+            out += [*card[:-1], html('<div class="why">{}</div>', s.why), card[-1]]
+        out.append(Html("</div>"))
+    out += [Html("<h3>Noise across the night</h3>"), noise_svg(judged), *quality_table(judged)]
+    return Section("quality", "Quality", out, heading=f"Quality ({len(flagged)} flagged)")
+
+
+def noise_svg(judged: list) -> Html:
+    """The noise of each job against when its images were made, one colour per frequency; the
+    flagged ones ringed in red (log scale)."""
+    points = [(s, _ended(s), quality.noise(m), m) for s, m in judged]
+    points = [(s, t, n, m) for s, t, n, m in points if n and n > 0 and math.isfinite(n)]
+    if not points:
+        return Html('<p class="muted">No image has a noise to show.</p>')
+    times = [t for _, t, _, _ in points if t is not None]
+    t0, t1 = (min(times), max(times)) if len(times) == len(points) else (0, len(points) - 1)
+    xs = [t if len(times) == len(points) else i for i, (_, t, _, _) in enumerate(points)]
+    lo, hi = min(math.log10(n) for _, _, n, _ in points), max(math.log10(n) for _, _, n, _ in points)
+    hi, lo = hi + 0.05, lo - 0.05
+    w, h, left, bottom = 720, 200, 60, 24
+    groups = sorted({m.get("freq") or 0 for *_, m in points})
+    colour = {g: GROUP_COLOURS[i % len(GROUP_COLOURS)] for i, g in enumerate(groups)}
+    parts = [html('<svg class="noise" width="{}" height="{}" role="img" aria-label="noise of each job">', w, h + 30)]
+    for value in (lo + 0.05, hi - 0.05):
+        y = h - bottom - (value - lo) / (hi - lo) * (h - bottom - 8)
+        parts.append(html('<text x="2" y="{:.0f}" font-size="11">{}</text>', y + 4, f"{10 ** value:.3g}"))
+    for (s, _, n, m), x in zip(points, xs):
+        cx = left + (x - t0) / ((t1 - t0) or 1) * (w - left - 10)
+        cy = h - bottom - (math.log10(n) - lo) / (hi - lo) * (h - bottom - 8)
+        ring = Html(' stroke="#d62728" stroke-width="3"') if s.failure == "quality" else Html("")
+        parts.append(html('<circle cx="{:.1f}" cy="{:.1f}" r="4" fill="{}"{}><title>{} {}: RMS {}</title></circle>',
+                          cx, cy, colour[m.get("freq") or 0], ring, s.job.id, ms_label(s.job),
+                          fmt_flux(n, m.get("unit", ""))))
+    legend = ", ".join(f"{g / 1e6:.3f} MHz" if g else "no frequency" for g in groups[:8])
+    parts.append(html('<text x="{}" y="{}" font-size="11">time \u2192 (colour: frequency: {})</text>', left, h + 20,
+                      legend))
+    parts.append(Html("</svg>"))
+    return join(parts)
+
+
+def quality_table(judged: list) -> list[Html]:
+    """Each checked image's measures: the flagged ones first, then by job (QUALITY_ROWS at most)."""
+    rows = sorted(judged, key=lambda sm: (sm[0].failure != "quality", sm[0].job.id))
+    out = [Html('<table class="quality"><thead><tr><th>job</th><th>data</th><th class="num">RMS</th>'
+                '<th class="num">peak</th><th class="num">DR</th><th>beam</th><th class="num">not finite</th>'
+                "<th>verdict</th></tr></thead><tbody>")]
+    for s, m in rows[:QUALITY_ROWS]:
+        n, unit = quality.noise(m), m.get("unit", "")
+        dr = f"{m['peak'] / n:.0f}" if n and m.get("peak") is not None else "-"
+        beam = m.get("beam") or [None] * 3
+        shown = (f"{beam[0] * 60:.3g}\u2032 \u00d7 {beam[1] * 60:.3g}\u2032, {beam[2] or 0:.0f}\u00b0"
+                 if beam[0] and beam[1] else "none")
+        verdict = s.why if s.failure == "quality" else "ok"
+        out.append(html('<tr data-job="{}"><td>{}</td><td>{}</td><td class="num">{}</td><td class="num">{}</td>'
+                        '<td class="num">{}</td><td>{}</td><td class="num">{:.1%}</td><td>{}</td></tr>',
+                        s.job.id, s.job.id, ms_label(s.job), fmt_flux(n, unit), fmt_flux(m.get("peak"), unit), dr,
+                        shown, m.get("nonfinite") or 0.0, verdict))
+    out.append(Html("</tbody></table>"))
+    if len(rows) > QUALITY_ROWS:
+        out.append(html('<p class="muted">and {} more jobs, none flagged (imgpipe status --json has them all).</p>',
+                        len(rows) - QUALITY_ROWS))
+    return out
+
+
 def images_section(f: Facts) -> Section:
     """A card for each job done (image_card); how to get previews when their libraries are missing."""
     out = []
     if not f.libs_ok:
         out.append(html('<p class="note" id="no-previews">No image previews: {}, e.g. <code>{}</code>, then run '
                         "<code>imgpipe report</code> again.</p>", NO_PREVIEW_NOTE, INSTALL_HINT))
-    done = sorted((s for s in f.states if s.state == "done"), key=lambda s: s.job.id)
+    done = sorted((s for s in f.states if s.images and s.images.done), key=lambda s: s.job.id)
     if not done:
         out.append(Html('<p class="muted">No job is done yet.</p>'))
         return Section("images", "Images", out)
@@ -1309,6 +1410,7 @@ def render(plan: Plan, jobs_path: Path, run_dir: Path, states: list[st.JobState]
         timeline_section(f),
         failures_section(f),
         jobs_section(f),
+        quality_section(f),
         images_section(f),
         plan_section(f),
     ]
@@ -1339,7 +1441,7 @@ def write_report(jobs_file: Path) -> Path:
     plan = jf.read(jobs_file)
     run_dir = Path(os.path.abspath(jobs_file.parent))
     now = time.time()
-    states = st.job_states(plan, run_dir)
+    states = st.job_states(plan, run_dir, measure=quality.unavailable() is None)
     rows = attempts(run_dir, plan.tag)
     logs = read_logs(run_dir, (j.id for j in plan.jobs))
     libs = preview_libs()

@@ -11,6 +11,13 @@ Nothing here contacts a node. A job is
   imgpipe): it runs again on resume;
 - ``not started``: none of the above (never run, or its images are gone since).
 
+A done job whose main image the quality gate flagged (``quality``: its measures, kept next to
+its images, judged against the night) is ``suspect``, with its reasons, under ``[quality]
+on_fail = 'warn'``; under ``'fail'`` it is ``failed``, of class ``quality`` (its images are
+kept; resume leaves it, ``--force`` makes it again). ``status`` reads the kept measures and
+never measures an image itself: the run measures them as they land, and ``report`` measures
+those it finds unmeasured.
+
 ``print_summary`` is the end-of-run report of ``imgpipe run`` and ``imgpipe CONFIG ...``.
 """
 
@@ -19,7 +26,7 @@ from __future__ import annotations
 import os
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterable
 
@@ -27,6 +34,7 @@ from . import status_memo
 from .attempt import OUTCOMES, job_error, outcome_of, read_log
 from .hosts import is_local
 from .image_sets import ImageSet, image_sets
+from .quality import main_image, night
 from .joblog import attempts, last_rows
 from .run_dir import (
     LOGS, ROUND_IDS, ROUND_JOBLOG, SLURM_PLACED, Row, read_rows, run_active,
@@ -39,12 +47,12 @@ if TYPE_CHECKING:  # (the plan's module is not needed to show a memo's rows)
 @dataclass(frozen=True)
 class JobState:
     job: Job
-    state: str  # done | failed | running | stopped | not started
+    state: str  # done | suspect | failed | running | stopped | not started
     host: str | None = None
     start: float | None = None
     runtime: float | None = None
     exitval: int | None = None
-    failure: str | None = None  # wsclean | env_file | setup | record | busy | foreign | timeout | connection | signal
+    failure: str | None = None  # wsclean | env_file | ... | signal (attempt.OUTCOMES), or quality
     why: str | None = None
     log: str | None = None
     images: ImageSet | None = None
@@ -71,7 +79,9 @@ class JobState:
         }
 
 
-def job_states(plan: Plan, run_dir: Path) -> list[JobState]:
+def job_states(plan: Plan, run_dir: Path, *, measure: bool = False) -> list[JobState]:
+    """Each job's state. ``measure``: the quality gate measures the done jobs' images it finds
+    unmeasured (``report`` does; ``status`` only reads what is kept)."""
     run_dir = Path(run_dir)
     rows = last_rows(attempts(run_dir, plan.tag))
     in_round: set[str] = set()
@@ -126,7 +136,19 @@ def job_states(plan: Plan, run_dir: Path) -> list[JobState]:
             elif row is not None:  # it succeeded, but its images are not (all) there now
                 why = f"ran before, but its images are {'incomplete' if images.state == 'incomplete' else 'gone'}"
             states.append(JobState(job, "not started", why=why, log=log_str, images=images))
-    return states
+    return judged(plan, states, measure_now=measure)
+
+
+def judged(plan: Plan, states: list[JobState], *, measure_now: bool = False) -> list[JobState]:
+    """The done jobs the quality gate flags, ``suspect`` (or ``failed``, class quality, under
+    ``on_fail = 'fail'``) with their reasons; the others as they are."""
+    done = [(s.job.id, s.job.name, s.images.record.images) for s in states if s.state == "done"]
+    verdicts = night(done, plan.quality, measure_now=measure_now) if done else {}
+    if not any(not v.ok for v in verdicts.values()):
+        return states
+    failing = plan.quality.on_fail == "fail"
+    return [replace(s, state="failed" if failing else "suspect", failure="quality", why=verdicts[s.job.id].why)
+            if s.job.id in verdicts and not verdicts[s.job.id].ok else s for s in states]
 
 
 def status_rows(jobs_path: Path, plan: Plan | None = None,
@@ -192,7 +214,7 @@ def _host(row: Row, log: str | os.PathLike, plan: Plan) -> str:
 
 def counts(states: Iterable[str]) -> dict[str, int]:
     """How many jobs are in each state (the states as words: ``JobState.state`` or a row's "state")."""
-    out = {"done": 0, "failed": 0, "running": 0, "stopped": 0, "not started": 0}
+    out = {"done": 0, "suspect": 0, "failed": 0, "running": 0, "stopped": 0, "not started": 0}
     for state in states:
         out[state] += 1
     out["total"] = sum(out.values())
@@ -206,10 +228,10 @@ def host_summary(rows: list[dict], done: status_memo.DoneJobs | None = None) -> 
     for host, (n, busy) in sorted(done.hosts.items()) if done else ():
         out[host] = {"done": n, "failed": 0, "busy": busy}
     for r in rows:
-        if r["host"] is None or r["state"] not in ("done", "failed"):
+        if r["host"] is None or r["state"] not in ("done", "suspect", "failed"):
             continue
         h = out.setdefault(r["host"], {"done": 0, "failed": 0, "busy": 0.0})
-        h[r["state"]] += 1
+        h["failed" if r["state"] == "failed" else "done"] += 1
         h["busy"] += r["runtime"] or 0.0
     return out
 
@@ -281,7 +303,11 @@ def print_summary(plan: Plan, outcome, out=None) -> int:
         return outcome.code  # (the loop said it)
     total = len(plan.jobs)
     if len(outcome.done) == total:
-        print(f"imgpipe: all {total} job(s) done. Run directory: {run_dir}", file=out)
+        suspect = sorted(outcome.flagged)
+        print(f"imgpipe: all {total} job(s) done" + (f", {len(suspect)} suspect" if suspect else "")
+              + f". Run directory: {run_dir}", file=out)
+        if suspect:
+            _print_suspects(plan, outcome.flagged, run_dir, out)
         return outcome.code
     states = [s for s in job_states(plan, run_dir) if s.job.id not in outcome.done]
     failed = [s for s in states if s.state == "failed"]
@@ -311,25 +337,45 @@ def print_summary(plan: Plan, outcome, out=None) -> int:
             print(f"  {len(members)} jobs {state}: {why}", file=out)
             print(f"    jobs {id_ranges([m.job.id for m in members])}; the first, {first.job.id} on {host}: "
                   f"{first.log or 'no log'}", file=out)
-        if state == "failed":  # the end of its log; and of its stderr (a crash, a missing library...)
+        if state == "failed" and first.failure == "quality":
+            print(f"         | its images: {first.job.name}{quality_image(first)}", file=out)
+        elif state == "failed":  # the end of its log; and of its stderr (a crash, a missing library...)
             for line in tail(first.log, 3):
                 print(f"         | {line}", file=out)
             for line in tail(f"{first.log}.err" if first.log else None, 3):
                 print(f"  stderr | {line}", file=out)
     if outcome.halted:
         print(f"imgpipe: halted: {outcome.halted}", file=out)
+    if any(s.failure == "quality" for s in failed):
+        print("imgpipe: the images of the jobs that failed the quality gate are kept for a look; a resume "
+              "leaves them, --force makes them again", file=out)
     print("To resume (runs only what is not done):", file=out)
     for hint in outcome.hints:
         print(f"  {hint}", file=out)
     return outcome.code
 
 
+def quality_image(s: JobState) -> str:
+    """The suffix of the image the quality gate judged (its main image)."""
+    return main_image(s.job.name, s.images.record.images if s.images and s.images.record else ()) or "-image.fits"
+
+
+def _print_suspects(plan: Plan, flagged: dict[str, str], run_dir, out) -> None:
+    """The jobs whose images the quality gate flagged (done, kept on record), one line each."""
+    names = {j.id: j.name for j in plan.jobs}
+    for n, job_id in enumerate(sorted(flagged)):
+        if n == GROUPS_SHOWN:
+            print(f"  ... and {len(flagged) - n} more: `imgpipe status {run_dir} --state suspect` lists them", file=out)
+            break
+        print(f"  {job_id:<6} suspect: {flagged[job_id]} ({names.get(job_id, '')})", file=out)
+
+
 def exit_status(c: dict[str, int]) -> int:
-    """`imgpipe status`'s exit status from ``counts``: 0 every job done, 1 some failed, 3 some running,
-    stopped or not started."""
+    """`imgpipe status`'s exit status from ``counts``: 0 every job done (suspect ones too: their
+    images are there), 1 some failed, 3 some running, stopped or not started."""
     if c["failed"]:
         return 1
-    return 0 if c["done"] == c["total"] else 3
+    return 0 if c["done"] + c["suspect"] == c["total"] else 3
 
 
 def ms_label(job: Job) -> str:
@@ -363,7 +409,8 @@ def run_overview(jobs_path: Path) -> dict:
         plan = jobs_file.read(jobs_path)
     except ImgpipeError as e:
         return {**row, "config": "-", "inputs": f"(unreadable: {e.message})",
-                "counts": {"done": 0, "failed": 0, "running": 0, "stopped": 0, "not started": 0, "total": 0}}
+                "counts": {"done": 0, "suspect": 0, "failed": 0, "running": 0, "stopped": 0, "not started": 0,
+                           "total": 0}}
     rows = status_rows(jobs_path, plan)[1]  # (every row)
     ms = [m for j in plan.jobs for m in j.ms]
     names = sorted({os.path.basename(m.rstrip("/")) for m in ms})

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -68,7 +69,7 @@ def test_exactly_the_bad_images_are_flagged_with_their_reasons(night_images):
     assert sorted(flagged) == ["diverged", "nan", "noisy", "zero"], flagged
     assert flagged["zero"].startswith("every pixel is zero")
     assert flagged["nan"].startswith("no finite pixel: the image is all NaN")
-    assert "times the median of 13 images alike" in flagged["noisy"]  # (12 normal, the diverged one left out)
+    assert "times the median of the 13 images alike" in flagged["noisy"]  # (12 normal, the diverged one left out)
     assert flagged["diverged"].startswith("the clean diverged: the residual's peak")
 
 
@@ -141,3 +142,93 @@ def test_without_astropy_the_gate_says_it_is_off():
             "from imgpipe.quality import unavailable; print(unavailable())")
     out = subprocess.run([os.sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "astropy not installed: install imgpipe[report] to check the images"
+
+
+def night_config(tmp_path: Path, quality: str = "") -> Path:
+    cfg = tmp_path / "img.toml"
+    cfg.write_text("[worker]\nnodes = 'localhost'\nmax_concurrent = 2\n"
+                   f"[wsclean]\nname = 'img'\ndata-column = 'DATA'\nout-dir = '{tmp_path}/images/$ms_basename$'\n"
+                   "size = '128 128'\nscale = '3arcmin'\nniter = 100\n" + (f"[quality]\n{quality}\n" if quality else ""))
+    return cfg
+
+
+def status_json(run_imgpipe, *args) -> dict:
+    r = run_imgpipe("status", "--json", *args)
+    return {**json.loads(r.out), "code": r.code}
+
+
+def test_a_run_flags_the_bad_images_as_they_land_and_status_and_runs_say_so(night_images, tmp_path, run_imgpipe):
+    """Exactly the all-zero, all-NaN and noisy jobs of a real night are suspect: told during the
+    run, counted at its end, in status (--state suspect) and runs; the run still exits 0."""
+    ms = [Path(night_images[n][0] + ".MS") for n in NORMAL + list(BAD)]
+    r = run_imgpipe(night_config(tmp_path), *ms)
+    assert r.code == 0, r
+    told = sorted(line.split()[3] for line in r.err.splitlines() if line.startswith("imgpipe: quality: job "))
+    doc = status_json(run_imgpipe)
+    by_ms = {Path(j["ms"][0]).stem: j for j in doc["jobs"]}
+    assert told == sorted(by_ms[n]["id"] for n in BAD), r.err
+    assert f"all {len(ms)} job(s) done, 3 suspect" in r.err
+    assert doc["code"] == 0 and doc["counts"]["suspect"] == 3 and doc["counts"]["done"] == 12
+    assert {n: j["state"] for n, j in by_ms.items() if j["state"] != "done"} == {n: "suspect" for n in BAD}
+    assert by_ms["zero"]["why"].startswith("every pixel is zero")
+    assert by_ms["nan"]["why"].startswith("no finite pixel")
+    assert by_ms["noisy"]["why"].startswith("RMS ")
+    kept = sorted((tmp_path / "images").glob("*/img" + QUALITY_SUFFIX))
+    assert len(kept) == len(ms)
+    stamps = [p.stat().st_mtime_ns for p in kept]
+    listed = run_imgpipe("status", "--state", "suspect")
+    assert listed.code == 0 and listed.out.count(" suspect ") == 3, listed
+    assert "3 suspect" in listed.out
+    runs = run_imgpipe("runs")
+    assert runs.out.splitlines()[1].split()[2:5] == [str(len(ms)), str(len(ms)), "3"], runs.out
+    assert [p.stat().st_mtime_ns for p in kept] == stamps  # status and runs read the measures, never make them
+    assert run_imgpipe("report").code == 0
+    page = next((tmp_path / "imgpipe-runs").glob("*/report.html")).read_text()
+    section = page[page.index('<section id="quality"'):]
+    section = section[:section.index("</section>")]
+    assert "Quality (3 flagged)" in section
+    flagged = section[:section.index("Noise across the night")]
+    assert sorted(re.findall(r'id="img-(\d+)"', flagged)) == sorted(by_ms[n]["id"] for n in BAD)
+
+
+def test_on_fail_fail_counts_them_failed_keeps_their_images_and_force_makes_them_again(night_images, tmp_path,
+                                                                                        run_imgpipe):
+    ms = [Path(night_images[n][0] + ".MS") for n in NORMAL + list(BAD)]
+    cfg = night_config(tmp_path, "on_fail = 'fail'")
+    r = run_imgpipe(cfg, *ms)
+    assert r.code == 1, r
+    assert "12 of 15 job(s) done, 3 failed" in r.err
+    assert "kept for a look" in r.err
+    doc = status_json(run_imgpipe)
+    failed = {Path(j["ms"][0]).stem: j for j in doc["jobs"] if j["state"] == "failed"}
+    assert doc["code"] == 1 and sorted(failed) == sorted(BAD)
+    assert {j["failure"] for j in failed.values()} == {"quality"}
+    assert all((tmp_path / "images" / f"{n}.MS" / "img-image.fits").exists() for n in BAD)  # kept
+    again = run_imgpipe(cfg, *ms)  # a resume leaves them (their images are there), and says so
+    assert again.code == 1 and "nothing to do" in again.err and "the quality gate flagged 3 of them" in again.err
+    before = (tmp_path / "images" / "zero.MS" / "img-image.fits").stat().st_mtime_ns
+    forced = run_imgpipe(cfg, *ms, "--force")
+    assert forced.code == 1, forced
+    assert (tmp_path / "images" / "zero.MS" / "img-image.fits").stat().st_mtime_ns != before  # made again
+
+
+def test_quality_off_checks_nothing(night_images, tmp_path, run_imgpipe):
+    ms = [Path(night_images[n][0] + ".MS") for n in ["zero"]]
+    r = run_imgpipe(night_config(tmp_path, "on_fail = 'off'"), *ms)
+    assert r.code == 0 and "imgpipe: quality" not in r.err and "suspect" not in r.err, r
+    assert not list((tmp_path / "images").glob("*/*" + QUALITY_SUFFIX))
+
+
+@pytest.mark.parametrize("table, words", [
+    ("on_fial = 'warn'", "unknown key 'on_fial' in [quality]"),
+    ("on_fail = 'stop'", "[quality] on_fail: expected 'warn'"),
+    ("rms_sigma = 0", "[quality] rms_sigma: expected a number of robust standard deviations, above 0, got 0"),
+    ("min_alike = 1.5", "[quality] min_alike: expected a whole number of images, from 2, got 1.5"),
+    ("max_nonfinite = 2", "[quality] max_nonfinite: expected a fraction of the pixels, from 0 to 1, got 2"),
+    ("beam_max_ratio = 'x'", "[quality] beam_max_ratio: expected a number, from 0 (0: off), got 'x'"),
+])
+def test_a_bad_quality_table_is_refused_naming_the_key(tmp_path, run_imgpipe, table, words):
+    ms = make_ms(str(tmp_path / "a.MS"))
+    r = run_imgpipe("plan", night_config(tmp_path, table), ms)
+    assert r.code == 2 and words in r.err and "Traceback" not in r.err, r
+    assert not (tmp_path / "imgpipe-runs").exists()

@@ -126,7 +126,8 @@ def test_the_run_itself_went_as_planned(real_run):
 def test_status_json_every_state(real_run):
     doc = status_json(real_run)
     assert doc["run_dir"] == str(real_run.run_dir.resolve())
-    assert doc["counts"] == {"done": 2, "failed": 1, "running": 0, "stopped": 0, "not started": 1, "total": 4}
+    assert doc["counts"] == {"done": 2, "suspect": 0, "failed": 1, "running": 0, "stopped": 0, "not started": 1,
+                             "total": 4}
     jobs = {j["id"]: j for j in doc["jobs"]}
     ids = real_run.ids
     for role in ("done", "hostile"):
@@ -201,7 +202,8 @@ def test_status_running_then_stopped(tmp_path, ms_cache):
                 break
             assert proc.poll() is None, proc.communicate()
             time.sleep(0.2)
-        assert doc and doc["counts"] == {"done": 0, "failed": 0, "running": 1, "stopped": 0, "not started": 0, "total": 1}, doc
+        assert doc and doc["counts"] == {"done": 0, "suspect": 0, "failed": 0, "running": 1, "stopped": 0,
+                                         "not started": 0, "total": 1}, doc
         assert doc["exit_status"] == 3  # running: not done yet
         assert doc["jobs"][0]["elapsed"] > 0
         job = doc["jobs"][0]
@@ -257,15 +259,16 @@ def test_runs_lists_every_run_here_newest_activity_first(tmp_path, ms_cache):
     assert r.returncode == 0, r.stderr
     lines = r.stdout.splitlines()
     rows = [ln for ln in lines[1:-1] if ln.strip()]
-    assert [ln.split()[7] for ln in rows] == ["cfg1.toml", "cfg0.toml"], r.stdout  # runs only, newest first
+    assert [ln.split()[8] for ln in rows] == ["cfg1.toml", "cfg0.toml"], r.stdout  # runs only, newest first
     assert len({ln.index(" /") if " /" in ln else ln.rindex(" ") for ln in lines[:-1]}) == 1, r.stdout  # aligned
-    assert rows[1].split()[2:7] == ["3", "3", "0", "0", "0"], r.stdout  # jobs, done, failed, running, to run
+    assert rows[1].split()[2:8] == ["3", "3", "0", "0", "0", "0"], r.stdout  # jobs, done, suspect, failed, running, to run
     assert "3 MSs: SW01_T000.MS .. SW01_T002.MS" in rows[1], r.stdout
     assert lines[-1].startswith("1 plan(s) here never run: ") and "cfg2-" in lines[-1], r.stdout
     doc = json.loads(imgpipe("runs", "--json", cwd=tmp_path, env=env).stdout)
     assert [os.path.basename(x["config"]) for x in doc["runs"]] == ["cfg1.toml", "cfg0.toml"]
     assert len(doc["planned"]) == 1 and "cfg2-" in doc["planned"][0]
-    assert doc["runs"][0]["counts"] == {"done": 1, "failed": 0, "running": 0, "stopped": 0, "not started": 0, "total": 1}
+    assert doc["runs"][0]["counts"] == {"done": 1, "suspect": 0, "failed": 0, "running": 0, "stopped": 0,
+                                              "not started": 0, "total": 1}
     # status with no argument: the newest, and it says there are others
     r = imgpipe("status", cwd=tmp_path, env=env)
     assert r.returncode == 0 and "(the latest of 3 runs here: `imgpipe runs` lists them)" in r.stdout, r.stdout

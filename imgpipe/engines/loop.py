@@ -38,6 +38,7 @@ from ..plan import Plan
 from ..attempt import NO_IMAGES, RETRY_CONNECTION, RETRY_JOB, job_error, outcome_of, read_log, read_result
 from ..run_dir import GATE, HALT_GATE, JOBLOG, LOGS, ROUND_IDS, ROUND_JOBLOG, RowTail, RunDir, append_rows, read_rows
 from ..files import write_whole
+from ..quality import Watch
 from . import load
 from .base import Context, Round, ssh_command
 from .control import Guard, engine_alive, stop_recorded
@@ -60,6 +61,7 @@ class Outcome:
     nothing_to_do: bool = False
     stopped: bool = False
     halted: str | None = None  # why no new job was started (the halt rule)
+    flagged: dict[str, str] = field(default_factory=dict)  # job -> why the quality gate flagged its images
 
 
 def say(text: str) -> None:
@@ -303,7 +305,7 @@ TICK = 0.2  # s between two looks at the round (progress, halt rule, Ctrl-C)
 
 
 def _wait(proc: subprocess.Popen, stopper: Stopper, progress: Progress, halt: Halt, gate: HaltGate, eng,
-          rows: list) -> bool:
+          rows: list, watch: Watch) -> bool:
     """Wait for the engine, ticking the progress line and minding the halt rule (judging each
     failure, then opening the gate or halting); False as soon as the user asks to stop."""
     halted = False
@@ -313,6 +315,9 @@ def _wait(proc: subprocess.Popen, stopper: Stopper, progress: Progress, halt: Ha
             if stopper.signal is not None:
                 return False
             progress.tick()
+            watch.add(r.job_id for r in progress.tail.read() if r.ok)
+            for line in watch.news():
+                say(line)
             if not halted:
                 if halt.check(rows + progress.tail.read()):
                     halted = True
@@ -425,7 +430,13 @@ def _run(plan: Plan, run_dir: RunDir, jobs_path: Path, engine_cls, force: bool, 
         say(f"run directory {run_dir.path}")
         if len(done) == len(plan.jobs):
             say(f"nothing to do: all {len(plan.jobs)} job(s) done, their images are there")
-            return Outcome(0, run_dir, done, nothing_to_do=True)
+            flagged = Watch(plan).kept({j: sets[j] for j in done})
+            if flagged:
+                say(f"the quality gate flagged {len(flagged)} of them "
+                    f"({'failed' if plan.quality.on_fail == 'fail' else 'suspect'}): `imgpipe status {shlex.quote(str(run_dir.path))} --state "
+                    f"{'failed' if plan.quality.on_fail == 'fail' else 'suspect'}` lists them")
+            failing = bool(flagged) and plan.quality.on_fail == "fail"
+            return Outcome(1 if failing else 0, run_dir, done, nothing_to_do=True, flagged=flagged)
         env = dict(os.environ)
         env.setdefault("PARALLEL_HOME", parallel_home())
         eng = engine_cls(Context(plan, run_dir, Path(os.path.abspath(jobs_path)), ssh, force, env))
@@ -452,6 +463,9 @@ def _rounds(plan: Plan, run_dir: RunDir, eng, guard: Guard, stopper: Stopper, do
     progress = Progress(len(plan.jobs), done, run_dir, waiting=eng.waiting, history=history,
                         slots=plan.worker.max_concurrent * max(1, len(live)))
     retries = Retries(plan.worker)
+    watch = Watch(plan)
+    for line in watch.start(done):
+        say(line)
     halt = Halt(halt_after, run_dir, len(plan.jobs) - len(done), retries)
     gate = HaltGate(run_dir)
     session: list = []  # this session's rows
@@ -475,7 +489,8 @@ def _rounds(plan: Plan, run_dir: RunDir, eng, guard: Guard, stopper: Stopper, do
         try:
             run_dir.write_state(engine=record)
             progress.round_ids, progress.tail = [j.id for j in todo], RowTail(run_dir / ROUND_JOBLOG)
-            if not _wait(proc, stopper, progress, halt, gate, eng, session):
+            if not _wait(proc, stopper, progress, halt, gate, eng, session, watch):
+                watch.finish(stopping=lambda: True)
                 return _stop(plan, run_dir, eng, guard, proc, record, progress, done, unreachable, hints)
         except BaseException:  # (the run directory's disk filled up, say): no engine is left behind
             if proc.poll() is None:
@@ -503,9 +518,15 @@ def _rounds(plan: Plan, run_dir: RunDir, eng, guard: Guard, stopper: Stopper, do
     progress.round_ids = []
     progress.tick(force=True)
     progress.close()
+    watch.add(done)
+    watch.finish(stopping=lambda: stopper.signal is not None)
+    for line in watch.news():
+        say(line)
     if not live:
         say("no node can be reached")
-    return Outcome(0 if len(done) == len(plan.jobs) else 1, run_dir, done, unreachable, hints, halted=halt.reason)
+    failing = set(watch.flagged) if plan.quality.on_fail == "fail" else set()
+    code = 0 if len(done) == len(plan.jobs) and not failing else 1
+    return Outcome(code, run_dir, done - failing, unreachable, hints, halted=halt.reason, flagged=dict(watch.flagged))
 
 
 def confirmed(plan: Plan, run_dir: RunDir, rows: list) -> list:
