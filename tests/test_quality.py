@@ -232,3 +232,16 @@ def test_a_bad_quality_table_is_refused_naming_the_key(tmp_path, run_imgpipe, ta
     r = run_imgpipe("plan", night_config(tmp_path, table), ms)
     assert r.code == 2 and words in r.err and "Traceback" not in r.err, r
     assert not (tmp_path / "imgpipe-runs").exists()
+
+
+def test_the_readme_documents_every_quality_key_with_its_default():
+    text = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    section = text.split("### `[quality]`\n", 1)[1].split("\n#", 1)[0]
+    documented = {}
+    for keys, default in re.findall(r"^\| (`[^|]+`) \| `([^`]+)` \|", section, re.M):
+        for key in re.findall(r"`([^`]+)`", keys):
+            documented[key] = default
+    defaults = QualitySettings().__dict__
+    assert sorted(documented) == sorted(defaults), "README [quality] table and QualitySettings differ"
+    for key, value in defaults.items():
+        assert documented[key] in (repr(value), f"{value:g}" if not isinstance(value, str) else ""), key
