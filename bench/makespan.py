@@ -33,7 +33,9 @@ What it does
   not imaging.
 
 Targets (issue 13): long-last, imgpipe <= 0.75 x input; equal, imgpipe <= 1.02 x input
-and make <= 1.05 x input (never worse than input order); trivial, imgpipe <= 2 x input.
+and make <= 1.05 x input (never worse than input order). The trivial mix has no target any more
+(issue 22: up to about 50 ms of CPU per job is invisible next to a WSClean job; the wrapper's own
+CPU next to a real small WSClean job is bench/wrapper_cpu.py's figure).
 A miss is printed as MISS; the exit status is 0 anyway: figures, not a test.
 """
 
@@ -60,7 +62,7 @@ MIXES = {
     "ascending": (lambda s, l: [s + (l - s) * i // 9 for i in range(10)], "imgpipe,input,longest",
                   {"imgpipe": 1.0}),
     "equal": (lambda s, l: [s] * 8, "imgpipe,make,input", {"imgpipe": 1.02, "make": 1.05}),
-    "trivial": (lambda s, l: [10] * 500, "imgpipe,input", {"imgpipe": 2.0}),
+    "trivial": (lambda s, l: [10] * 500, "imgpipe,input", {}),  # (its target retired: issue 22)
 }
 STAND_IN = """#!/bin/sh
 # stand-in for WSClean (a trivial job): writes the image its -name asks for
