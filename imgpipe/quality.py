@@ -4,7 +4,7 @@ WSClean exits 0 with images that are worthless. Measured with WSClean 3.1 on sma
 (128 x 128 pixels of 3', 100 iterations; tests/test_quality.py makes them):
 
 - DATA all zeros (a correlator or flagging fault): every pixel 0.0, the beam fitted as if normal;
-- DATA all NaN (a bad calibration solution): every pixel NaN, BMAJ = BMIN = BPA = 0 (a circular
+- DATA all NaN (a bad calibration solution), or FLAG all true: every pixel NaN, BMAJ = BMIN = BPA = 0 (a circular
   beam with position angle 0 is reported too: a default, not a fit). A dirty image (``-niter 0``)
   of normal data has BMAJ = 0 as well ("beam is neither fitted nor estimated"): a beam of 0 is
   a fault only after a clean (a residual is there);
@@ -245,9 +245,9 @@ def image_problems(m: dict, q: QualitySettings) -> list[str]:
     if m.get("error"):
         return [f"cannot read the image: {m['error']}"]
     if m["nonfinite"] >= 1.0:
-        return ["no finite pixel: the image is all NaN"]
+        return ["no finite pixel: the image is all NaN (its data all NaN, or all flagged)"]
     if m["peak"] == 0.0 and m["min"] == 0.0:
-        return ["every pixel is zero: the data imaged were all zero or all flagged"]
+        return ["every pixel is zero: the data imaged were all zero"]
     out = []
     if m["nonfinite"] > q.max_nonfinite:
         out.append(f"{m['nonfinite']:.0%} of the pixels are not finite (max_nonfinite = {q.max_nonfinite:g})")
