@@ -572,3 +572,31 @@ def test_a_job_whose_out_dir_cannot_be_made_says_why_in_the_system_s_words(run_c
     r = _result_of(log)
     assert code == 12 and r.outcome == "setup", log
     assert r.message == f"cannot create the output directory {read_only}/images: Read-only file system", r.message
+
+
+def test_the_libraries_wsclean_calls_get_the_job_s_threads(run_cli, tmp_path, ms_factory):
+    """With its share of the node (-j added by the wrapper), WSClean's process also has OMP, OpenBLAS
+    and MKL thread counts of that share, whatever the node's environment says; with the user's own
+    -j they are left alone. (A shim before the real WSClean on PATH writes down the environment it
+    is given: nothing else can show a process's environment after it has ended.)"""
+    bindir = tmp_path / "shim"
+    bindir.mkdir()
+    seen = tmp_path / "environment"
+    real = shutil.which("wsclean")
+    (bindir / "wsclean").write_text(f'#!/bin/sh\nenv > "{seen}"\nexec "{real}" "$@"\n')
+    (bindir / "wsclean").chmod(0o755)
+    env = {"PATH": f"{bindir}:{os.environ['PATH']}", "OMP_NUM_THREADS": "64"}
+    plan = plan_of(run_cli, tmp_path, ms_factory("obs.MS"))
+    (job,) = plan.jobs
+    code, log = wrapper(plan, job, tmp_path, env=env)
+    assert code == 0, log
+    given = dict(line.split("=", 1) for line in seen.read_text().splitlines() if "=" in line)
+    threads = log.split(" -j ", 1)[1].split()[0]
+    assert [given[v] for v in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")] == [threads] * 3
+    assert int(threads) == max(1, len(os.sched_getaffinity(0)) // 2)  # max_concurrent = 2
+    own = plan_of(run_cli, tmp_path, ms_factory("own.MS"), extra="j = 1", name="own.toml")
+    (job,) = own.jobs
+    code, log = wrapper(own, job, tmp_path, env=env, force=True)  # (the same images, by another command)
+    assert code == 0, log
+    given = dict(line.split("=", 1) for line in seen.read_text().splitlines() if "=" in line)
+    assert given["OMP_NUM_THREADS"] == "64" and "OPENBLAS_NUM_THREADS" not in given
