@@ -78,9 +78,15 @@ RETRY_CONNECTION = tuple(o.name for o in OUTCOMES.values() if o.retry == "connec
 RETRY_JOB = tuple(o.name for o in OUTCOMES.values() if o.retry == "job")
 
 
+def encode_command(command: str) -> str:
+    """COMMAND as the wrapper takes it: '%' and '@' percent-encoded (GNU parallel would read an '@'
+    of an input line as its host; the wrapper decodes both, whichever engine sent it)."""
+    return command.replace("%", "%25").replace("@", "%40")
+
+
 def wrapper_args(plan, job_id: str, command: str, *, share: str, force: bool, run: str) -> list[str]:
     """The words after ``imgpipe-job`` (WRAPPER_ARGS); ``job_id`` and ``command`` may be an engine's
-    placeholders.
+    placeholders (which hold neither '%' nor '@'). The command is encoded (``encode_command``).
 
     ``share``: '0' WSClean as the user set it; '1' split the node's cores and memory by
     max_concurrent; 'THREADS/GB' the cores and memory Slurm granted the job.
@@ -90,7 +96,7 @@ def wrapper_args(plan, job_id: str, command: str, *, share: str, force: bool, ru
     return [
         plan.tag, job_id, str(w.max_concurrent), w.env_file,
         str(int(max_time)) if float(max_time).is_integer() else str(max_time),
-        share, "1" if force else "0", run, command,
+        share, "1" if force else "0", run, encode_command(command),
     ]
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import shlex
 import shutil
 import subprocess
 import sys
@@ -212,3 +214,18 @@ def test_make_by_hand_refuses_its_jobs_while_imgpipe_runs_the_plan(cluster, ms_f
         out, err = proc.communicate(timeout=240)
     assert proc.returncode == 0, err
     assert {jid: len(rs) for jid, rs in rows_per_job(run_dir).items()} == {f"000{i}": 1 for i in range(1, 5)}
+
+
+def test_hostile_paths_survive_the_make_engine_and_the_ssh_hop(cluster, ms_factory, tmp_path):
+    """The names the parallel engine's test uses (quotes, $(...), '@', '%40', '%25'), through make's
+    recipes and ssh: every image where the config says, each record naming its own MS."""
+    from test_engine_parallel import HOSTILE, NASTY_DIR
+
+    data = [ms_factory(name, where=tmp_path / NASTY_DIR, nchan=4, ntimes=4, nant=6) for name in HOSTILE]
+    cfg = write_config(tmp_path, cluster)
+    r = imgpipe([cfg, *data, "--engine", "make"], tmp_path, cluster)
+    assert r.returncode == 0, r.stderr
+    for ms in data:
+        record = json.loads((tmp_path / "images" / ms.name / "img.imgpipe.json").read_text(encoding="utf-8"))
+        assert shlex.split(record["command"])[-1] == str(ms), record["command"]
+    assert not [p for p in tmp_path.rglob("*") if p.name == "PWNED"]

@@ -27,6 +27,7 @@ from __future__ import annotations
 import shlex
 from pathlib import Path
 
+from ..attempt import encode_command
 from ..hosts import is_local
 from ..plan import Job
 from ..run_dir import GATE, JOBLOG, LOCK, LOGS, ROUND_JOBLOG
@@ -40,12 +41,8 @@ SCRIPT = "parallel.sh"
 RPL = ["--rpl", r"{id} s/\t.*//s", "--rpl", r"{cmd} s/^[^\t]*\t//s"]
 
 
-def encode(command: str) -> str:
-    return command.replace("%", "%25").replace("@", "%40")
-
-
 def input_line(job: Job) -> str:
-    line = f"{job.id}\t{encode(job.command)}"
+    line = f"{job.id}\t{encode_command(job.command)}"
     return f"{line}@{job.host}" if job.host else line
 
 
