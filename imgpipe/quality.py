@@ -428,7 +428,10 @@ class Watch:
                 self.flagged[job_id] = v.why
 
     def news(self) -> list[str]:
-        out, self._news[:] = list(self._news), []
+        """What to tell the user since the last call (the thread appends; this takes them all)."""
+        out = []
+        while self._news:
+            out.append(self._news.pop(0))  # (list.pop and append are atomic: nothing is lost between)
         return out
 
     def finish(self, stopping=lambda: False) -> None:

@@ -1277,8 +1277,9 @@ def quality_section(f: Facts) -> Section | None:
 
 
 def noise_svg(judged: list) -> Html:
-    """The noise of each job against when its images were made, one colour per frequency; the
-    flagged ones ringed in red (log scale)."""
+    """The noise of each job against when its images were made, one colour per spectral window
+    (its SW when the data handler named it, else its frequency); the flagged ones ringed in red
+    (log scale)."""
     points = [(s, _ended(s), quality.noise(m), m) for s, m in judged]
     points = [(s, t, n, m) for s, t, n, m in points if n and n > 0 and math.isfinite(n)]
     if not points:
@@ -1289,7 +1290,10 @@ def noise_svg(judged: list) -> Html:
     lo, hi = min(math.log10(n) for _, _, n, _ in points), max(math.log10(n) for _, _, n, _ in points)
     hi, lo = hi + 0.05, lo - 0.05
     w, h, left, bottom = 720, 200, 60, 24
-    groups = sorted({m.get("freq") or 0 for *_, m in points})
+    def band(s, m) -> str:
+        return s.job.sw or (f"{m['freq'] / 1e6:.3f} MHz" if m.get("freq") else "no frequency")
+
+    groups = sorted({band(s, m) for s, _, _, m in points})
     colour = {g: GROUP_COLOURS[i % len(GROUP_COLOURS)] for i, g in enumerate(groups)}
     parts = [html('<svg class="noise" width="{}" height="{}" role="img" aria-label="noise of each job">', w, h + 30)]
     for value in (lo + 0.05, hi - 0.05):
@@ -1300,11 +1304,14 @@ def noise_svg(judged: list) -> Html:
         cy = h - bottom - (math.log10(n) - lo) / (hi - lo) * (h - bottom - 8)
         ring = Html(' stroke="#d62728" stroke-width="3"') if s.failure == "quality" else Html("")
         parts.append(html('<circle cx="{:.1f}" cy="{:.1f}" r="4" fill="{}"{}><title>{} {}: RMS {}</title></circle>',
-                          cx, cy, colour[m.get("freq") or 0], ring, s.job.id, ms_label(s.job),
+                          cx, cy, colour[band(s, m)], ring, s.job.id, ms_label(s.job),
                           fmt_flux(n, m.get("unit", ""))))
-    legend = ", ".join(f"{g / 1e6:.3f} MHz" if g else "no frequency" for g in groups[:8])
-    parts.append(html('<text x="{}" y="{}" font-size="11">time \u2192 (colour: frequency: {})</text>', left, h + 20,
-                      legend))
+    parts += [html('<text x="{}" y="{}" font-size="11">time \u2192</text>', left, h + 20)]
+    x = left + 60
+    for g in groups[:len(GROUP_COLOURS)]:  # the legend: a dot and its band
+        parts.append(html('<circle cx="{}" cy="{}" r="4" fill="{}"/><text x="{}" y="{}" font-size="11">{}</text>',
+                          x, h + 16, colour[g], x + 7, h + 20, g))
+        x += 14 + 7 * len(g)
     parts.append(Html("</svg>"))
     return join(parts)
 

@@ -245,3 +245,21 @@ def test_the_readme_documents_every_quality_key_with_its_default():
     assert sorted(documented) == sorted(defaults), "README [quality] table and QualitySettings differ"
     for key, value in defaults.items():
         assert documented[key] in (repr(value), f"{value:g}" if not isinstance(value, str) else ""), key
+
+
+def test_without_astropy_a_run_says_once_that_the_gate_is_off_and_goes_on(night_images, tmp_path):
+    """A planning machine without the report extra (astropy blocked in the process, as if it were
+    not installed): one line says the gate is off; the run, status and report work, exit 0."""
+    ms = [Path(night_images[n][0] + ".MS") for n in ("n00", "zero")]
+    cfg = night_config(tmp_path)
+    code = ("import sys; sys.modules['astropy'] = None\n"
+            "from imgpipe.cli import main; sys.exit(main(sys.argv[1:]))")
+    for args in ([str(cfg), *map(str, ms)], ["status"], ["report"]):
+        r = subprocess.run([os.sys.executable, "-c", code, *args], cwd=tmp_path, capture_output=True, text=True)
+        assert r.returncode == 0 and "Traceback" not in r.stderr, (args, r.stdout, r.stderr)
+        if args[0] == str(cfg):
+            said = [ln for ln in r.stderr.splitlines() if "quality gate off" in ln]
+            assert said == ["imgpipe: quality gate off: astropy not installed: install imgpipe[report] to check "
+                            "the images"], r.stderr
+            assert "all 2 job(s) done. " in r.stderr  # (nothing flagged: nothing measured)
+    assert not list((tmp_path / "images").glob("*/*" + QUALITY_SUFFIX))
