@@ -59,7 +59,8 @@ def synthesize_run(work: str, n: int) -> str:
     from imgpipe.ms_facts import MSFacts
     from imgpipe.plan import build_plan
     from imgpipe.attempt import wrapper_args
-    from imgpipe.run_dir import JOBLOG, JOBLOG_HEADER, LOGS
+    from imgpipe.joblog import JOBLOG, JOBLOG_HEADER
+    from imgpipe.run_dir import LOGS
 
     run = os.path.join(work, f"status-{n}")
     jobs_path = os.path.join(run, "jobs.txt")

@@ -67,10 +67,10 @@ from . import quality
 from . import status as st
 from .files import write_whole
 from .hosts import is_local
-from .joblog import attempts
+from .joblog import SLURM_PLACED, Row, attempts
 from .plan import Job, Plan
 from .attempt import LogFacts, outcome_of, read_log
-from .run_dir import LOGS, SLURM_PLACED, Row
+from .run_dir import LOGS
 
 REPORT = "report.html"
 REPORT_DIR = "report"  # the previews' cache (PNG and statistics), next to report.html; the page does not need it

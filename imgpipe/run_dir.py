@@ -1,4 +1,4 @@
-"""The run directory: its files, its lock, and the job log's format.
+"""The run directory: where its files are, and installing the wrapper and the gate there.
 
 Each plan has a run directory, the jobs file's directory::
 
@@ -25,7 +25,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import re
 import shutil
 import socket
 import sys
@@ -35,19 +34,17 @@ from pathlib import Path
 
 from .errors import ImgpipeError
 from .files import write_whole
+from .joblog import JOBLOG, read_rows
+from .run_lock import LOCK, RunLock
 
-JOBLOG = "joblog.tsv"
-ROUND_JOBLOG = "joblog.round.tsv"
 ROUND_IDS = "round.ids"
 HALT_GATE = "halt.gate"  # what the round's gate (bin/imgpipe-gate) lets start: written by the run loop
 GATE = "imgpipe-gate"  # the gate itself, in the run directory
 LOGS = "logs"
-LOCK = "run.lock"
 STATE = "run.json"
 EARLIER = "earlier"
 WRAPPER = "imgpipe-job"
-LOCK_WAIT = 90.0  # seconds a new run waits for an earlier one that is stopping its jobs
-STOPPING = "stopping its jobs"  # in the lock's holder text while a killed run's jobs are being stopped
+
 
 def run_label(run_dir: Path) -> str:
     """How a claim and a record name the run: ``host:/abs/run/dir``."""
@@ -89,213 +86,6 @@ def bin_file(name: str) -> Path:
     if path is None:
         raise ImgpipeError(f"bin/{name} is missing from the installation (reinstall imgpipe)")
     return path
-
-
-# ---------------------------------------------------------------- the job log's format
-
-JOBLOG_HEADER = "Seq\tHost\tStarttime\tJobRuntime\tSend\tReceive\tExitval\tSignal\tCommand"
-SLURM_PLACED = "slurm"  # the Host of a job Slurm placed (its node is in its log: see status)
-_JOB_RE = re.compile(r"imgpipe-job (imgpipe-[0-9a-f]{12}) (\S+) ")
-
-
-@dataclass(frozen=True)
-class Row:
-    """One attempt, in GNU parallel's ``--joblog`` format. ``job_id`` and ``tag`` (the plan)
-    are read from the command, which runs ``imgpipe-job TAG ID ...``."""
-
-    seq: int
-    host: str
-    start: float
-    runtime: float
-    exitval: int
-    signal: int
-    command: str
-    job_id: str | None = None
-    tag: str | None = None
-
-    @property
-    def ok(self) -> bool:
-        return self.exitval == 0 and self.signal == 0
-
-
-def read_rows(path: str | os.PathLike) -> list[Row]:
-    """All rows, in file order; a missing file is an empty log. A half-written last line is skipped."""
-    try:
-        text = Path(path).read_text(encoding="utf-8", errors="replace")
-    except FileNotFoundError:
-        return []
-    return _parse_rows(text.split("\n")[1:])
-
-
-def _parse_rows(lines) -> list[Row]:
-    """The rows of job-log lines; lines that are not rows (the header, damage) are skipped."""
-    rows = []
-    for line in lines:
-        parts = line.split("\t", 8)
-        if len(parts) < 9:
-            continue
-        m = _JOB_RE.search(parts[8])
-        try:
-            start, runtime = float(parts[2]), float(parts[3])
-            row = Row(seq=int(parts[0]), host=parts[1], start=start, runtime=runtime, exitval=int(parts[6]),
-                      signal=int(parts[7]), command=parts[8], job_id=m.group(2) if m else None,
-                      tag=m.group(1) if m else None)
-        except ValueError:
-            continue
-        if not (0 <= start < 1e11 and 0 <= runtime < 1e9):  # nan, inf, or a time no clock gave: damaged
-            continue
-        rows.append(row)
-    return rows
-
-
-class RowTail:
-    """The rows of a job log being written (the round's, by GNU parallel or make), read as they
-    come: each ``read`` parses only the whole lines added since the last one, so watching a round
-    of 50,000 jobs costs what is new, not the whole file again and again."""
-
-    def __init__(self, path: str | os.PathLike):
-        self.path = path
-        self.rows: list[Row] = []
-        self._offset = 0
-        self._file: tuple[int, int] | None = None  # (device, inode) of the file read so far
-
-    def read(self) -> list[Row]:
-        try:
-            with open(self.path, "rb") as f:
-                st = os.fstat(f.fileno())
-                if (st.st_dev, st.st_ino) != self._file or st.st_size < self._offset:  # another file
-                    self._file, self._offset, self.rows = (st.st_dev, st.st_ino), 0, []
-                f.seek(self._offset)
-                data = f.read()
-        except FileNotFoundError:
-            self._file, self._offset, self.rows = None, 0, []
-            return self.rows
-        end = data.rfind(b"\n") + 1  # a half-written last line waits for the next read
-        if end:
-            self._offset += end
-            self.rows.extend(_parse_rows(data[:end].decode("utf-8", errors="replace").split("\n")))
-        return self.rows
-
-    @property
-    def offset(self) -> int:
-        """How many bytes of the file ``read`` has read (whole lines)."""
-        return self._offset
-
-
-def append_rows(path: str | os.PathLike, rows: list[Row], seq_of: dict[str, int]) -> None:
-    """Append rows to a job log under the Seq of the full input (as --resume-failed would)."""
-    path = Path(path)
-    new = not path.exists() or path.stat().st_size == 0
-    cut = False  # a log whose last line was cut (a crash, a full disk): the rows start on a line of their own
-    if not new:
-        with open(path, "rb") as f:
-            f.seek(-1, os.SEEK_END)
-            cut = f.read(1) != b"\n"
-    with open(path, "a", encoding="utf-8") as f:
-        if new:
-            f.write(JOBLOG_HEADER + "\n")
-        elif cut:
-            f.write("\n")
-        for r in rows:
-            seq = seq_of.get(r.job_id or "", r.seq)
-            f.write(f"{seq}\t{r.host}\t{r.start:.3f}\t{r.runtime:10.3f}\t0\t0\t{r.exitval}\t{r.signal}\t{r.command}\n")
-
-
-# ---------------------------------------------------------------- the lock
-
-
-class RunLock:
-    """An exclusive lock on the run directory (flock on run.lock); its file says who holds it.
-
-    A lock dies with the processes holding it. A run killed outright leaves its jobs to a
-    guard process (engines/loop.py) that holds the lock while it stops them and says so
-    (``STOPPING``): a new run waits for it, up to LOCK_WAIT seconds, rather than refusing.
-    """
-
-    def __init__(self, run_dir: Path):
-        self.path = Path(run_dir) / LOCK
-        self.fd: int | None = None
-
-    def __enter__(self) -> "RunLock":
-        import fcntl
-
-        self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
-        said = False
-        deadline = time.time() + LOCK_WAIT
-        while True:
-            try:
-                fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except OSError:
-                holder = self.holder() or "another process"
-                if not self._stopping(holder) or time.time() > deadline:
-                    os.close(self.fd)
-                    self.fd = None
-                    raise ImgpipeError(
-                        f"this plan is already being run by {holder}",
-                        where=str(self.path.parent),
-                        hint="wait for it to finish, or stop it (Ctrl-C, or kill that process) first",
-                    ) from None
-                if not said:
-                    print(f"imgpipe: waiting for the earlier run to finish stopping its jobs ({holder})",
-                          file=sys.stderr)
-                    said = True
-                time.sleep(0.5)
-        self.say(f"imgpipe pid {os.getpid()} on {socket.gethostname()} since {time.ctime()}")
-        return self
-
-    @staticmethod
-    def _stopping(holder: str) -> bool:
-        """The lock is held by the guard of a run that died: it said so, or the imgpipe it names
-        (on this machine) is gone and the guard has not said so yet."""
-        if STOPPING in holder:
-            return True
-        m = re.match(r"imgpipe pid (\d+) on (\S+) ", holder)
-        if not m or m.group(2) != socket.gethostname():
-            return False
-        try:
-            os.kill(int(m.group(1)), 0)
-        except ProcessLookupError:
-            return True
-        except PermissionError:
-            return False
-        return False
-
-    def holder(self) -> str:
-        try:
-            with open(self.path, encoding="utf-8", errors="replace") as f:
-                return f.read(4096).strip()
-        except OSError:
-            return ""
-
-    def say(self, text: str) -> None:
-        """Replace the holder text (the lock itself is unchanged)."""
-        if self.fd is not None:
-            os.ftruncate(self.fd, 0)
-            os.pwrite(self.fd, (text + "\n").encode(), 0)
-
-    def __exit__(self, *exc):
-        if self.fd is not None:
-            os.ftruncate(self.fd, 0)
-            os.close(self.fd)
-            self.fd = None
-
-
-def run_active(run_dir: Path) -> bool:
-    """True while a run (or the guard stopping a killed one) holds the run directory's lock."""
-    import fcntl
-
-    try:
-        fd = os.open(Path(run_dir) / LOCK, os.O_RDONLY)
-    except OSError:
-        return False
-    try:
-        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-    except OSError:
-        return True
-    finally:
-        os.close(fd)
-    return False
 
 
 # ---------------------------------------------------------------- the directory

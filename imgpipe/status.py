@@ -35,10 +35,9 @@ from .attempt import OUTCOMES, job_error, outcome_of, read_log
 from .hosts import is_local
 from .image_sets import ImageSet, image_sets
 from .quality import main_image, night
-from .joblog import attempts, last_rows
-from .run_dir import (
-    LOGS, ROUND_IDS, ROUND_JOBLOG, SLURM_PLACED, Row, read_rows, run_active,
-)
+from .joblog import ROUND_JOBLOG, SLURM_PLACED, Row, attempts, last_rows, read_rows
+from .run_dir import LOGS, ROUND_IDS
+from .run_lock import run_active
 
 if TYPE_CHECKING:  # (the plan's module is not needed to show a memo's rows)
     from .plan import Job, Plan

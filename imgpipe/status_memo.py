@@ -37,7 +37,9 @@ from typing import NamedTuple
 
 from .files import write_whole
 from .image_sets import RECORD_SUFFIX
-from .run_dir import JOBLOG, LOGS, ROUND_JOBLOG, run_active
+from .joblog import JOBLOG, ROUND_JOBLOG
+from .run_dir import LOGS
+from .run_lock import run_active
 
 MEMO = "status-memo.json"
 MEMO_ROWS = "status-memo-rows.json"

@@ -89,7 +89,7 @@ def jobs_ever(slurm: SlurmCluster) -> int:
 
 
 def rows(rdir: Path) -> list[dict]:
-    from imgpipe.run_dir import read_rows
+    from imgpipe.joblog import read_rows
 
     return [r.__dict__ for r in read_rows(rdir / "joblog.tsv")]
 

@@ -46,7 +46,7 @@ def mtimes(tmp_path: Path, ms) -> dict:
 
 
 def rows(rdir: Path) -> dict[str, int]:
-    from imgpipe.run_dir import read_rows
+    from imgpipe.joblog import read_rows
 
     out: dict[str, int] = {}
     for r in read_rows(rdir / "joblog.tsv"):

@@ -179,7 +179,7 @@ def _requirement_name(req: str) -> str:
 
 
 # the extra each module's third-party imports belong to (None: the core dependencies)
-EXTRA_OF = {"report": "report"}
+EXTRA_OF = {"report": "report", "quality": "report"}  # (the quality gate measures images with the same libraries)
 # imports that are allowed only as a fallback of the standard library (tomli: tomllib before 3.11)
 FALLBACKS = {"tomli": "tomllib"}
 

@@ -36,7 +36,7 @@ from imgpipe import jobs_file as jf
 from imgpipe import report
 from imgpipe import status as st
 from imgpipe.joblog import attempts
-from imgpipe.run_dir import JOBLOG, read_rows
+from imgpipe.joblog import JOBLOG, read_rows
 
 SVG = "{http://www.w3.org/2000/svg}"
 

@@ -14,7 +14,9 @@ import pytest
 from imgpipe import jobs_file
 from imgpipe.errors import ImgpipeError
 from imgpipe.attempt import OUTCOMES, outcome_of
-from imgpipe.run_dir import EARLIER, JOBLOG, STOPPING, RunDir, RunLock, append_rows, read_rows
+from imgpipe.joblog import JOBLOG, append_rows, read_rows
+from imgpipe.run_dir import EARLIER, RunDir
+from imgpipe.run_lock import STOPPING, RunLock
 
 
 def hold_lock(run_dir, holder: str) -> subprocess.Popen:
@@ -96,7 +98,7 @@ def test_rows_carry_their_job_and_plan(tmp_path):
 def test_row_tail_reads_each_row_once_as_the_job_log_grows(tmp_path):
     """The run loop watches the round's job log many times a second: it must read only what was
     added, wait for a half-written row, and start again when the file is a new one (a new round)."""
-    from imgpipe.run_dir import JOBLOG_HEADER, RowTail, read_rows
+    from imgpipe.joblog import JOBLOG_HEADER, RowTail, read_rows
 
     log = tmp_path / "joblog.round.tsv"
 
@@ -125,7 +127,7 @@ def test_row_tail_reads_each_row_once_as_the_job_log_grows(tmp_path):
 def test_rows_appended_after_a_line_cut_short_are_whole(tmp_path):
     """A job log whose last line was cut (a crash, a full disk): the next rows start on a line of
     their own, so they are read (before, the first was glued to the broken line and lost)."""
-    from imgpipe.run_dir import Row
+    from imgpipe.joblog import Row
 
     path = tmp_path / "joblog.tsv"
     append_rows(path, [], {})

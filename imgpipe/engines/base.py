@@ -25,7 +25,8 @@ from pathlib import Path
 from ..commands import ssh_shell
 from ..plan import Job, Plan
 from ..attempt import share_resources, wrapper_args
-from ..run_dir import ROUND_JOBLOG, RunDir, read_rows
+from ..joblog import ROUND_JOBLOG, read_rows
+from ..run_dir import RunDir
 from . import control
 
 

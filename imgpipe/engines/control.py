@@ -26,7 +26,7 @@ from typing import Callable
 
 from ..commands import on_nodes, ssh_shell
 from ..hosts import is_local
-from ..run_dir import STOPPING
+from ..run_lock import STOPPING
 
 STOP_GRACE = 20.0  # seconds the node-side wrappers get to stop WSClean and clean up
 

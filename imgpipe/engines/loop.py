@@ -36,7 +36,8 @@ from ..errors import ImgpipeError, PlanErrors
 from ..image_sets import foreign_problems, image_sets, FORCE_HINT
 from ..plan import Plan
 from ..attempt import NO_IMAGES, RETRY_CONNECTION, RETRY_JOB, job_error, outcome_of, read_log, read_result
-from ..run_dir import GATE, HALT_GATE, JOBLOG, LOGS, ROUND_IDS, ROUND_JOBLOG, RowTail, RunDir, append_rows, read_rows
+from ..joblog import JOBLOG, ROUND_JOBLOG, RowTail, append_rows, read_rows
+from ..run_dir import GATE, HALT_GATE, LOGS, ROUND_IDS, RunDir
 from ..files import write_whole
 from ..quality import Watch
 from . import load

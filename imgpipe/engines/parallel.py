@@ -30,7 +30,9 @@ from pathlib import Path
 from ..attempt import encode_command
 from ..hosts import is_local
 from ..plan import Job
-from ..run_dir import GATE, JOBLOG, LOCK, LOGS, ROUND_JOBLOG
+from ..joblog import JOBLOG, ROUND_JOBLOG
+from ..run_dir import GATE, LOGS
+from ..run_lock import LOCK
 from .base import Engine, Round
 
 INPUT = "parallel-input.tsv"

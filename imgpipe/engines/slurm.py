@@ -50,7 +50,7 @@ from ..commands import run as run_command
 from ..errors import ImgpipeError
 from ..hosts import print_nodes
 from ..plan import Job
-from ..run_dir import JOBLOG, ROUND_JOBLOG, SLURM_PLACED
+from ..joblog import JOBLOG, ROUND_JOBLOG, SLURM_PLACED
 from . import control
 from .base import Round
 from .parallel import INPUT, PROGRESS_BAR, ROUND_INPUT, Parallel, input_line, run_lock_lines, with_bar
