@@ -201,12 +201,17 @@ def quality_path(prefix: str) -> str:
     return prefix + QUALITY_SUFFIX
 
 
-def measured(prefix: str, images: Iterable[str], *, measure_now: bool = True) -> dict | None:
+FIXED_BEAM = ("-beam-size", "-beam-shape", "-circular-beam")  # WSClean options that set the restoring beam
+
+
+def measured(prefix: str, images: Iterable[str], *, measure_now: bool = True, command: str = "") -> dict | None:
     """The kept measures of the job with image prefix ``prefix`` (whose record lists ``images``),
     or, with ``measure_now``, its main image measured now and kept; None when there is nothing to
     measure, it cannot be read, or it is not measured yet (and not ``measure_now``).
 
-    The kept measures are used while the files they were made from are unchanged (size, time)."""
+    The kept measures are used while the files they were made from are unchanged (size, time).
+    ``command`` (the record's) says whether the user set the restoring beam (``FIXED_BEAM``): a
+    circular beam of position angle 0 is then theirs, not WSClean's default."""
     suffix = main_image(prefix, images)
     if suffix is None:
         return None
@@ -223,7 +228,8 @@ def measured(prefix: str, images: Iterable[str], *, measure_now: bool = True) ->
     if not measure_now or stamps["image"] is None:
         return None
     try:
-        doc = {"format": FORMAT, "image": suffix, "stamps": stamps, **measure(image)}
+        doc = {"format": FORMAT, "image": suffix, "stamps": stamps, **measure(image),
+               "beam_fixed": any(option in command.split() for option in FIXED_BEAM)}
     except Exception as e:  # a damaged FITS file is a finding, not a crash
         doc = {"format": FORMAT, "image": suffix, "stamps": stamps, "error": f"{type(e).__name__}: {e}"}
     try:
@@ -257,7 +263,7 @@ def image_problems(m: dict, q: QualitySettings) -> list[str]:
     if bmaj is None or bmin is None or bmaj <= 0 or bmin <= 0:
         if cleaned:  # (a dirty image, -niter 0, has no restoring beam: WSClean writes 0)
             out.append("no restoring beam (BMAJ/BMIN missing or 0) after a clean: WSClean had no PSF to fit")
-    elif bmaj == bmin and not bpa:
+    elif bmaj == bmin and not bpa and not m.get("beam_fixed"):
         out.append(f"restoring beam {_arcmin(bmaj)} x {_arcmin(bmin)} is circular with position angle 0: "
                    "WSClean's default, not a fit")
     elif pixel:
@@ -338,15 +344,15 @@ def judge(measures: dict[str, dict], q: QualitySettings) -> dict[str, Verdict]:
             for job_id in measures}
 
 
-def night(jobs_images: Iterable[tuple[str, str, Iterable[str]]], q: QualitySettings, *,
-          measure_now: bool = False) -> dict[str, Verdict]:
-    """The verdicts of the done jobs given as (job id, image prefix, its record's images):
-    from their kept measures (and, with ``measure_now``, measuring those that have none)."""
+def night(jobs_images: Iterable[tuple], q: QualitySettings, *, measure_now: bool = False) -> dict[str, Verdict]:
+    """The verdicts of the done jobs given as (job id, image prefix, its record's images[, its
+    record's command]): from their kept measures (and, with ``measure_now``, measuring those that
+    have none)."""
     if q.on_fail == "off":
         return {}
     measures = {}
-    for job_id, prefix, images in jobs_images:
-        m = measured(prefix, images, measure_now=measure_now)
+    for job_id, prefix, images, *command in jobs_images:
+        m = measured(prefix, images, measure_now=measure_now, command=command[0] if command else "")
         if m is not None:
             measures[job_id] = m
     return judge(measures, q)
@@ -388,7 +394,8 @@ class Watch:
         measured now)."""
         if self.settings.on_fail == "off":
             return {}
-        v = night([(j, self.jobs[j].name, s.record.images) for j, s in sets.items() if s.done], self.settings)
+        v = night([(j, self.jobs[j].name, s.record.images, s.record.command) for j, s in sets.items() if s.done],
+                  self.settings)
         return {j: x.why for j, x in v.items() if not x.ok}
 
     def add(self, job_ids: Iterable[str]) -> None:
@@ -407,7 +414,7 @@ class Watch:
             try:
                 job = self.jobs[job_id]
                 found = image_set(job)
-                m = measured(job.name, found.record.images) if found.done else None
+                m = measured(job.name, found.record.images, command=found.record.command) if found.done else None
                 if m is not None:
                     self.measures[job_id] = m
                     self._judge()

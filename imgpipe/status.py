@@ -141,7 +141,8 @@ def job_states(plan: Plan, run_dir: Path, *, measure: bool = False) -> list[JobS
 def judged(plan: Plan, states: list[JobState], *, measure_now: bool = False) -> list[JobState]:
     """The done jobs the quality gate flags, ``suspect`` (or ``failed``, class quality, under
     ``on_fail = 'fail'``) with their reasons; the others as they are."""
-    done = [(s.job.id, s.job.name, s.images.record.images) for s in states if s.state == "done"]
+    done = [(s.job.id, s.job.name, s.images.record.images, s.images.record.command) for s in states
+            if s.state == "done"]
     verdicts = night(done, plan.quality, measure_now=measure_now) if done else {}
     if not any(not v.ok for v in verdicts.values()):
         return states

@@ -263,3 +263,17 @@ def test_without_astropy_a_run_says_once_that_the_gate_is_off_and_goes_on(night_
                             "the images"], r.stderr
             assert "all 2 job(s) done. " in r.stderr  # (nothing flagged: nothing measured)
     assert not list((tmp_path / "images").glob("*/*" + QUALITY_SUFFIX))
+
+
+@pytest.mark.parametrize("option", [["-circular-beam"], ["-beam-size", "600"], ["-beam-shape", "600", "300", "0"]])
+def test_a_restoring_beam_the_user_set_is_not_taken_for_wsclean_s_default(night_images, tmp_path, option):
+    """-circular-beam, -beam-size and -beam-shape give a beam of position angle 0 (circular for the
+    first two), as WSClean's default would be: the record's command says the user asked for it."""
+    ms = night_images["n00"][0] + ".MS"
+    images = image(Path(ms), tmp_path / "b", *option)
+    command = " ".join(["wsclean", *option, "-name", str(tmp_path / "b"), ms])
+    assert night([("b", str(tmp_path / "b"), images, command)], QualitySettings(), measure_now=True)["b"].ok
+    if option == ["-circular-beam"]:  # without the command, it looks like the default (what the check is for)
+        (tmp_path / ("b" + QUALITY_SUFFIX)).unlink()
+        assert "WSClean's default" in night([("b", str(tmp_path / "b"), images)], QualitySettings(),
+                                            measure_now=True)["b"].why
