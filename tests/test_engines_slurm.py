@@ -191,6 +191,60 @@ def test_ctrl_c_stops_every_job_gracefully_and_leaves_nothing_in_slurm(slurm, tm
 # ---------------------------------------------------------------- failures told apart
 
 
+def running_on(rdir: Path, node: str) -> list[str]:
+    """The jobs whose current attempt runs on ``node`` now: its log's start line names the node and
+    no result ends it yet (the wrapper's structured lines, as imgpipe reads them)."""
+    from imgpipe.attempt import read_log
+
+    logs = rdir / "logs"
+    found = []
+    for path in sorted(logs.iterdir()) if logs.is_dir() else ():
+        if re.fullmatch(r"\d{4}", path.name):
+            facts = read_log(path)
+            if facts.host == node and facts.result is None:
+                found.append(path.name)
+    return found
+
+
+def while_running(proc, predicate, timeout: float, what: str):
+    """wait_for, failing with imgpipe's output at once if it ends first."""
+    def seen():
+        value = predicate()
+        if not value and proc.poll() is not None:
+            out, err = proc.communicate()
+            pytest.fail(f"imgpipe ended (exit {proc.returncode}) before {what}:\n{out}{err}", pytrace=False)
+        return value
+
+    return wait_for(seen, timeout, what)
+
+
+@pytest.mark.parametrize("slurm_nodes", ["3", "0"])
+def test_a_node_that_fails_during_the_run_loses_no_job(slurm, tmp_path, ms_factory, slurm_nodes):
+    """Issue 25.1: node002 is set down while jobs run on it and others still wait. Slurm ends the
+    allocation (slurm_nodes > 0: every step of it, and the steps GNU parallel starts after into it
+    fail at once) or the jobs on node002 (0). Every job Slurm did not run through runs again in a
+    new round: every image is made, exit 0, and the live output names the node that failed."""
+    ms = make_ms(ms_factory, tmp_path, 9)
+    cfg = config(tmp_path, worker={"slurm_nodes": slurm_nodes}, wsclean=SLOW)
+    proc = start_imgpipe(slurm, tmp_path, cfg, *ms)
+    try:
+        rdir = while_running(proc, lambda: list(tmp_path.glob("imgpipe-runs/*/logs")), 60, "the run directory")
+        rdir = rdir[0].parent
+        while_running(proc, lambda: running_on(rdir, "node002"), 120, "a job running on node002")
+        slurm.set_state("node002", "down", "test: node002 lost")
+        out, err = proc.communicate(timeout=600)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    r = expect(Run(proc.returncode, out, err, 0), 0)
+    assert "all 9 job(s) done" in r.err, r
+    assert all(image_of(tmp_path, m).is_file() for m in ms)
+    assert re.search(r"Slurm node node002 failed", r.err), r
+    assert not slurm.jobs()
+
+
+
 def test_a_node_going_down_fails_its_jobs_as_node_failures_and_a_rerun_completes_them(slurm, tmp_path, ms_factory):
     ms = make_ms(ms_factory, tmp_path, 4, pinned=True)[:2]  # node001, node002
     cfg = config(tmp_path, pinned=True, worker={"connection_retries": "0"}, wsclean=SLOW)

@@ -10,7 +10,8 @@ attempt, in GNU parallel's job-log format, in ``joblog.round.tsv``.
 An engine says which nodes there are and which answer (by default the ``[worker]
 nodes``, probed over ssh), what run.json must record to stop it, and how it is
 stopped (by default ``control.stop_engine`` over ssh); ``waiting`` says what it
-waits for, if anything (a Slurm allocation pending).
+waits for, if anything (a Slurm allocation pending), and ``news`` what befell it (a Slurm
+node that failed).
 """
 
 from __future__ import annotations
@@ -106,6 +107,10 @@ class Engine:
     def waiting(self) -> str | None:
         """What the engine waits for before its jobs can start, in words (None: nothing)."""
         return None
+
+    def news(self) -> list[str]:
+        """What happened since last asked that the user should hear now (a node that failed), in words."""
+        return []
 
     def record(self, proc: subprocess.Popen, nodes: list[str]) -> dict:
         """What run.json records of the engine running a round: what ``stop`` needs, later, elsewhere."""

@@ -317,7 +317,7 @@ def _wait(proc: subprocess.Popen, stopper: Stopper, progress: Progress, halt: Ha
                 return False
             progress.tick()
             watch.add(r.job_id for r in progress.tail.read() if r.ok)
-            for line in watch.news():
+            for line in [*eng.news(), *watch.news()]:
                 say(line)
             if not halted:
                 if halt.check(rows + progress.tail.read()):
@@ -503,6 +503,8 @@ def _rounds(plan: Plan, run_dir: RunDir, eng, guard: Guard, stopper: Stopper, do
         if not halt.reason:
             _engine_said(output, output_start, todo, rows, eng.name)
         _end_round(run_dir, eng, guard, rows, seq_of, done)
+        for line in eng.news():  # (what the round's last moments told)
+            say(line)
         session += rows
         progress.session += [r.runtime for r in rows if r.ok]
         if not retries.after_round(rows) or halt.check(session):

@@ -21,8 +21,12 @@ of Slurm, and the wrapper gives WSClean ``-j C -abs-mem 0.9 x M`` (what Slurm gr
 with room for what WSClean uses beyond its own limit), unless the user set -j or a memory.
 
 Facts this rests on (Slurm 22.05, measured: ../shared/spec/field-notes.md): srun exits 0
-when its node fails and 1 or 137 when a step goes past its memory, so the shim reads
-srun's messages and says which (node, memory, time limit, Slurm); SIGTERM to srun kills
+when its node fails, 1 when its allocation is gone (a node of it failed: the steps GNU
+parallel starts after that never run) and 1 or 137 when a step goes past its memory, so the
+shim has the job say on the node when it began and ended, asks Slurm (scontrol) what became
+of a job that did not end by itself, and says which (node, memory, time limit, Slurm: all
+but memory and time limits run again in the next round, a new allocation); a node that
+failed is said live (``news``, from RUN_DIR/slurm.events); SIGTERM to srun kills
 the step without its clean-up, so a stop is SIGHUP to GNU parallel, then TERM to the
 wrappers through ``srun --overlap`` steps, then ``scancel``; control steps need
 ``--overlap``; every step asks for its memory; ``--no-kill`` is not used (after a node
@@ -60,6 +64,7 @@ ROUND_SCRIPT = "imgpipe-slurm-round"
 SCRIPT = "slurm.sh"
 JOB_FILE = "slurm.job"  # the allocation's job id (written inside it)
 PID_FILE = "slurm.pid"  # GNU parallel's pid inside the allocation
+EVENTS = "slurm.events"  # what bin/imgpipe-srun saw Slurm do (a node that failed), one line each
 ANY = SLURM_PLACED  # GNU parallel's host for a job Slurm places (slurm_nodes = 0)
 USABLE = ("idle", "mixed", "allocated", "completing")  # what sinfo calls a node that takes jobs
 MEM_FOR_WSCLEAN = 0.9  # of the memory Slurm granted, given to WSClean's -abs-mem
@@ -165,6 +170,10 @@ class Slurm(Parallel):
         self.partitions: list[str] = []
         self._waiting: tuple[float, str | None] = (0.0, None)
         self._round_output = 0
+        self._events = 0  # bytes of EVENTS told
+        self._failed: dict[str, str] = {}  # node -> how it failed, told in this round
+        self._unnamed: dict[str, str] = {}  # Slurm job -> its state, when the node that failed is not known
+        self._round_over = False
 
     # ---------------------------------------------------------------- nodes and resources
 
@@ -320,8 +329,9 @@ class Slurm(Parallel):
     def start(self, rnd: Round):
         run = self.ctx.run
         self.write_input(run / ROUND_INPUT, rnd.todo)
-        for name in (ROUND_JOBLOG, JOB_FILE, PID_FILE):
+        for name in (ROUND_JOBLOG, JOB_FILE, PID_FILE, EVENTS):
             (run / name).unlink(missing_ok=True)
+        self._events, self._failed, self._unnamed, self._round_over = 0, {}, {}, False
         output = run / self.output
         self._round_output = output.stat().st_size if output.exists() else 0
         pinned = sorted({j.host for j in rnd.todo if j.host})
@@ -331,9 +341,43 @@ class Slurm(Parallel):
                                        gate=rnd.gate), env=env)
 
     def end_round(self) -> None:
+        self._round_over = True
         super().end_round()
         for name in (JOB_FILE, PID_FILE):
             (self.ctx.run / name).unlink(missing_ok=True)
+
+    def news(self) -> list[str]:
+        """A node that failed, as bin/imgpipe-srun heard it from Slurm (RUN_DIR/slurm.events), said
+        once a node and round. When Slurm no longer says which node of an allocation failed (it may
+        be back already), that is said at the end of the round, unless a job named the node."""
+        try:
+            with open(self.ctx.run / EVENTS, "rb") as f:
+                f.seek(self._events)
+                data = f.read()
+        except OSError:
+            data = b""
+        data = data[: data.rfind(b"\n") + 1]
+        self._events += len(data)
+        out = []
+        again = ("Slurm ended the allocation; the jobs it stopped run again in a new one" if self.allocation
+                 else "the jobs it stopped run again") + " (connection_retries)"
+        for line in data.decode(errors="replace").splitlines():
+            kind, node, job, state, how = (line.split("\t") + [""] * 5)[:5]
+            if kind != "node-failed":
+                continue
+            if node == "?":
+                self._unnamed.setdefault(job, state)
+            elif node not in self._failed:
+                self._failed[node] = job
+                out.append(f"the Slurm node {node} failed (Slurm job {job}: {state}"
+                           + (f"; {how}" if how and how != "None" else "") + f"): {again}")
+        if self._round_over:
+            named = set(self._failed.values())
+            for job, state in self._unnamed.items():
+                if job not in named:
+                    out.append(f"a node of Slurm job {job} failed ({state}; Slurm no longer says which): {again}")
+            self._unnamed = {}
+        return out
 
     def waiting(self) -> str | None:
         """What Slurm keeps the jobs waiting for (asked of squeue at most every 2 s)."""
