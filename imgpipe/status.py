@@ -318,7 +318,7 @@ def print_summary(plan: Plan, outcome, out=None) -> int:
         if s.state == "failed":
             key = ("failed", why_words(s))
         elif s.job.host in outcome.unreachable:
-            key = ("not run", f"not run: node {s.job.host} unreachable")
+            key = ("not run", f"not run: node {s.job.host} unreachable ({outcome.unreachable[s.job.host]})")
         elif outcome.halted:
             key = ("not run", "not started: the run was halted")
         else:

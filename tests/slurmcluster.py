@@ -106,6 +106,7 @@ MessageTimeout=10
 {nodes}
 PartitionName=debug Nodes={','.join(self.names)} Default=YES MaxTime=INFINITE State=UP
 PartitionName=imaging Nodes={','.join(self.names)} Default=NO MaxTime=INFINITE State=UP
+PartitionName=small Nodes={','.join(self.names)} Default=NO MaxNodes=2 MaxTime=INFINITE State=UP
 """)
 
     def start(self) -> "SlurmCluster":

@@ -46,6 +46,8 @@ def clean_cluster(slurm):
     for node, state in slurm.states().items():
         if not state.startswith("idle"):
             slurm.set_state(node, "resume")
+    # (a node resumed is 'idle*', not responding, for a moment: Slurm gives it only once it is 'idle')
+    wait_for(lambda: set(slurm.states().values()) == {"idle"}, 60, "every node idle again")
 
 
 def config(tmp_path: Path, *, worker: dict | None = None, wsclean: dict | None = None, pinned: bool = False,
@@ -317,6 +319,66 @@ def test_a_request_slurm_refuses_is_a_clear_error_before_anything_runs(slurm, tm
         assert "Traceback" not in r.err
     assert jobs_ever(slurm) == before and not slurm.jobs()
     assert not (tmp_path / "images").exists()
+
+
+def test_a_drained_node_is_left_out_with_slurms_reason_and_the_allocation_asks_for_what_can_be_had(
+        slurm, tmp_path, ms_factory):
+    """Issue 25.2: node003 drained at the start. slurm_nodes = 3, unpinned: an allocation of the 2
+    usable nodes (sbatch --test-only counted the drained one: 'Requested node configuration is not
+    available', blamed on slurm_options); pinned to the 3 nodes with slurm_nodes = 2: node003's jobs
+    are not run, said with sinfo's reason, the others are, and once node003 is back a rerun makes them."""
+    slurm.set_state("node003", "drain", "test: disk replaced")
+    ms = make_ms(ms_factory, tmp_path, 4)
+    r = expect(imgpipe(slurm, tmp_path, config(tmp_path, worker={"slurm_nodes": "3"}), *ms), 0)
+    assert "node node003 is left out (Slurm says it is drained: test: disk replaced)" in r.err, r
+    assert "asking Slurm for an allocation of 2 node(s) (slurm_nodes = 3): 2 node(s) usable" in r.err, r
+    assert all(image_of(tmp_path, m).is_file() for m in ms)
+    assert {slurm_of(run_dir(tmp_path), f"{i:04d}")[2] for i in range(1, 5)} <= {"node001", "node002"}
+
+    pinned = tmp_path / "pinned"
+    pinned.mkdir()
+    ms = make_ms(ms_factory, pinned, 6, pinned=True)  # node001, node002, node003 in turn
+    cfg = config(pinned, pinned=True, worker={"slurm_nodes": "2"})
+    r = expect(imgpipe(slurm, pinned, cfg, *ms), 1)
+    assert "node node003 is left out (Slurm says it is drained: test: disk replaced)" in r.err, r
+    assert "2 jobs not run: not run: node node003 unreachable (Slurm says it is drained: test: disk replaced)" \
+        in r.err, r
+    assert [image_of(pinned, m).is_file() for m in ms] == [True, True, False] * 2
+    assert "slurm_options" not in r.err
+
+    slurm.set_state("node003", "resume")
+    wait_for(lambda: slurm.states()["node003"] == "idle", 30, "node003 back")
+    r = expect(imgpipe(slurm, pinned, cfg, *ms), 0)
+    assert all(image_of(pinned, m).is_file() for m in ms)
+    assert not slurm.jobs()
+
+
+def test_slurm_nodes_beyond_what_slurm_gives_asks_for_what_can_be_had_and_says_so(slurm, tmp_path, ms_factory):
+    """Issue 25.2: slurm_nodes = 5 on a 3-node cluster runs on the 3; in a partition whose MaxNodes
+    is 2 (tests/slurmcluster.py: 'small'), slurm_nodes = 3 runs on 2 and says why, naming
+    slurm_nodes; jobs pinned to 3 nodes there cannot be run in one allocation: an error that names
+    slurm_nodes, not slurm_options, before anything is asked of Slurm."""
+    ms = make_ms(ms_factory, tmp_path, 4)
+    r = expect(imgpipe(slurm, tmp_path, config(tmp_path, worker={"slurm_nodes": "5"}), *ms), 0)
+    assert "asking Slurm for an allocation of 3 node(s) (slurm_nodes = 5): 3 node(s) usable" in r.err, r
+
+    small = tmp_path / "small"
+    small.mkdir()
+    cfg = config(small, worker={"slurm_nodes": "3", "slurm_options": "'--partition=small'"})
+    r = expect(imgpipe(slurm, small, cfg, *ms), 0)
+    assert re.search(r"asking Slurm for an allocation of 2 node\(s\) \(slurm_nodes = 3\): Slurm gives an "
+                     r"allocation no more than 2 here \(asked for 3: .*not available\)", r.err), r
+    assert all(image_of(small, m).is_file() for m in ms)
+
+    pinned = tmp_path / "pinned"
+    pinned.mkdir()
+    ms = make_ms(ms_factory, pinned, 3, pinned=True)
+    cfg = config(pinned, pinned=True, worker={"slurm_nodes": "3", "slurm_options": "'--partition=small'"})
+    before = jobs_ever(slurm)
+    r = expect(imgpipe(slurm, pinned, cfg, *ms), 2)
+    assert f"{cfg}: [worker] slurm_nodes = 3" in r.err and "pinned jobs run on 3 nodes (node[001-003])" in r.err, r
+    assert "no more than 2" in r.err and "Traceback" not in r.err, r
+    assert jobs_ever(slurm) == before and not slurm.jobs()
 
 
 def test_a_pending_allocation_is_said_with_slurms_reason(slurm, tmp_path, ms_factory):

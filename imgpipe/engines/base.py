@@ -64,6 +64,7 @@ class Engine:
     tools: tuple[tuple[str, str], ...] = ()  # (program, Debian package) it needs here
     hold = signal.SIGHUP  # the signal that stops it from starting jobs, keeping the running ones
     output = "engine.stderr"  # where its own messages go, in the run directory
+    lost = ("cannot be reached", "cannot be reached any more")  # a node the probe finds unusable: at the start, later
 
     def __init__(self, ctx: Context) -> None:
         self.ctx = ctx

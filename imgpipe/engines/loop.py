@@ -458,7 +458,7 @@ def _rounds(plan: Plan, run_dir: RunDir, eng, guard: Guard, stopper: Stopper, do
     unreachable = eng.probe(nodes)
     live = [n for n in nodes if n not in unreachable]
     for host, why in unreachable.items():
-        say(f"warning: node {host} cannot be reached ({why}); its pinned jobs will not run, "
+        say(f"warning: node {host} {eng.lost[0]} ({why}); its pinned jobs will not run, "
             "the others go to the remaining nodes")
     history = [r.runtime for r in read_rows(run_dir / JOBLOG) if r.ok and r.tag == plan.tag]
     progress = Progress(len(plan.jobs), done, run_dir, waiting=eng.waiting, history=history,
@@ -515,7 +515,7 @@ def _rounds(plan: Plan, run_dir: RunDir, eng, guard: Guard, stopper: Stopper, do
         # a node that died during the round: stop sending jobs there
         newly = eng.probe(live)
         for host, why in newly.items():
-            say(f"warning: node {host} cannot be reached any more ({why})")
+            say(f"warning: node {host} {eng.lost[1]} ({why})")
         live = [n for n in live if n not in newly]
         unreachable.update(newly)
     progress.round_ids = []

@@ -76,6 +76,16 @@ class Node:
     cpus: int
     mem_mb: int
     state: str
+    reason: str = ""  # why it is down or drained, as sinfo says (%E)
+
+    @property
+    def usable(self) -> bool:
+        """Slurm gives it now: a state of USABLE, responding (sinfo's '*': not responding)."""
+        return "*" not in self.state and self.state.rstrip("~#!%$@^-") in USABLE
+
+    def why_not(self) -> str:
+        said = f"Slurm says it is {self.state}" + (" (not responding)" if "*" in self.state else "")
+        return said + (f": {self.reason}" if self.reason else "")
 
 
 def user_options(settings) -> list[str]:
@@ -100,21 +110,22 @@ def has_option(options: list[str], *names: str) -> bool:
 
 def read_nodes(partition: str | None, env: dict) -> tuple[list[Node], list[str]]:
     """The nodes of the partition (the default one when None), as sinfo says; and every partition."""
-    result = run_command(["sinfo", "-h", "-N", "-o", "%N|%c|%m|%T|%P"], env=env, timeout=60)
+    result = run_command(["sinfo", "-h", "-N", "-o", "%N|%c|%m|%T|%P|%E"], env=env, timeout=60)
     result.check("sinfo", hint="is Slurm reachable from here (SLURM_CONF, munge)?")
     nodes: dict[str, Node] = {}
     partitions: dict[str, None] = {}
     for line in result.stdout.splitlines():
-        parts = line.strip().split("|")
-        if len(parts) != 5:
+        parts = line.strip().split("|", 5)
+        if len(parts) != 6:
             continue
-        name, cpus, mem, state, part = parts
+        name, cpus, mem, state, part, reason = parts
+        reason = "" if reason.strip() in ("none", "(null)") else reason.strip()
         partitions[part.rstrip("*")] = None
         default = part.endswith("*")
         if (partition is None and not default) or (partition is not None and part.rstrip("*") != partition):
             continue
         try:
-            nodes.setdefault(name, Node(name, int(cpus), int(re.sub(r"\D.*", "", mem) or 0), state))
+            nodes.setdefault(name, Node(name, int(cpus), int(re.sub(r"\D.*", "", mem) or 0), state, reason))
         except ValueError:
             continue
     return list(nodes.values()), list(partitions)
@@ -154,6 +165,7 @@ class Slurm(Parallel):
     tools = tuple((t, "slurm-client") for t in ("sinfo", "salloc", "srun", "squeue", "scancel", "sbatch")) + (
         ("parallel", "parallel"),)
     output = "slurm.stderr"
+    lost = ("is left out", "is left out from now on")  # (down or drained: Slurm would not give it)
     ship = "env"  # the wrapper goes with each job: srun passes the environment to its node
 
     def __init__(self, ctx) -> None:
@@ -166,6 +178,8 @@ class Slurm(Parallel):
         # never cancel each other's jobs)
         self.job_name = f"{ctx.plan.tag}-{hashlib.sha1(str(ctx.run.path).encode()).hexdigest()[:6]}"
         self.cpus = self.mem_mb = 0
+        self.max_nodes = 0  # the most nodes Slurm gives an allocation, when fewer than asked (0: not known)
+        self._max_said = ""
         self._known: list[Node] | None = None
         self.partitions: list[str] = []
         self._waiting: tuple[float, str | None] = (0.0, None)
@@ -174,6 +188,8 @@ class Slurm(Parallel):
         self._failed: dict[str, str] = {}  # node -> how it failed, told in this round
         self._unnamed: dict[str, str] = {}  # Slurm job -> its state, when the node that failed is not known
         self._round_over = False
+        self._notes: list[str] = []  # what the engine has to say at the round's start
+        self._told_count: int | None = None
 
     # ---------------------------------------------------------------- nodes and resources
 
@@ -193,19 +209,20 @@ class Slurm(Parallel):
         return list(dict.fromkeys(names + pinned))
 
     def probe(self, nodes: list[str]) -> dict[str, str]:
-        state = {n.name: n.state for n in self.known(fresh=True)}
+        """The nodes Slurm would not give now (down, drained, draining, ...), with sinfo's reason."""
+        known = {n.name: n for n in self.known(fresh=True)}
         out = {}
         for node in nodes:
-            if node not in state:
+            if node not in known:
                 out[node] = f"not a node of the Slurm partition {self.partition or '(the default one)'}"
-            elif state[node].rstrip("*~#!%$@^-") not in USABLE:
-                out[node] = f"Slurm says it is {state[node]}"
+            elif not known[node].usable:
+                out[node] = known[node].why_not()
         return out
 
     def resources(self) -> tuple[int, int]:
         """(CPUs, memory MB) each job asks of Slurm."""
         w = self.ctx.plan.worker
-        usable = [n for n in self.known() if n.state.rstrip("*~#!%$@^-") in USABLE] or self.known()
+        usable = [n for n in self.known() if n.usable] or self.known()
         if not usable:
             where = f"{self.ctx.plan.config_path}: [worker] slurm_options {w.slurm_options!r}"
             known = ", ".join(self.partitions) or "none"
@@ -249,6 +266,13 @@ class Slurm(Parallel):
         return ["srun", *self.options, f"--job-name={self.job_name}", "-N1", "-n1", f"-c{self.cpus}",
                 f"--mem={self.mem_mb}", *self.exclude(), *self.time_limit()]
 
+    def node_count(self, nodes: list[str], pinned: list[str]) -> int:
+        """How many nodes an allocation asks for: slurm_nodes (at least the pinned jobs' nodes), no
+        more than there are usable nodes (a drained or down node is never given), nor than Slurm
+        gives one allocation here (``validate``)."""
+        count = min(max(self.ctx.plan.worker.slurm_nodes, len(pinned)), len(nodes))
+        return max(1, min(count, self.max_nodes or count), len(pinned))
+
     def allocation_options(self, nodes: int, pinned: list[str]) -> list[str]:
         mem_per_cpu = math.ceil(self.mem_mb / self.cpus)
         slots = self.ctx.plan.worker.max_concurrent
@@ -258,25 +282,62 @@ class Slurm(Parallel):
             words.append(f"--nodelist={print_nodes(pinned)}")
         return words + self.exclude()
 
+    def usable_nodes(self) -> list[str]:
+        """The nodes jobs may run on that Slurm would give now."""
+        nodes = self.nodes()
+        return [n for n in nodes if n not in self.probe(nodes)]
+
+    def test_only(self, request: list[str]):
+        return run_command(["sbatch", "--test-only", *request, "--wrap=true"], env=self.env, timeout=60)
+
     def validate(self) -> None:
-        """Ask Slurm, before anything runs, whether it takes such a request (sbatch --test-only)."""
+        """Ask Slurm, before anything runs, whether it takes the request imgpipe will make (sbatch
+        --test-only). An allocation asks for no more nodes than are usable (Slurm counts a drained
+        node against a request: ``node_count``); when Slurm refuses that many but takes fewer (a
+        partition's MaxNodes), imgpipe asks for the most it takes and says so, naming slurm_nodes,
+        unless the pinned jobs need more nodes than that: then that is the error."""
+        w = self.ctx.plan.worker
         if self.allocation:
-            pinned = sorted({j.host for j in self.ctx.plan.jobs if j.host})
-            request = self.allocation_options(max(self.ctx.plan.worker.slurm_nodes, len(pinned)), [])
+            nodes = self.usable_nodes()
+            pinned = sorted({j.host for j in self.ctx.plan.jobs if j.host and j.host in nodes})
+            count = self.node_count(nodes, pinned)
+            request = self.allocation_options(count, pinned)
         else:
             request = self.step_options()[1:]
-        r = run_command(["sbatch", "--test-only", *request, "--wrap=true"], env=self.env, timeout=60)
+        r = self.test_only(request)
         if r.ok:
             return
         text = (r.stderr + r.stdout).strip().splitlines()
         said = next((ln for ln in text if "error" in ln.lower() or "unrecognized" in ln or "invalid" in ln.lower()),
                     text[-1] if text else r.reason)
         said = re.sub(r"^(sbatch: )?(error: )?", "", said.strip())
+        most = self.most_nodes(count) if self.allocation and count > 1 else 0
+        if most and len(pinned) <= most and self.test_only(self.allocation_options(most, pinned)).ok:
+            self.max_nodes, self._max_said = most, f"asked for {count}: {said}"
+            return
+        if most:
+            raise ImgpipeError(
+                f"the pinned jobs run on {len(pinned)} nodes ({print_nodes(pinned)}), and Slurm gives an allocation "
+                f"no more than {most} here (asked for {count}: {said})",
+                where=f"{self.ctx.plan.config_path}: [worker] slurm_nodes = {w.slurm_nodes}",
+                hint="set slurm_nodes = 0 (each job a Slurm job of its own, on its node), or a partition that gives "
+                f"{len(pinned)} nodes (`scontrol show partition`: MaxNodes)")
         raise ImgpipeError(
             f"Slurm refuses the request: {said}",
-            where=f"{self.ctx.plan.config_path}: [worker] slurm_options {self.ctx.plan.worker.slurm_options!r}",
+            where=f"{self.ctx.plan.config_path}: [worker] slurm_options {w.slurm_options!r}",
             hint=f"imgpipe asked `sbatch --test-only {shlex.join(request)}`: fix the option it names in "
             "slurm_options (or $LIBPIPE_SLURM_OPTIONS); `sinfo` lists the partitions")
+
+    def most_nodes(self, count: int) -> int:
+        """The most nodes below ``count`` Slurm takes an allocation of (0: not even one), by bisection."""
+        low, high = 0, count - 1
+        while low < high:
+            mid = (low + high + 1) // 2
+            if self.test_only(self.allocation_options(mid, [])).ok:
+                low = mid
+            else:
+                high = mid - 1
+        return low
 
     # ---------------------------------------------------------------- the engine
 
@@ -298,7 +359,7 @@ class Slurm(Parallel):
         parallel = self.argv(self.logins(nodes), input_file, joblog, resume=resume, gate=gate)
         if not self.allocation:
             return parallel
-        count = min(max(self.ctx.plan.worker.slurm_nodes, len(pinned)), max(1, len(nodes)))
+        count = self.node_count(nodes, pinned)
         return ["salloc", *self.allocation_options(count, pinned), "--",
                 "bash", str(self.ctx.run / ROUND_SCRIPT), str(self.ctx.run.path),
                 str(self.ctx.plan.worker.max_concurrent), *parallel]
@@ -311,7 +372,7 @@ class Slurm(Parallel):
         run.install(SHIM)
         run.install(ROUND_SCRIPT)
         self.write_input(run / INPUT, self.ctx.plan.jobs)
-        nodes = [n for n in self.nodes() if n not in self.probe(self.nodes())]
+        nodes = self.usable_nodes()
         pinned = sorted({j.host for j in self.ctx.plan.jobs if j.host and j.host in nodes})
         argv = self.command(nodes, pinned, run / INPUT, run / JOBLOG, resume=True)  # (ship: env)
         (run / SCRIPT).write_text(
@@ -335,10 +396,27 @@ class Slurm(Parallel):
         output = run / self.output
         self._round_output = output.stat().st_size if output.exists() else 0
         pinned = sorted({j.host for j in rnd.todo if j.host})
+        if self.allocation:
+            self.tell_count(self.node_count(rnd.nodes, pinned), rnd.nodes)
         env = {**self.env, "IMGPIPE_JOB": (run / "imgpipe-job").read_text(),
                "IMGPIPE_SRUN": shlex.join(self.step_options())}
         return self.popen(self.command(rnd.nodes, pinned, run / ROUND_INPUT, run / ROUND_JOBLOG, resume=False,
                                        gate=rnd.gate), env=env)
+
+    def tell_count(self, count: int, nodes: list[str]) -> None:
+        """Say why an allocation asks for fewer nodes than slurm_nodes (once, and again when it changes)."""
+        wanted = self.ctx.plan.worker.slurm_nodes
+        if count == self._told_count or (self._told_count is None and count >= wanted):
+            self._told_count = count
+            return
+        self._told_count = count
+        if count >= wanted:
+            why = "as slurm_nodes says"
+        elif self.max_nodes and count == self.max_nodes:
+            why = f"Slurm gives an allocation no more than {count} here ({self._max_said})"
+        else:
+            why = f"{len(nodes)} node(s) usable"
+        self._notes.append(f"asking Slurm for an allocation of {count} node(s) (slurm_nodes = {wanted}): {why}")
 
     def end_round(self) -> None:
         self._round_over = True
@@ -358,7 +436,7 @@ class Slurm(Parallel):
             data = b""
         data = data[: data.rfind(b"\n") + 1]
         self._events += len(data)
-        out = []
+        out, self._notes = self._notes, []
         again = ("Slurm ended the allocation; the jobs it stopped run again in a new one" if self.allocation
                  else "the jobs it stopped run again") + " (connection_retries)"
         for line in data.decode(errors="replace").splitlines():
