@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 import signal
 import time
 from collections import defaultdict
@@ -358,7 +359,7 @@ def test_slurm_nodes_beyond_what_slurm_gives_asks_for_what_can_be_had_and_says_s
     is 2 (tests/slurmcluster.py: 'small'), slurm_nodes = 3 runs on 2 and says why, naming
     slurm_nodes; jobs pinned to 3 nodes there cannot be run in one allocation: an error that names
     slurm_nodes, not slurm_options, before anything is asked of Slurm."""
-    ms = make_ms(ms_factory, tmp_path, 4)
+    ms = make_ms(ms_factory, tmp_path, 6)  # (6 jobs, 2 a node: 3 nodes' worth)
     r = expect(imgpipe(slurm, tmp_path, config(tmp_path, worker={"slurm_nodes": "5"}), *ms), 0)
     assert "asking Slurm for an allocation of 3 node(s) (slurm_nodes = 5): 3 node(s) usable" in r.err, r
 
@@ -379,6 +380,50 @@ def test_slurm_nodes_beyond_what_slurm_gives_asks_for_what_can_be_had_and_says_s
     assert f"{cfg}: [worker] slurm_nodes = 3" in r.err and "pinned jobs run on 3 nodes (node[001-003])" in r.err, r
     assert "no more than 2" in r.err and "Traceback" not in r.err, r
     assert jobs_ever(slurm) == before and not slurm.jobs()
+
+
+def allocations_since(slurm: SlurmCluster, before: int) -> list[dict[str, str]]:
+    """The allocations (imgpipe's Slurm jobs) that ended since ``before`` (jobs_ever), as Slurm's own
+    job completion log records them (NodeList, NodeCnt...), once it has recorded one."""
+    def records():
+        lines = (slurm.dir / "jobcomp.txt").read_text().splitlines()[before:]
+        found = [dict(w.split("=", 1) for w in line.split() if "=" in w) for line in lines]
+        return [r for r in found if r.get("Name", "").startswith("imgpipe-")]
+
+    return wait_for(records, 30, "Slurm's record of the allocation")
+
+
+def test_a_resume_asks_for_no_more_nodes_than_the_jobs_left_can_use(slurm, tmp_path, ms_factory):
+    """Issue 25.3: slurm_nodes = 3, max_concurrent = 2. After a whole run, images of some jobs are
+    removed: a resume of 1 job asks Slurm for 1 node, of 3 jobs for 2; pinned jobs left on node002
+    alone, for node002 only (it took node[001-003] for one job, and another user's job waited)."""
+    ms = make_ms(ms_factory, tmp_path, 6)
+    cfg = config(tmp_path, worker={"slurm_nodes": "3"})
+    before = jobs_ever(slurm)
+    expect(imgpipe(slurm, tmp_path, cfg, *ms), 0)
+    assert [a["NodeCnt"] for a in allocations_since(slurm, before)] == ["3"]
+    for left, nodes in ((ms[:1], "1"), (ms[:3], "2")):
+        for m in left:
+            shutil.rmtree(image_of(tmp_path, m).parent)
+        before = jobs_ever(slurm)
+        r = expect(imgpipe(slurm, tmp_path, cfg, *ms), 0)
+        assert [a["NodeCnt"] for a in allocations_since(slurm, before)] == [nodes], r
+        assert (f"asking Slurm for an allocation of {nodes} node(s) (slurm_nodes = 3): the {len(left)} job(s) left "
+                "need no more, 2 a node") in r.err, r
+        assert all(image_of(tmp_path, m).is_file() for m in ms)
+
+    pinned = tmp_path / "pinned"
+    pinned.mkdir()
+    ms = make_ms(ms_factory, pinned, 6, pinned=True)  # node001, node002, node003 in turn
+    cfg = config(pinned, pinned=True, worker={"slurm_nodes": "3"})
+    expect(imgpipe(slurm, pinned, cfg, *ms), 0)
+    for m in (ms[1], ms[4]):  # node002's
+        shutil.rmtree(image_of(pinned, m).parent)
+    before = jobs_ever(slurm)
+    r = expect(imgpipe(slurm, pinned, cfg, *ms), 0)
+    assert [(a["NodeCnt"], a["NodeList"]) for a in allocations_since(slurm, before)] == [("1", "node002")], r
+    assert "the 2 job(s) left are pinned to node002" in r.err, r
+    assert all(image_of(pinned, m).is_file() for m in ms)
 
 
 def test_a_pending_allocation_is_said_with_slurms_reason(slurm, tmp_path, ms_factory):

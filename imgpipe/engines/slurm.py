@@ -266,12 +266,16 @@ class Slurm(Parallel):
         return ["srun", *self.options, f"--job-name={self.job_name}", "-N1", "-n1", f"-c{self.cpus}",
                 f"--mem={self.mem_mb}", *self.exclude(), *self.time_limit()]
 
-    def node_count(self, nodes: list[str], pinned: list[str]) -> int:
-        """How many nodes an allocation asks for: slurm_nodes (at least the pinned jobs' nodes), no
-        more than there are usable nodes (a drained or down node is never given), nor than Slurm
-        gives one allocation here (``validate``)."""
-        count = min(max(self.ctx.plan.worker.slurm_nodes, len(pinned)), len(nodes))
-        return max(1, min(count, self.max_nodes or count), len(pinned))
+    def node_count(self, nodes: list[str], pinned: list[str], jobs: list[Job]) -> int:
+        """How many nodes an allocation for ``jobs`` asks for: the pinned jobs' nodes, and for the
+        others up to slurm_nodes, but no more than the jobs can use (max_concurrent a node: a resume
+        of one job asks for one node), than there are usable nodes (a drained or down node is never
+        given), nor than Slurm gives one allocation here (``validate``)."""
+        w = self.ctx.plan.worker
+        free = [j for j in jobs if not j.host]
+        need = max(len(pinned), math.ceil(len(jobs) / w.max_concurrent)) if free else len(pinned)
+        count = min(w.slurm_nodes, need, len(nodes), self.max_nodes or len(nodes))
+        return max(1, count, len(pinned))
 
     def allocation_options(self, nodes: int, pinned: list[str]) -> list[str]:
         mem_per_cpu = math.ceil(self.mem_mb / self.cpus)
@@ -300,7 +304,7 @@ class Slurm(Parallel):
         if self.allocation:
             nodes = self.usable_nodes()
             pinned = sorted({j.host for j in self.ctx.plan.jobs if j.host and j.host in nodes})
-            count = self.node_count(nodes, pinned)
+            count = self.node_count(nodes, pinned, self.ctx.plan.jobs)
             request = self.allocation_options(count, pinned)
         else:
             request = self.step_options()[1:]
@@ -354,12 +358,12 @@ class Slurm(Parallel):
     def ssh_text(self) -> str:
         return f"bash {shlex.quote(str(self.ctx.run / SHIM))}"
 
-    def command(self, nodes: list[str], pinned: list[str], input_file: Path, joblog: Path, *, resume: bool,
-                gate: bool = False) -> list[str]:
+    def command(self, nodes: list[str], pinned: list[str], jobs: list[Job], input_file: Path, joblog: Path, *,
+                resume: bool, gate: bool = False) -> list[str]:
         parallel = self.argv(self.logins(nodes), input_file, joblog, resume=resume, gate=gate)
         if not self.allocation:
             return parallel
-        count = self.node_count(nodes, pinned)
+        count = self.node_count(nodes, pinned, jobs)
         return ["salloc", *self.allocation_options(count, pinned), "--",
                 "bash", str(self.ctx.run / ROUND_SCRIPT), str(self.ctx.run.path),
                 str(self.ctx.plan.worker.max_concurrent), *parallel]
@@ -374,7 +378,7 @@ class Slurm(Parallel):
         self.write_input(run / INPUT, self.ctx.plan.jobs)
         nodes = self.usable_nodes()
         pinned = sorted({j.host for j in self.ctx.plan.jobs if j.host and j.host in nodes})
-        argv = self.command(nodes, pinned, run / INPUT, run / JOBLOG, resume=True)  # (ship: env)
+        argv = self.command(nodes, pinned, self.ctx.plan.jobs, run / INPUT, run / JOBLOG, resume=True)  # (ship: env)
         (run / SCRIPT).write_text(
             "#!/usr/bin/env bash\n"
             "# Resume this run through Slurm without imgpipe: GNU parallel runs, through Slurm, the jobs\n"
@@ -397,13 +401,13 @@ class Slurm(Parallel):
         self._round_output = output.stat().st_size if output.exists() else 0
         pinned = sorted({j.host for j in rnd.todo if j.host})
         if self.allocation:
-            self.tell_count(self.node_count(rnd.nodes, pinned), rnd.nodes)
+            self.tell_count(self.node_count(rnd.nodes, pinned, rnd.todo), rnd.nodes, rnd.todo)
         env = {**self.env, "IMGPIPE_JOB": (run / "imgpipe-job").read_text(),
                "IMGPIPE_SRUN": shlex.join(self.step_options())}
-        return self.popen(self.command(rnd.nodes, pinned, run / ROUND_INPUT, run / ROUND_JOBLOG, resume=False,
+        return self.popen(self.command(rnd.nodes, pinned, rnd.todo, run / ROUND_INPUT, run / ROUND_JOBLOG, resume=False,
                                        gate=rnd.gate), env=env)
 
-    def tell_count(self, count: int, nodes: list[str]) -> None:
+    def tell_count(self, count: int, nodes: list[str], jobs: list[Job]) -> None:
         """Say why an allocation asks for fewer nodes than slurm_nodes (once, and again when it changes)."""
         wanted = self.ctx.plan.worker.slurm_nodes
         if count == self._told_count or (self._told_count is None and count >= wanted):
@@ -414,8 +418,14 @@ class Slurm(Parallel):
             why = "as slurm_nodes says"
         elif self.max_nodes and count == self.max_nodes:
             why = f"Slurm gives an allocation no more than {count} here ({self._max_said})"
-        else:
+        elif count == len(nodes):
             why = f"{len(nodes)} node(s) usable"
+        elif all(j.host for j in jobs):
+            why = f"the {len(jobs)} job(s) left are pinned to {print_nodes(sorted({j.host for j in jobs}))}"
+        else:
+            why = (f"the {len(jobs)} job(s) left need no more, {self.ctx.plan.worker.max_concurrent} a node"
+                   + (f" (and their pinned nodes, {print_nodes(sorted({j.host for j in jobs if j.host}))})"
+                      if any(j.host for j in jobs) else ""))
         self._notes.append(f"asking Slurm for an allocation of {count} node(s) (slurm_nodes = {wanted}): {why}")
 
     def end_round(self) -> None:
