@@ -254,7 +254,8 @@ def _fmt_seconds(seconds: float) -> str:
     return f"{s}s" if s < 60 else (f"{s // 60}m{s % 60:02d}s" if s < 3600 else f"{s // 3600}h{s % 3600 // 60:02d}m")
 
 
-def _print_summary(plan, jobs_path, sets, forced: frozenset, out, written: bool = True) -> None:
+def _print_summary(plan, jobs_path, sets, forced: frozenset, out, written: bool = True,
+                   options_from: str | None = None) -> None:
     from .image_sets import estimated_seconds, seconds_per_cost
 
     n_ms = sum(len(j.ms) for j in plan.jobs)
@@ -265,6 +266,7 @@ def _print_summary(plan, jobs_path, sets, forced: frozenset, out, written: bool 
         f"  nodes {nodes}, up to {plan.worker.max_concurrent} job(s) per node; the jobs start longest first",
         file=out,
     )
+    _print_slurm_request(plan, out, options_from)
     print(f"  {'job':<6} {'host':<12} {'state':<8} {'chan':>5} {'cost':>7}  images (-name prefix) <- MS", file=out)
     for job in plan.jobs[:SUMMARY_ROWS]:
         ms = os.path.basename(job.ms[0]) + (f" (+{len(job.ms) - 1} more)" if len(job.ms) > 1 else "")
@@ -284,6 +286,87 @@ def _print_summary(plan, jobs_path, sets, forced: frozenset, out, written: bool 
         print("  cost: relative units (the visibilities, passes and images of each job); seconds once jobs with "
               "these options have run", file=out)
     print(f"Jobs file: {jobs_path}" if written else f"Jobs file: not written (--dry-run): {jobs_path}", file=out)
+
+
+def slurm_request(plan, options_from: str = "slurm_options (or $LIBPIPE_SLURM_OPTIONS)") -> list[tuple[str, str, str]]:
+    """What each job asks of Slurm: (what, value, where the value comes from), the same for every
+    job of the plan. The node's share is read from sinfo when Slurm answers here (else it is said
+    how the run will work it out)."""
+    import math
+    import shlex
+    import shutil
+
+    from .engines.slurm import has_option, partition_of, read_nodes
+
+    w = plan.worker
+    options = shlex.split(w.slurm_options)
+    partition = partition_of(options)
+    share = None
+    if not (w.slurm_cpus and w.slurm_mem_mb) and shutil.which("sinfo"):
+        try:
+            nodes, _ = read_nodes(partition, os.environ)
+            usable = [n for n in nodes if n.usable] or nodes
+            if usable:
+                share = (min(n.cpus for n in usable), min(n.mem_mb for n in usable))
+        except Exception:  # (Slurm not answering here: the run works the share out when it starts)
+            share = None
+    part = (partition or "the default partition",
+            options_from if partition else "no --partition in slurm_options")
+
+    def shared(index: int, unit: str, value: int) -> tuple[str, str]:
+        if share is None:
+            return "a node's share", f"the smallest usable node's {unit} / max_concurrent {w.max_concurrent}, " \
+                                    "from sinfo when the run starts"
+        return str(value), f"a node's share: the smallest usable node's {share[index]} {unit} / max_concurrent " \
+                           f"{w.max_concurrent}"
+
+    cpus = ((str(w.slurm_cpus), "[worker.resources.heavy] cpus") if w.slurm_cpus
+            else shared(0, "CPUs", max(1, share[0] // w.max_concurrent) if share else 0))
+    mem = ((f"{w.slurm_mem_mb} MB", "[worker.resources.heavy] mem") if w.slurm_mem_mb
+           else shared(1, "MB", max(1, share[1] // w.max_concurrent) if share else 0))
+    if mem[0].isdigit():
+        mem = (f"{mem[0]} MB", mem[1])
+    if has_option(options, "-t", "--time"):
+        time_limit = (_time_option(options), options_from)
+    elif w.slurm_nodes:
+        time_limit = ("the allocation's (the partition's default)", "no --time in slurm_options; max_time is "
+                      "kept by the wrapper")
+    elif w.max_time:
+        time_limit = (f"{math.ceil((w.max_time + 60) / 60)} min", f"max_time = {w.max_time:g} s, + 1 min for the "
+                      "wrapper's own stop")
+    else:
+        time_limit = ("the partition's default", "no --time in slurm_options, max_time = 0")
+    return [("CPUs", *cpus), ("memory", *mem), ("time", *time_limit), ("partition", *part)]
+
+
+def _time_option(options: list[str]) -> str:
+    """The value of the last -t/--time in sbatch-style options."""
+    value = "as slurm_options says"
+    for i, word in enumerate(options):
+        if word in ("-t", "--time") and i + 1 < len(options):
+            value = options[i + 1]
+        elif word.startswith("--time="):
+            value = word.split("=", 1)[1]
+        elif word.startswith("-t") and len(word) > 2:
+            value = word[2:]
+    return value
+
+
+def _print_slurm_request(plan, out, options_from: str | None = None) -> None:
+    if plan.worker.nodes != ("slurm",):
+        return
+    mode = (f"one allocation of up to {plan.worker.slurm_nodes} node(s) a round, each job a step in it"
+            if plan.worker.slurm_nodes else "each job a Slurm job of its own")
+    print(f"  through Slurm ({mode}); each job asks for:", file=out)
+    for what, value, source in slurm_request(plan, *([options_from] if options_from else [])):
+        print(f"    {what:<10} {value:<22} {source}", file=out)
+
+
+def _options_from(config) -> str:
+    """Where [worker] slurm_options came from: the config file naming it, or the environment."""
+    if ("worker", "slurm_options") in config.origins:
+        return config.where("worker", "slurm_options")
+    return "$LIBPIPE_SLURM_OPTIONS" if os.environ.get("LIBPIPE_SLURM_OPTIONS") else "slurm_options (not set)"
 
 
 def _nothing_left(plan, sets, forced: frozenset) -> bool:
@@ -324,13 +407,18 @@ def cmd_plan(args: argparse.Namespace) -> int:
         forced = _forced(plan, path, args.force)
         for job in doc["jobs"]:
             job["state"] = _job_state(sets[job["id"]], job["id"] in forced)
+        if plan.worker.nodes == ("slurm",):
+            doc["slurm_request"] = {what: {"value": value, "from": source}
+                                    for what, value, source in slurm_request(plan, _options_from(config))}
         _print_json(doc, "jobs")
     else:
-        _print_summary(plan, path, sets, _forced(plan, path, args.force), sys.stdout, written=not args.dry_run)
+        _print_summary(plan, path, sets, _forced(plan, path, args.force), sys.stdout, written=not args.dry_run,
+                       options_from=_options_from(config))
     return 0
 
 
-def _print_dry_run(plan, sets, forced: frozenset) -> None:
+def _print_dry_run(plan, sets, forced: frozenset, options_from: str | None = None) -> None:
+    _print_slurm_request(plan, sys.stderr, options_from)
     for job in plan.jobs:
         state = _job_state(sets[job.id], job.id in forced)
         mark = "" if state == "to run" else f", {state}"
@@ -438,7 +526,8 @@ def cmd_image(args: argparse.Namespace) -> int:
             print(f"[{job.id} @ {job.host or '*'}] {job.command}", file=sys.stderr)
     sets = _image_states(plan, args.force)
     if config.worker.dry_run:
-        _print_dry_run(plan, sets, _forced(plan, args.jobs_file or jobs_file.default_path(plan), args.force))
+        _print_dry_run(plan, sets, _forced(plan, args.jobs_file or jobs_file.default_path(plan), args.force),
+                       _options_from(config))
         return 0
     from .engines import load
     from .engines.loop import check_tools

@@ -343,3 +343,43 @@ def test_a_closed_pipe_is_a_quiet_exit(tmp_path, write_config, ms_factory):
         assert proc.returncode in (0, 3), (command, proc.returncode, proc.stderr)  # (status: 3, not done)
         assert proc.stderr == "", (command, proc.stderr)
         assert len(proc.stdout.splitlines()) == 1
+
+
+def test_plan_shows_what_each_job_asks_of_slurm_and_where_each_value_comes_from(tmp_path, ms_factory):
+    """nodes = 'slurm': the plan (and --dry-run, and --json) says the CPUs, memory, time and
+    partition each job asks for, and their source: [worker.resources.heavy], slurm_options,
+    $LIBPIPE_SLURM_OPTIONS, max_time, or a node's share read from a real Slurm's sinfo (two CPUs
+    and 4000 MB a node here). Other [worker.resources] categories (calpipe's) stay accepted."""
+    from slurmcluster import SlurmCluster, missing_tools
+
+    if missing_tools():
+        pytest.skip(f"needs Slurm: {', '.join(missing_tools())}")
+    ms = ms_factory("a.MS")
+    cfg = tmp_path / "img.toml"
+    cfg.write_text("[worker]\nnodes = 'slurm'\nmax_concurrent = 2\nmax_time = 3600\n"
+                   "[worker.resources.light]\ncpus = 1\n[wsclean]\nname = 'img'\ndata-column = 'DATA'\n")
+    with SlurmCluster(tmp_path / "slurm") as cluster:
+        env = cluster.env(LIBPIPE_SLURM_OPTIONS="--partition=debug --time=1:30:00")
+
+        def imgpipe(*args):
+            return subprocess.run([sys.executable, "-m", "imgpipe.cli", *map(str, args)], cwd=tmp_path, env=env,
+                                  capture_output=True, text=True, timeout=120)
+
+        r = imgpipe("plan", cfg, ms, "--dry-run")
+        assert r.returncode == 0, r.stderr
+        lines = {ln.split()[0]: ln for ln in r.stdout.splitlines() if ln.startswith("    ")}
+        assert lines["CPUs"].split()[1] == "1" and "a node's share: the smallest usable node's 2 CPUs" in lines["CPUs"]
+        assert lines["memory"].split()[1:3] == ["2000", "MB"]
+        assert lines["time"].split()[1:] == ["1:30:00", "$LIBPIPE_SLURM_OPTIONS"]
+        assert lines["partition"].split()[1:] == ["debug", "$LIBPIPE_SLURM_OPTIONS"]
+        cfg.write_text(cfg.read_text().replace("max_time = 3600\n", "max_time = 3600\nslurm_options = '-p debug'\n")
+                       + "[worker.resources.heavy]\ncpus = 2\nmem = '3G'\n")
+        r = imgpipe(cfg, ms, "--dry-run")
+        assert r.returncode == 0, r.stderr
+        asked = {ln.split()[0]: ln for ln in r.stderr.splitlines() if ln.startswith("    ")}
+        assert asked["CPUs"].split()[1:] == ["2", "[worker.resources.heavy]", "cpus"]
+        assert asked["memory"].split()[1:] == ["3072", "MB", "[worker.resources.heavy]", "mem"]
+        assert asked["time"].split()[1:3] == ["61", "min"] and "max_time = 3600 s" in asked["time"]
+        assert asked["partition"].split()[1] == "debug" and f"{cfg}: [worker] slurm_options" in asked["partition"]
+        doc = json.loads(imgpipe("plan", cfg, ms, "--json", "--dry-run").stdout)
+        assert doc["slurm_request"]["CPUs"] == {"value": "2", "from": "[worker.resources.heavy] cpus"}
