@@ -191,6 +191,60 @@ def test_ctrl_c_stops_every_job_gracefully_and_leaves_nothing_in_slurm(slurm, tm
     assert all(image_of(tmp_path, m).is_file() for m in ms)
 
 
+def started(rdir: Path) -> set[str]:
+    """The jobs whose current attempt began on a node (its log's start line)."""
+    from imgpipe.attempt import read_log
+
+    logs = rdir / "logs"
+    return {p.name for p in (logs.iterdir() if logs.is_dir() else ())
+            if re.fullmatch(r"\d{4}", p.name) and read_log(p).start is not None}
+
+
+def our_jobs(slurm: SlurmCluster, state: str = "") -> list[str]:
+    return [j for j in slurm.jobs(completing=True) if j.split()[1].startswith("imgpipe-") and j.endswith(state)]
+
+
+@pytest.mark.parametrize("how, waiting", [("SIGINT", False), ("SIGTERM", True), ("SIGKILL", False),
+                                          ("SIGKILL", True)])
+def test_with_slurm_nodes_0_a_stop_never_waits_out_the_stop_grace(slurm, tmp_path, ms_factory, how, waiting):
+    """Issue 25.4: with slurm_nodes = 0, Ctrl-C or SIGTERM while jobs run took 20 s (STOP_GRACE) in 3
+    of 5 tries, 21 s while jobs were pending, and the guard lingered 20 s after a kill -9, Slurm
+    clean within 1 s: the stop's "srun --overlap" into a job that had ended (the first node's stop
+    had stopped it) failed, again and again until STOP_GRACE, and GNU parallel waited for the sruns
+    of pending jobs. Now Slurm is asked again at each round of the stop, and pending jobs are
+    cancelled first (they never start). The bound below is a failure bound, well under STOP_GRACE."""
+    from imgpipe.engines.control import STOP_GRACE
+    from procs import processes_mentioning
+
+    ms = make_ms(ms_factory, tmp_path, 9)
+    # waiting: each job asks for a whole node (2 CPUs), so 3 run and 3 wait in Slurm's queue
+    cfg = config(tmp_path, worker={"slurm_nodes": "0"}, wsclean=SLOW, resources={"cpus": "2"} if waiting else None)
+    running = 3 if waiting else 6
+    bound = STOP_GRACE * 0.75
+    proc = start_imgpipe(slurm, tmp_path, cfg, *ms)
+    try:
+        while_running(proc, lambda: len([p for p in job_processes(tmp_path) if p.split()[1] == "wsclean"]) >= running
+                      and len(our_jobs(slurm, "PENDING")) == (3 if waiting else 0), 120,
+                      f"{running} running WSClean" + (" and 3 jobs pending in Slurm" if waiting else ""))
+        rdir = run_dir(tmp_path)
+        began = started(rdir)
+        proc.send_signal(getattr(signal, how))
+        out, err = proc.communicate(timeout=bound)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    if how == "SIGKILL":  # its guard stops the jobs, then goes
+        wait_for(lambda: not processes_mentioning(str(cfg)), bound, "imgpipe's guard to stop the jobs and go")
+    else:
+        r = expect(Run(proc.returncode, out, err, 0), 130)
+        assert "stopped. 0 of 9 job(s) done" in r.err, r
+    assert not our_jobs(slurm), slurm.jobs(completing=True)
+    assert not job_processes(tmp_path), job_processes(tmp_path)
+    assert started(rdir) == began  # a job pending at the stop never started
+    assert not tmp_dirs_left(tmp_path)
+
+
 # ---------------------------------------------------------------- failures told apart
 
 

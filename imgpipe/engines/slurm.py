@@ -24,11 +24,12 @@ Facts this rests on (Slurm 22.05, measured: ../shared/spec/field-notes.md): srun
 when its node fails, 1 when its allocation is gone (a node of it failed: the steps GNU
 parallel starts after that never run) and 1 or 137 when a step goes past its memory, so the
 shim has the job say on the node when it began and ended, asks Slurm (scontrol) what became
-of a job that did not end by itself, and says which (node, memory, time limit, Slurm: all
-but memory and time limits run again in the next round, a new allocation); a node that
+of a job that did not end by itself, and says which (node, memory, time limit, Slurm: node
+and Slurm failures run again in the next round, a new allocation); a node that
 failed is said live (``news``, from RUN_DIR/slurm.events); SIGTERM to srun kills
-the step without its clean-up, so a stop is SIGHUP to GNU parallel, then TERM to the
-wrappers through ``srun --overlap`` steps, then ``scancel``; control steps need
+the step without its clean-up, so a stop is SIGHUP to GNU parallel, then (``StepShell``)
+``scancel`` of the jobs still pending and TERM to the wrappers through ``srun --overlap``
+steps of the jobs running (Slurm asked again at each round), then ``scancel``; control steps need
 ``--overlap``; every step asks for its memory; ``--no-kill`` is not used (after a node
 failure the allocation ends, and the next round makes a new one without that node).
 
@@ -142,22 +143,50 @@ def squeue(env: dict, *args: str) -> list[list[str]]:
     return [line.split("|") for line in r.stdout.splitlines() if line.strip()] if r.ok else []
 
 
-def step_shell(job_name: str, env: dict):
-    """A shell on a node through an ``srun --overlap`` step of one of our jobs there."""
-    from hostlist import expand_hostlist
+class StepShell:
+    """control.stop_engine's "shell" under Slurm: a command on a node through an ``srun --overlap``
+    step of one of our jobs running there. Slurm is asked again (squeue) for each round of stop
+    connections (what was seen less than LOOK_AGAIN s before serves the whole round): a node whose
+    jobs have ended since has nothing left to stop ('true'), where an ``srun --overlap`` into a job
+    gone would fail, and the stop would try again until STOP_GRACE is over (20 s). With
+    ``cancel_pending`` (slurm_nodes = 0), our jobs still pending are cancelled at each look: they
+    have run nothing yet, GNU parallel would wait for them, and Slurm would start them as soon as the
+    running ones stop."""
 
-    job_of: dict[str, str] = {}
-    for job_id, nodelist in squeue(env, "-n", job_name, "-t", "R", "-o", "%A|%N"):
-        for node in expand_hostlist(nodelist):
-            job_of.setdefault(node, job_id)
+    LOOK_AGAIN = 0.3
 
-    def shell(host: str, script: str) -> list[str]:
-        if host not in job_of:
-            return ["true"]  # no job of ours there: nothing to reach
-        return ["srun", "--overlap", "--quiet", f"--jobid={job_of[host]}", "-N1", "-n1", "-w", host,
-                "sh", "-c", script]
+    def __init__(self, job_name: str, env: dict, cancel_pending: bool) -> None:
+        import threading
 
-    return shell
+        self.job_name, self.env, self.cancel_pending = job_name, env, cancel_pending
+        self.lock = threading.Lock()  # (on_nodes calls it from several threads at once)
+        self.seen = -math.inf
+        self.job_of: dict[str, str] = {}
+
+    def look(self) -> None:
+        from hostlist import expand_hostlist
+
+        job_of: dict[str, str] = {}
+        pending = []
+        for job_id, state, nodelist in squeue(self.env, "-n", self.job_name, "-o", "%A|%T|%N"):
+            if state == "RUNNING":
+                for node in expand_hostlist(nodelist):
+                    job_of.setdefault(node, job_id)
+            elif state == "PENDING":
+                pending.append(job_id)
+        if pending and self.cancel_pending:
+            run_command(["scancel", *pending], env=self.env, timeout=60)
+        self.job_of = job_of
+
+    def __call__(self, host: str, script: str) -> list[str]:
+        with self.lock:
+            if time.monotonic() - self.seen > self.LOOK_AGAIN:
+                self.look()
+                self.seen = time.monotonic()
+            job = self.job_of.get(host)
+        if job is None:
+            return ["true"]  # no job of ours runs there: nothing to reach
+        return ["srun", "--overlap", "--quiet", f"--jobid={job}", "-N1", "-n1", "-w", host, "sh", "-c", script]
 
 
 class Slurm(Parallel):
@@ -523,7 +552,8 @@ class Slurm(Parallel):
                 hold_pid = None  # the allocation is still pending: nothing runs yet
         if hold_pid is not None or not record.get("allocation"):
             control.stop_engine(record["pid"], alive, signal.SIGHUP, record["tag"], record["nodes"],
-                                step_shell(record["job_name"], env), hold_pid=hold_pid)
+                                StepShell(record["job_name"], env, cancel_pending=not record.get("allocation")),
+                                hold_pid=hold_pid)
         run_command(["scancel", f"--name={record['job_name']}"], env=env, timeout=60)
         for sig in (signal.SIGTERM, signal.SIGCONT):  # salloc, still pending, or parallel of no allocation
             try:
