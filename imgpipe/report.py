@@ -212,15 +212,25 @@ def rel(path: str | os.PathLike, start: Path) -> str:
 # ----------------------------------------------------------------- the job log: every attempt
 
 
-def host_namer(plan: Plan, states: list[st.JobState] = ()):
+NODE_NOT_KNOWN = "(node not known)"
+
+
+def host_namer(plan: Plan, states: list[st.JobState] = (), logs: dict[str, list[LogFacts]] | None = None):
     """row -> node name: GNU parallel logs this machine as ':', and a job Slurm placed as 'slurm'
-    (its node is in its log: the job's state has it)."""
+    (its node is in the log of that attempt, the one that began while the row's attempt ran; when
+    that log names none, as when the node failed before the wrapper said where it began, the node
+    is not known: another attempt's node would be a false one. Without the logs: the job's state's)."""
     local = next((h for h in plan.worker.nodes if is_local(h)), "localhost")
     placed = {s.job.id: s.host for s in states if s.host}
+    logs = logs or {}
 
     def name(row: Row) -> str:
         if row.host == SLURM_PLACED:
-            return placed.get(row.job_id or "", row.host)
+            if not logs:
+                return placed.get(row.job_id or "", row.host)
+            began = [f for f in logs.get(row.job_id or "", ()) if f.host and f.start is not None
+                     and row.start - 1 <= f.start <= row.start + row.runtime + 1]
+            return (st.node_name(began[-1].host, plan) or began[-1].host) if began else NODE_NOT_KNOWN
         return local if row.host in (":", "localhost") else row.host
 
     return name
@@ -293,7 +303,7 @@ def timeline_bars(plan: Plan, states: list[st.JobState], rows: list[Row], now: f
     for r in rows:
         n_of[r.job_id or "?"] = n_of.get(r.job_id or "?", 0) + 1
     seen: dict[str, int] = {}
-    host_of = host_namer(plan, states)
+    host_of = host_namer(plan, states, logs)
     bars = []
     for r in rows:
         jid = r.job_id or "?"
@@ -1027,7 +1037,7 @@ class Facts:
     @functools.cached_property
     def host_of(self):
         """row -> the name of its node (host_namer)."""
-        return host_namer(self.plan, self.states)
+        return host_namer(self.plan, self.states, self.logs)
 
     @functools.cached_property
     def hosts_used(self) -> list[str]:

@@ -56,6 +56,7 @@ class JobState:
     log: str | None = None
     images: ImageSet | None = None
     slurm: str | None = None  # its Slurm job (and step) id, 'JOB' or 'JOB.STEP', when it ran through Slurm
+    pending: float | None = None  # seconds it waited in Slurm's queue before it began (runtime: after it began)
 
     def as_dict(self) -> dict:
         return {
@@ -75,6 +76,7 @@ class JobState:
             "sw": self.job.sw,
             "images": self.images.state if self.images else None,
             "slurm": self.slurm,
+            "pending": self.pending,
         }
 
 
@@ -103,10 +105,15 @@ def job_states(plan: Plan, run_dir: Path, *, measure: bool = False) -> list[JobS
         log_str = log if job.id in have_log else None  # (its path when there is one)
         row = rows.get(job.id)
         images = sets[job.id]
-        ids = slurm_ids(log) if slurm and log_str else None
+        began = read_log(log, job.id) if slurm and log_str else None  # (through Slurm: its job id, when it began)
+        ids = began.slurm if began else None
         if job.id in in_round:
             if os.path.exists(log):  # its start: the wrapper's "start:" line (the log's times move with each line)
-                facts = read_log(log, job.id)
+                facts = began or read_log(log, job.id)
+                if slurm and facts.start is None:  # (srun was started; Slurm has not run it on a node yet)
+                    states.append(JobState(job, "running", host=job.host, log=log, images=images,
+                                           why="pending in Slurm's queue: not begun on a node yet"))
+                    continue
                 start = facts.start if facts.start is not None else os.stat(log).st_ctime
                 states.append(JobState(job, "running", host=job.host or node_name(facts.host, plan), start=start,
                                        log=log, images=images, slurm=ids))
@@ -114,14 +121,17 @@ def job_states(plan: Plan, run_dir: Path, *, measure: bool = False) -> list[JobS
                 states.append(JobState(job, "not started", images=images))
         elif images.done:
             ok = row if row is not None and row.ok else None
+            start, runtime, pending = _ran(ok, began)
             states.append(JobState(job, "done", host=_host(ok, log, plan) if ok else None,
-                                   start=ok.start if ok else None, runtime=ok.runtime if ok else None, exitval=0,
-                                   log=log_str, images=images, slurm=ids))
+                                   start=start, runtime=runtime, exitval=0, why=_pending_words(pending),
+                                   log=log_str, images=images, slurm=ids, pending=pending))
         elif row is not None and not row.ok:
             failure, why = outcome_of(row.exitval, row.signal)
+            start, runtime, pending = _ran(row, began)
             states.append(JobState(job, "stopped" if failure == "stopped" else "failed", host=_host(row, log, plan),
-                                   start=row.start, runtime=row.runtime, exitval=row.exitval, failure=failure,
-                                   why=why, log=log_str, images=images, slurm=ids))
+                                   start=start, runtime=runtime, exitval=row.exitval, failure=failure,
+                                   why=why + (f"; {_pending_words(pending)}" if _pending_words(pending) else ""),
+                                   log=log_str, images=images, slurm=ids, pending=pending))
         elif log_str and images.state != "foreign" and (facts := read_log(log, job.id)).stopped:
             # its last attempt was stopped (the loop keeps no row of it): its result says so
             states.append(JobState(job, "stopped", host=node_name(facts.host, plan), start=facts.start,
@@ -136,6 +146,28 @@ def job_states(plan: Plan, run_dir: Path, *, measure: bool = False) -> list[JobS
                 why = f"ran before, but its images are {'incomplete' if images.state == 'incomplete' else 'gone'}"
             states.append(JobState(job, "not started", why=why, log=log_str, images=images))
     return judged(plan, states, measure_now=measure)
+
+
+PENDING_SAID = 1.0  # seconds in Slurm's queue worth a word in the why column
+
+
+def _ran(row: Row | None, began) -> tuple[float | None, float | None, float | None]:
+    """(start, runtime, pending) of an attempt: through Slurm, GNU parallel's row counts from srun's
+    start, the time the job waited in Slurm's queue included; its log's start line says when it
+    began on its node. Without it (or when it is not this row's attempt), the row's times."""
+    if row is None:
+        return None, None, None
+    if began is None or began.start is None or not row.start - 1 <= began.start <= row.start + row.runtime + 1:
+        return row.start, row.runtime, None
+    pending = min(max(0.0, began.start - row.start), row.runtime)
+    return row.start + pending, row.runtime - pending, pending
+
+
+def _pending_words(pending: float | None) -> str | None:
+    if pending is None or pending < PENDING_SAID:
+        return None
+    p = int(pending)
+    return f"pending {p // 3600}:{p % 3600 // 60:02d}:{p % 60:02d} in Slurm's queue before it ran"
 
 
 def judged(plan: Plan, states: list[JobState], *, measure_now: bool = False) -> list[JobState]:
@@ -179,11 +211,6 @@ def status_rows(jobs_path: Path, plan: Plan | None = None,
               for s in states]
     status_memo.save(run_dir, jobs_path, plan.digest, rows, others, started, images)
     return plan.digest, rows, None
-
-
-def slurm_ids(log: str | os.PathLike) -> str | None:
-    """'JOB.STEP' (or 'JOB') of the Slurm job an attempt ran as (its wrapper's start line says it)."""
-    return read_log(log).slurm
 
 
 def node_name(host: str | None, plan: Plan) -> str | None:

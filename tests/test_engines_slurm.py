@@ -263,6 +263,12 @@ def running_on(rdir: Path, node: str) -> list[str]:
     return found
 
 
+def read_log_host(path: Path) -> str | None:
+    from imgpipe.attempt import read_log
+
+    return read_log(path).host
+
+
 def while_running(proc, predicate, timeout: float, what: str):
     """wait_for, failing with imgpipe's output at once if it ends first."""
     def seen():
@@ -299,6 +305,21 @@ def test_a_node_that_fails_during_the_run_loses_no_job(slurm, tmp_path, ms_facto
     assert all(image_of(tmp_path, m).is_file() for m in ms)
     assert re.search(r"Slurm node node002 failed", r.err), r
     assert not slurm.jobs()
+
+    # issue 25.5: what the user is told of the failed attempts: their own node, never GNU parallel's
+    # placeholder 'slurm' (slurm_nodes = 0), in their logs and on the report's timeline
+    said = "".join(p.read_text() for p in (rdir / "logs").glob("*.err"))
+    assert "the Slurm node node002 failed" in said and "node slurm" not in said, said
+    page = Path(expect(imgpipe(slurm, tmp_path, "report"), 0).out.strip()).read_text()
+    failed = re.findall(r'<g class="bar failed" data-job="(\d+)"><title>job \1 .*?\nhost ([^,]+),', page)
+    assert failed, page
+    if slurm_nodes == "0":  # the node its own log names (it was another attempt's, done elsewhere), or none
+        # when node002 failed before the wrapper said where it began (in an allocation, the rows name
+        # the nodes GNU parallel ran the steps on)
+        assert "node002" in {host for _, host in failed} <= {"node002", "(node not known)"}, failed
+        for job, host in failed:
+            hosts = {read_log_host(p) for p in (rdir / "logs").glob(f"{job}.[0-9]")}
+            assert host in hosts or (host == "(node not known)" and None in hosts), (job, host, hosts)
 
 
 
@@ -478,6 +499,53 @@ def test_a_resume_asks_for_no_more_nodes_than_the_jobs_left_can_use(slurm, tmp_p
     assert [(a["NodeCnt"], a["NodeList"]) for a in allocations_since(slurm, before)] == [("1", "node002")], r
     assert "the 2 job(s) left are pinned to node002" in r.err, r
     assert all(image_of(pinned, m).is_file() for m in ms)
+
+
+def test_jobs_pending_in_slurms_queue_are_said_pending_and_their_wait_is_not_their_runtime(
+        slurm, tmp_path, ms_factory):
+    """Issue 25.5, slurm_nodes = 0: another user's job holds every node, so imgpipe's two jobs wait in
+    Slurm's queue. The progress line says them pending (it said '2 running'), status too; once they
+    ran, status gives how long they ran and, apart, how long they waited (the runtime included it:
+    1:13 for an 8 s job that waited 65 s)."""
+    release = tmp_path / "release"
+    blocker = slurm.run("sbatch", "-N3", "--exclusive", "--job-name=someone-else", "--output=/dev/null",
+                        f"--wrap=while [ ! -e {release} ]; do sleep 0.1; done").stdout
+    assert "Submitted batch job" in blocker
+    wait_for(lambda: any(j.endswith("someone-else RUNNING") for j in slurm.jobs()), 30, "the other user's job")
+    ms = make_ms(ms_factory, tmp_path, 2)
+    cfg = config(tmp_path, worker={"slurm_nodes": "0"})
+    proc = start_imgpipe(slurm, tmp_path, cfg, *ms)
+    try:
+        def pending_for(seconds: float) -> bool:  # (Slurm's own submit times of our jobs)
+            r = slurm.run("squeue", "-h", "-t", "PD", "-o", "%j %V", check=False)
+            submitted = [time.mktime(time.strptime(ln.split()[1], "%Y-%m-%dT%H:%M:%S"))
+                         for ln in r.stdout.splitlines() if ln.startswith("imgpipe-")]
+            return len(submitted) == 2 and time.time() - max(submitted) >= seconds
+
+        while_running(proc, lambda: pending_for(3), 60, "both jobs pending in Slurm for 3 s")
+        doc = json.loads(expect(imgpipe(slurm, tmp_path, "status", "--json"), 3).out)  # (3: jobs running)
+        assert [(j["state"], j["why"]) for j in doc["jobs"]] == \
+            [("running", "pending in Slurm's queue: not begun on a node yet")] * 2, doc["jobs"]
+        release.touch()
+        out, err = proc.communicate(timeout=120)
+    finally:
+        release.touch()
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    r = expect(Run(proc.returncode, out, err, 0), 0)
+    assert "0/2 done, 0 failed, 0 running, 2 pending, 0 waiting" in r.err, r
+    assert not re.search(r"0/2 done, 0 failed, [12] running", r.err.split("0 running, 2 pending")[0]), r
+
+    from imgpipe.joblog import read_rows
+
+    row_time = {row.job_id: row.runtime for row in read_rows(run_dir(tmp_path) / "joblog.tsv")}
+    doc = json.loads(expect(imgpipe(slurm, tmp_path, "status", "--json"), 0).out)
+    for j in doc["jobs"]:
+        assert j["state"] == "done" and j["pending"] >= 2, j
+        assert abs(j["runtime"] + j["pending"] - row_time[j["id"]]) < 0.01 and j["runtime"] < row_time[j["id"]], j
+    table = expect(imgpipe(slurm, tmp_path, "status"), 0).out
+    assert len(re.findall(r"pending 0:00:\d\d in Slurm's queue before it ran", table)) == 2, table
 
 
 def test_a_pending_allocation_is_said_with_slurms_reason(slurm, tmp_path, ms_factory):

@@ -118,8 +118,9 @@ class Progress:
         self.last_print = 0.0
         self.last_text = ""
 
-    def counts(self) -> tuple[int, int, dict[str, float], int, list]:
-        """done, failed, running (job -> when it started), waiting, and the round's rows so far."""
+    def counts(self) -> tuple[int, int, dict[str, float], int, list, int]:
+        """done, failed, running (job -> when it began on its node), waiting, the round's rows so far,
+        and pending: started by the engine, not begun on a node yet (in Slurm's queue)."""
         rows = self.tail.read()
         ok = {r.job_id for r in rows if r.ok}
         ended = {r.job_id for r in rows}
@@ -133,11 +134,15 @@ class Progress:
             except OSError:
                 logs = set()
             pending = [j for j in pending if j in logs]
-        for j in pending:  # a running job has a log; it started at its "start:" line
+        launched = 0
+        for j in pending:  # a running job has a log; it began at its "start:" line
             if (self.run / LOGS / j).exists():
+                launched += 1
                 started = read_log(self.run / LOGS / j).start
-                running[j] = started if started is not None and started <= time.time() else time.time()
-        return done, failed, running, self.total - done - failed - len(running), rows
+                if started is not None:
+                    running[j] = min(started, time.time())
+        queued = launched - len(running)
+        return done, failed, running, self.total - done - failed - len(running) - queued, rows, queued
 
     def eta(self, running: dict[str, float], waiting: int, rows, now: float) -> float | None:
         runtimes = self.session + [r.runtime for r in rows if r.ok] or self.history
@@ -155,10 +160,11 @@ class Progress:
 
     def line(self) -> str:
         now = time.time()
-        done, failed, running, waiting, rows = self.counts()
-        eta = self.eta(running, waiting, rows, now)
+        done, failed, running, waiting, rows, pending = self.counts()
+        eta = self.eta(running, waiting + pending, rows, now)
         why = self.waiting()
-        return (f"imgpipe: {done}/{self.total} done, {failed} failed, {len(running)} running, {waiting} waiting, "
+        return (f"imgpipe: {done}/{self.total} done, {failed} failed, {len(running)} running, "
+                + (f"{pending} pending, " if pending else "") + f"{waiting} waiting, "
                 f"{_duration(now - self.started)} elapsed" + (f", ETA {_duration(eta)}" if eta is not None else "")
                 + (f"; {why}" if why else ""))
 

@@ -499,6 +499,8 @@ class Slurm(Parallel):
     def waiting(self) -> str | None:
         """What Slurm keeps the jobs waiting for (asked of squeue at most every 2 s)."""
         when, said = self._waiting
+        if self._round_over:
+            return None  # (the round's jobs have all ended)
         if time.time() - when < 2:
             return said
         said = None
