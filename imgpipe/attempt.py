@@ -84,7 +84,8 @@ def encode_command(command: str) -> str:
     return command.replace("%", "%25").replace("@", "%40")
 
 
-def wrapper_args(plan, job_id: str, command: str, *, share: str, force: bool, run: str) -> list[str]:
+def wrapper_args(plan, job_id: str, command: str, *, share: str, force: bool, run: str,
+                 max_time: float | None = None) -> list[str]:
     """The words after ``imgpipe-job`` (WRAPPER_ARGS); ``job_id`` and ``command`` may be an engine's
     placeholders (which hold neither '%' nor '@'). The command is encoded (``encode_command``).
 
@@ -92,7 +93,7 @@ def wrapper_args(plan, job_id: str, command: str, *, share: str, force: bool, ru
     max_concurrent; 'THREADS/GB' the cores and memory Slurm granted the job.
     """
     w = plan.worker
-    max_time = w.max_time or 0
+    max_time = (w.max_time if max_time is None else max_time) or 0
     return [
         plan.tag, job_id, str(w.max_concurrent), w.env_file,
         str(int(max_time)) if float(max_time).is_integer() else str(max_time),

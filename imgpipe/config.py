@@ -97,6 +97,13 @@ WORKER_KEYS = {k.name: k for k in (
         "`timeout`)", "e.g. max_time = 7200 (2 hours)", within=(0, MAX_TIME)),
     Key("retries", 0, _is_int, "a whole number of retries, from 0 to 100",
         "re-run a job that failed in WSClean this many times", within=(0, 100)),
+    Key("retry_factor", 1.0, _is_number, "a factor, from 1 (the same) to 16",
+        "a job Slurm stopped past its memory or time limit, or that reached `max_time`, runs again (`retries`) "
+        "with this many times the memory and the time of its last attempt (`1`: the same), up to "
+        "`retry_memory_max`; its record says what it got", within=(1, 16)),
+    Key("retry_memory_max", "", lambda v: _is_str(v) and (v == "" or _mem_mb(v) is not None),
+        "an amount of memory, e.g. '64G' ('': a node's memory)",
+        "the most memory a job asks of Slurm when it runs again with more (`''`: the largest usable node's)"),
     Key("halt_after", "auto", lambda v: v == "auto" or _is_int(v) and v >= 0,
         "'auto' or a whole number of failed jobs (0: never halt)",
         "start no new job once this many jobs have failed for good (`0`: never halt). `'auto'`: halt when the "
@@ -120,9 +127,11 @@ WORKER_KEYS = {k.name: k for k in (
         "table; default: a node's CPUs and memory divided by `max_concurrent`)"),
 )}
 
-# the run settings read from [worker.resources.heavy] (its cpus, its mem in MB)
+# the run settings read from [worker.resources.heavy] (its cpus, its mem in MB), and from retry_memory_max
 SLURM_CPUS = Key("slurm_cpus", 0, _is_int, "a whole number of CPUs per job", within=(0, math.inf))
 SLURM_MEM_MB = Key("slurm_mem_mb", 0, _is_int, "a whole number of MB per job", within=(0, math.inf))
+RETRY_MEMORY_MAX_MB = Key("retry_memory_max_mb", 0, _is_int, "a whole number of MB", within=(0, math.inf))
+READ_FROM = {"slurm_cpus": SLURM_CPUS, "slurm_mem_mb": SLURM_MEM_MB, "retry_memory_max_mb": RETRY_MEMORY_MAX_MB}
 
 DATA_HANDLER_KEYS = {k.name: k for k in (
     Key("config_file", "", _is_str, "a string",
@@ -153,14 +162,15 @@ _EVERY_RE = re.compile(r"^every\s*(\d+)$")
 
 
 # '# worker:' settings added since format 1, as unset: written only when set (earlier plans keep their digest)
-_SINCE_FORMAT_1 = {"slurm_cpus": 0, "slurm_mem_mb": 0, "halt_after": None}
+_SINCE_FORMAT_1 = {"slurm_cpus": 0, "slurm_mem_mb": 0, "halt_after": None, "retry_factor": 1.0,
+                   "retry_memory_max_mb": 0}
 
 
 @dataclass(frozen=True)
 class RunSettings:
     """The ``[worker]`` settings a run needs, typed: carried from the plan, through the jobs
     file (its ``# worker:`` line, covered by the plan digest), to the engines. Each is checked by
-    its [worker] key's declaration (``halt_after``: None for 'auto'), or SLURM_CPUS, SLURM_MEM_MB."""
+    its [worker] key's declaration (``halt_after``: None for 'auto'), or READ_FROM."""
 
     nodes: tuple[str, ...]
     max_concurrent: int
@@ -174,6 +184,8 @@ class RunSettings:
     slurm_cpus: int  # CPUs per job asked of Slurm ([worker.resources.heavy] cpus); 0: the node's share
     slurm_mem_mb: int  # memory per job asked of Slurm, MB ([worker.resources.heavy] mem); 0: the node's share
     halt_after: int | None  # start no new job after this many failures; 0 never; None: 'auto'
+    retry_factor: float  # a job stopped past its memory or time runs again with this many times more
+    retry_memory_max_mb: int  # ... up to this much memory (MB); 0: the largest usable node's
 
     def as_dict(self) -> dict[str, Any]:
         """A stable JSON-able form (the jobs file's ``# worker:`` line; the digest is taken over it)."""
@@ -186,7 +198,7 @@ class RunSettings:
         """Read back ``as_dict``'s form; ValueError naming the key when it is not that form."""
         if not isinstance(data, dict):
             raise ValueError("the worker settings are not a JSON object")
-        keys = {**WORKER_KEYS, "slurm_cpus": SLURM_CPUS, "slurm_mem_mb": SLURM_MEM_MB}
+        keys = {**WORKER_KEYS, **READ_FROM}
         names = [f.name for f in fields(RunSettings)]
         unknown = sorted(set(data) - set(names))
         if unknown:
@@ -429,6 +441,7 @@ def _build_worker(table: dict[str, Any], where) -> WorkerConfig:
                            "'--partition=imaging --time=12:00:00'") from None
     w["slurm_options"] = slurm_options
     w["slurm_cpus"], w["slurm_mem_mb"] = _resources(w.pop("resources"), where)
+    w["retry_memory_max_mb"] = _mem_mb(w.pop("retry_memory_max")) or 0
     if w["halt_after"] == "auto":
         w["halt_after"] = None
     pattern = None
@@ -454,6 +467,13 @@ _MEM_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]?)B?\s*$", re.IGNORECASE)
 _MEM_MB = {"K": 1 / 1024, "M": 1, "G": 1024, "T": 1024 * 1024, "": 1024}  # a bare number is in GB
 
 
+def _mem_mb(text: str) -> int | None:
+    """MB of an amount of memory written as Slurm does ('30G', '500M', '2T'; a bare number: GB); None
+    when it is not one."""
+    m = _MEM_RE.match(text)
+    return int(float(m.group(1)) * _MEM_MB[m.group(2).upper()]) if m else None
+
+
 def _resources(table: dict[str, dict], where) -> tuple[int, int]:
     """nenucal's ``[worker.resources]``: ``{category: {cpus, mem}}``; imaging asks for the category
     'heavy' (as nenucal's imaging did). Returns (CPUs, memory in MB) per job, 0 when not set."""
@@ -469,9 +489,8 @@ def _resources(table: dict[str, dict], where) -> tuple[int, int]:
     mem_mb = 0
     if _is_number(mem) and mem >= 0:
         mem_mb = int(mem * 1024)
-    elif isinstance(mem, str) and _MEM_RE.match(mem):
-        number, unit = _MEM_RE.match(mem).groups()
-        mem_mb = int(float(number) * _MEM_MB[unit.upper()])
+    elif isinstance(mem, str) and _mem_mb(mem) is not None:
+        mem_mb = _mem_mb(mem)
     else:
         raise _type_error(where("resources") + ".heavy mem", "an amount of memory per job, e.g. '30G' or '500M'",
                           mem)

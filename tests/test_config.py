@@ -113,7 +113,8 @@ def test_the_readme_tables_are_the_declared_keys(table):
 
 def test_the_worker_settings_are_the_declared_keys():
     """Every field of WorkerConfig is a declared [worker] key, but the two read from [worker.resources.heavy]."""
-    assert {f.name for f in fields(WorkerConfig)} == set(WORKER_KEYS) - {"resources"} | {"slurm_cpus", "slurm_mem_mb"}
+    assert {f.name for f in fields(WorkerConfig)} == (set(WORKER_KEYS) - {"resources", "retry_memory_max"}
+                                                     | {"slurm_cpus", "slurm_mem_mb", "retry_memory_max_mb"})
 
 
 @pytest.mark.parametrize("worker, line", [

@@ -656,3 +656,16 @@ def test_ctrl_c_through_a_pipe_whose_reader_died_stops_every_slurm_job(slurm, tm
     assert code == 130, code
     assert not job_processes(tmp_path), job_processes(tmp_path)
     wait_for(lambda: not slurm.jobs(), 30, "Slurm to hold no job of the run")
+
+
+def test_a_job_past_its_memory_runs_again_with_more_and_its_record_says_what_it_got(slurm, tmp_path, ms_factory):
+    """retries = 1, retry_factor = 16: a job Slurm stopped past its 60 MB runs again asking for 960 MB
+    (retry_memory_max: the node's 4000 MB is above), and is done; its record says what WSClean got."""
+    (ms,) = make_ms(ms_factory, tmp_path, 1)
+    cfg = config(tmp_path, worker={"slurm_nodes": "0", "retries": "1", "retry_factor": "16"},
+                 resources={"mem": "'60M'"}, wsclean={"size": "'1024 1024'"})
+    r = expect(imgpipe(slurm, tmp_path, cfg, ms), 0)
+    assert "1 job(s) stopped past their memory or time run again with 16 times the memory and time" in r.err, r
+    record = json.loads(provenance_of(tmp_path, ms).read_text())
+    assert record["abs_mem_gb"] == 0.8, record  # 0.9 x 960 MB, in GB, rounded down to a tenth
+    assert [x["exitval"] for x in rows(run_dir(tmp_path))] == [17, 0]  # out of memory, then done

@@ -598,3 +598,22 @@ def test_a_stopped_force_run_resumes_without_making_again_what_it_made(cluster, 
     assert "forcing" not in {k for k, v in json.loads((rdir / "run.json").read_text()).items() if v}
     r = expect(imgpipe(cluster, tmp_path, cfg, *ms, "--force", "--dry-run"), 0)
     assert "6 job(s): 0 done, 6 to run" in r.err, r  # a new --force starts over
+
+
+# ---------------------------------------------------------------- retry with more
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_a_job_stopped_at_max_time_runs_again_with_more_time_and_its_record_says_so(cluster, tmp_path, ms_factory,
+                                                                                     engine):
+    """retries = 1, retry_factor = 16: jobs stopped by max_time (2 s) run again with 32 s and are
+    done, each after two attempts; their records say the max_time they got."""
+    ms = make_ms_set(ms_factory, tmp_path, 2)
+    cfg = config(tmp_path, cluster, worker={"max_time": "2", "retries": "1", "retry_factor": "16",
+                                            "max_concurrent": "1"},
+                 wsclean={"size": "'1024 1024'", "scale": "'1arcmin'", "niter": "6000"})
+    r = expect(imgpipe(cluster, tmp_path, cfg, *ms, "--engine", engine), 0)
+    assert "2 job(s) stopped past their memory or time run again with 16 times the memory and time" in r.err, r
+    records = [json.loads(provenance_of(tmp_path, m).read_text()) for m in ms]
+    assert [p["max_time"] for p in records] == [32, 32], records
+    assert rows(run_dir(tmp_path)) == {p["job"]: 2 for p in records}  # stopped at max_time, then done

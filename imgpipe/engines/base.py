@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..commands import ssh_shell
+from ..config import MAX_TIME
 from ..plan import Job, Plan
 from ..attempt import share_resources, wrapper_args
 from ..joblog import ROUND_JOBLOG, read_rows
@@ -55,6 +56,7 @@ class Round:
     nodes: list[str]  # the nodes that answer
     done: frozenset[str]  # the jobs whose images are done (for engines that keep their own record of it)
     gate: bool = True  # ask the halt gate before each job (bin/imgpipe-gate): False when no failure can halt
+    scale: float = 1.0  # the jobs ask for this many times the plan's memory and max_time (retry_factor)
 
 
 class Engine:
@@ -65,6 +67,7 @@ class Engine:
     hold = signal.SIGHUP  # the signal that stops it from starting jobs, keeping the running ones
     output = "engine.stderr"  # where its own messages go, in the run directory
     lost = ("cannot be reached", "cannot be reached any more")  # a node the probe finds unusable: at the start, later
+    scale = 1.0  # the round's Round.scale (set by start): more memory and time for jobs run again after a kill
 
     def __init__(self, ctx: Context) -> None:
         self.ctx = ctx
@@ -133,9 +136,14 @@ class Engine:
         (self.ctx.run / ROUND_JOBLOG).unlink(missing_ok=True)
 
     def wrapper_words(self, job_id: str, command: str, *, share: str) -> list[str]:
-        """``imgpipe-job`` and its arguments for one job (or for an engine's placeholders)."""
+        """``imgpipe-job`` and its arguments for one job (or for an engine's placeholders), with the
+        round's max_time (``scale``)."""
         return ["imgpipe-job", *wrapper_args(self.ctx.plan, job_id, command, share=share, force=self.ctx.force,
-                                             run=self.ctx.run.label)]
+                                             run=self.ctx.run.label, max_time=self.max_time())]
+
+    def max_time(self) -> float:
+        """The jobs' max_time in this round: the plan's, times the round's ``scale`` (0: no limit)."""
+        return min(self.ctx.plan.worker.max_time * self.scale, MAX_TIME)
 
     def popen(self, argv: list[str], env: dict | None = None, cwd=None) -> subprocess.Popen:
         """Start the engine's process in a session of its own (the loop stops it as a group);

@@ -274,7 +274,9 @@ class Retries:
 
     def __init__(self, worker) -> None:
         self.limits = {"connection": worker.connection_retries, "job": worker.retries}
+        self.factor = worker.retry_factor
         self.tries: Counter = Counter()
+        self.more: Counter = Counter()  # job -> its attempts stopped past their memory or time (MORE)
         self.final: set[str] = set()  # failed for good in this invocation
         self.counted: set[int] = set()  # rows already counted (by id())
 
@@ -301,13 +303,21 @@ class Retries:
             self.counted.add(id(row))
             if kind is not None:
                 self.tries[kind, row.job_id] += 1
+            if outcome_of(row.exitval, row.signal)[0] in MORE:
+                self.more[row.job_id] += 1
             if kind is not None and self.tries[kind, row.job_id] <= self.limits[kind]:
                 again = True
             else:
                 self.final.add(row.job_id)
         return again
 
+    def scale(self, job_id: str) -> float:
+        """How many times the plan's memory and time the job's next attempt asks for: retry_factor
+        for each of its attempts stopped past its memory or its time (1 with retry_factor = 1)."""
+        return self.factor ** self.more[job_id] if self.factor != 1 else 1.0
 
+
+MORE = ("memory", "time-limit", "timeout")  # the outcomes a retry meets with more (retry_factor)
 TICK = 0.2  # s between two looks at the round (progress, halt rule, Ctrl-C)
 
 
@@ -484,13 +494,19 @@ def _rounds(plan: Plan, run_dir: RunDir, eng, guard: Guard, stopper: Stopper, do
                 if j.id not in done and j.id not in retries.final and (j.host is None or j.host in live)]
         if not todo:
             break
+        scale = min(retries.scale(j.id) for j in todo)  # a round at a time for each size of request
+        later = [j for j in todo if retries.scale(j.id) != scale]
+        todo = [j for j in todo if retries.scale(j.id) == scale]
+        if scale != 1:
+            say(f"{len(todo)} job(s) stopped past their memory or time run again with {scale:g} times the "
+                "memory and time (retry_factor)")
         number += 1
         run_dir.archive_logs(j.id for j in todo)
         (run_dir / ROUND_IDS).write_text("\n".join(j.id for j in todo) + "\n")
         output = run_dir / eng.output
         output_start = output.stat().st_size if output.exists() else 0
         gate.set(halt, 0)  # (the round's job log starts empty)
-        proc = eng.start(Round(number, todo, list(live), frozenset(done), gate=halt.applies))
+        proc = eng.start(Round(number, todo, list(live), frozenset(done), gate=halt.applies, scale=scale))
         record = eng.record(proc, live)
         guard.watch(record)
         try:
@@ -513,7 +529,7 @@ def _rounds(plan: Plan, run_dir: RunDir, eng, guard: Guard, stopper: Stopper, do
             say(line)
         session += rows
         progress.session += [r.runtime for r in rows if r.ok]
-        if not retries.after_round(rows) or halt.check(session):
+        if not (retries.after_round(rows) or later) or halt.check(session):
             break
         if not any(j.id not in done and j.id not in retries.final and (j.host is None or j.host in live)
                    for j in plan.jobs):

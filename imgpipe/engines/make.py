@@ -116,6 +116,7 @@ class Make(Engine):
         pass  # the Makefile depends on the live nodes: written by each round
 
     def start(self, rnd: Round):
+        self.scale = rnd.scale
         self.write(rnd.nodes, rnd.done)
         slots = self.ctx.plan.worker.max_concurrent * len(rnd.nodes)
         return self.popen(["make", "-C", str(self.ctx.run.path), "-k", "-j", str(slots),

@@ -148,7 +148,7 @@ class Parallel(Engine):
         script.chmod(0o755)
 
     def start(self, rnd: Round):
-        run = self.ctx.run
+        run, self.scale = self.ctx.run, rnd.scale
         self.write_input(run / ROUND_INPUT, rnd.todo)
         (run / ROUND_JOBLOG).unlink(missing_ok=True)
         return self.popen(self.argv(self.logins(rnd.nodes), run / ROUND_INPUT, run / ROUND_JOBLOG, resume=False,

@@ -267,14 +267,24 @@ class Slurm(Parallel):
     def share(self) -> str:
         if not self.shares(self.ctx.plan.jobs):
             return "0"
-        return f"{self.cpus}/{self.mem_mb * MEM_FOR_WSCLEAN / 1024:.1f}"
+        return f"{self.cpus}/{self.asked_mem_mb() * MEM_FOR_WSCLEAN / 1024:.1f}"
+
+    def asked_mem_mb(self) -> int:
+        """The memory (MB) each job of the round asks for: the plan's, times the round's ``scale``
+        (a retry after a job went past its memory: retry_factor), up to retry_memory_max or the
+        largest usable node's memory."""
+        if self.scale == 1:
+            return self.mem_mb
+        cap = self.ctx.plan.worker.retry_memory_max_mb or max(
+            (n.mem_mb for n in self.known() if n.usable), default=self.mem_mb)
+        return max(self.mem_mb, min(math.ceil(self.mem_mb * self.scale), cap))
 
     # ---------------------------------------------------------------- what is asked of Slurm
 
     def time_limit(self) -> list[str]:
         """A job of its own gets max_time (+1 min for the wrapper's own stop) as its Slurm time limit,
         unless the user set one; an allocation lasts what slurm_options says."""
-        max_time = self.ctx.plan.worker.max_time
+        max_time = self.max_time()
         if self.allocation or not max_time or has_option(self.options, "-t", "--time"):
             return []
         return [f"--time={math.ceil((max_time + 60) / 60)}"]
@@ -290,10 +300,10 @@ class Slurm(Parallel):
     def step_options(self) -> list[str]:
         """srun's options for one job (bin/imgpipe-srun adds -w NODE)."""
         if self.allocation:
-            mem_per_cpu = math.ceil(self.mem_mb / self.cpus)
+            mem_per_cpu = math.ceil(self.asked_mem_mb() / self.cpus)
             return ["srun", "--exact", "-N1", "-n1", f"-c{self.cpus}", f"--mem-per-cpu={mem_per_cpu}"]
         return ["srun", *self.options, f"--job-name={self.job_name}", "-N1", "-n1", f"-c{self.cpus}",
-                f"--mem={self.mem_mb}", *self.exclude(), *self.time_limit()]
+                f"--mem={self.asked_mem_mb()}", *self.exclude(), *self.time_limit()]
 
     def node_count(self, nodes: list[str], pinned: list[str], jobs: list[Job]) -> int:
         """How many nodes an allocation for ``jobs`` asks for: the pinned jobs' nodes, and for the
@@ -307,7 +317,7 @@ class Slurm(Parallel):
         return max(1, count, len(pinned))
 
     def allocation_options(self, nodes: int, pinned: list[str]) -> list[str]:
-        mem_per_cpu = math.ceil(self.mem_mb / self.cpus)
+        mem_per_cpu = math.ceil(self.asked_mem_mb() / self.cpus)
         slots = self.ctx.plan.worker.max_concurrent
         words = [*self.options, f"--job-name={self.job_name}", f"--nodes={nodes}", f"--ntasks-per-node={slots}",
                  f"--cpus-per-task={self.cpus}", f"--mem-per-cpu={mem_per_cpu}"]
@@ -421,7 +431,7 @@ class Slurm(Parallel):
         (run / SCRIPT).chmod(0o755)
 
     def start(self, rnd: Round):
-        run = self.ctx.run
+        run, self.scale = self.ctx.run, rnd.scale
         self.write_input(run / ROUND_INPUT, rnd.todo)
         for name in (ROUND_JOBLOG, JOB_FILE, PID_FILE, EVENTS):
             (run / name).unlink(missing_ok=True)
