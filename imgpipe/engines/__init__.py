@@ -5,7 +5,8 @@
 - ``loop.run``: the one run loop every engine goes through (lock, what is left to do,
   nodes, rounds, retries, dead nodes, progress, stop, guard);
 - ``control``: probing the nodes and stopping what runs there;
-- one module per engine, defining ``ENGINE``: ``parallel`` (GNU parallel), ``make``.
+- ``gnu_parallel``: GNU parallel's input and command line, for the two engines that run it;
+- one module per engine, defining ``ENGINE``: ``parallel`` (GNU parallel), ``make``, ``slurm``.
 
 Adding an engine means adding one module here: ``names()`` finds it.
 """
@@ -15,7 +16,7 @@ from __future__ import annotations
 import importlib
 import os
 
-SUPPORT = ("base", "loop", "control")  # the modules that are no engine
+SUPPORT = ("base", "loop", "control", "gnu_parallel")  # the modules that are no engine
 DEFAULT = "parallel"
 
 

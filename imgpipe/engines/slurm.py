@@ -1,7 +1,8 @@
 """The Slurm engine: every job runs through Slurm (``nodes = 'slurm'``, or ``--engine slurm``).
 
 GNU parallel still runs the jobs, with the same input, job log, ``--resume-failed`` and
-pinning as the parallel engine (this engine is that engine with another "ssh"): its ssh is
+pinning as the parallel engine (``gnu_parallel``, which both engines use; this one gives it
+another "ssh", -S list, input line and SHARE word, and stands on ``base.Engine``): its ssh is
 ``bin/imgpipe-srun``, which runs each job with srun on the node GNU parallel chose.
 
 - ``slurm_nodes = K > 0``: one allocation per round, ``salloc -N K --ntasks-per-node=S
@@ -57,8 +58,8 @@ from ..hosts import print_nodes
 from ..plan import Job
 from ..joblog import JOBLOG, ROUND_JOBLOG, SLURM_PLACED
 from . import control
-from .base import Round
-from .parallel import INPUT, PROGRESS_BAR, ROUND_INPUT, Parallel, input_line, run_lock_lines, with_bar
+from .base import Engine, Round
+from .gnu_parallel import INPUT, PROGRESS_BAR, ROUND_INPUT, GnuParallel, input_line, run_lock_lines, with_bar
 
 SHIM = "imgpipe-srun"
 ROUND_SCRIPT = "imgpipe-slurm-round"
@@ -69,6 +70,7 @@ EVENTS = "slurm.events"  # what bin/imgpipe-srun saw Slurm do (a node that faile
 ANY = SLURM_PLACED  # GNU parallel's host for a job Slurm places (slurm_nodes = 0)
 USABLE = ("idle", "mixed", "allocated", "completing")  # what sinfo calls a node that takes jobs
 MEM_FOR_WSCLEAN = 0.9  # of the memory Slurm granted, given to WSClean's -abs-mem
+BATCH_JOB = "IMGPIPE_BATCH_JOB"  # set in the run's own batch job (imgpipe --submit: imgpipe/submit.py)
 
 
 @dataclass(frozen=True)
@@ -189,16 +191,19 @@ class StepShell:
         return ["srun", "--overlap", "--quiet", f"--jobid={job}", "-N1", "-n1", "-w", host, "sh", "-c", script]
 
 
-class Slurm(Parallel):
+class Slurm(Engine):
     name = "slurm"
     tools = tuple((t, "slurm-client") for t in ("sinfo", "salloc", "srun", "squeue", "scancel", "sbatch")) + (
         ("parallel", "parallel"),)
     output = "slurm.stderr"
     lost = ("is left out", "is left out from now on")  # (down or drained: Slurm would not give it)
-    ship = "env"  # the wrapper goes with each job: srun passes the environment to its node
 
     def __init__(self, ctx) -> None:
         super().__init__(ctx)
+        # GNU parallel runs the jobs, each through bin/imgpipe-srun (its "ssh"); the wrapper goes with
+        # each job ("env": srun passes the environment to its node)
+        self.gnu = GnuParallel(self, logins=self.logins, ssh_text=self.ssh_text, share=self.share, line=self.line,
+                               ship="env")
         self.env = slurm_env(ctx.env)
         self.options = user_options(ctx.plan.worker)
         self.partition = partition_of(self.options)
@@ -246,6 +251,9 @@ class Slurm(Parallel):
                 out[node] = f"not a node of the Slurm partition {self.partition or '(the default one)'}"
             elif not known[node].usable:
                 out[node] = known[node].why_not()
+            elif self.allocation and node == self.ctx.env.get("SLURMD_NODENAME") and self.ctx.env.get(BATCH_JOB):
+                out[node] = (f"imgpipe itself runs there, in the run's batch job (Slurm job {self.ctx.env[BATCH_JOB]}), "
+                             "and an allocation takes every job slot of a node")  # (imgpipe --submit)
         return out
 
     def resources(self) -> tuple[int, int]:
@@ -399,7 +407,7 @@ class Slurm(Parallel):
 
     def command(self, nodes: list[str], pinned: list[str], jobs: list[Job], input_file: Path, joblog: Path, *,
                 resume: bool, gate: bool = False) -> list[str]:
-        parallel = self.argv(self.logins(nodes), input_file, joblog, resume=resume, gate=gate)
+        parallel = self.gnu.argv(nodes, input_file, joblog, resume=resume, gate=gate)
         if not self.allocation:
             return parallel
         count = self.node_count(nodes, pinned, jobs)
@@ -414,7 +422,7 @@ class Slurm(Parallel):
         wrapper = run.install_wrapper()
         run.install(SHIM)
         run.install(ROUND_SCRIPT)
-        self.write_input(run / INPUT, self.ctx.plan.jobs)
+        self.gnu.write_input(run / INPUT, self.ctx.plan.jobs)
         nodes = self.usable_nodes()
         pinned = sorted({j.host for j in self.ctx.plan.jobs if j.host and j.host in nodes})
         argv = self.command(nodes, pinned, self.ctx.plan.jobs, run / INPUT, run / JOBLOG, resume=True)  # (ship: env)
@@ -432,7 +440,7 @@ class Slurm(Parallel):
 
     def start(self, rnd: Round):
         run, self.scale = self.ctx.run, rnd.scale
-        self.write_input(run / ROUND_INPUT, rnd.todo)
+        self.gnu.write_input(run / ROUND_INPUT, rnd.todo)
         for name in (ROUND_JOBLOG, JOB_FILE, PID_FILE, EVENTS):
             (run / name).unlink(missing_ok=True)
         self._events, self._failed, self._unnamed, self._round_over = 0, {}, {}, False
@@ -470,7 +478,7 @@ class Slurm(Parallel):
     def end_round(self) -> None:
         self._round_over = True
         super().end_round()
-        for name in (JOB_FILE, PID_FILE):
+        for name in (JOB_FILE, PID_FILE, ROUND_INPUT):
             (self.ctx.run / name).unlink(missing_ok=True)
 
     def news(self) -> list[str]:
