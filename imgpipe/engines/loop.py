@@ -181,6 +181,14 @@ class Progress:
         self.last_text = text
         self.stream.flush()
 
+    def clear(self) -> None:
+        """Rub out the progress line on a terminal, so that a message takes its place (and the line
+        is drawn again below it at the next tick)."""
+        if self.tty and self.last_text:
+            self.stream.write("\r\033[K")
+            self.stream.flush()
+            self.last_print = 0.0
+
     def close(self) -> None:
         if self.tty:
             self.stream.write("\n")
@@ -334,6 +342,7 @@ def _wait(proc: subprocess.Popen, stopper: Stopper, progress: Progress, halt: Ha
             progress.tick()
             watch.add(r.job_id for r in progress.tail.read() if r.ok)
             for line in [*eng.news(), *watch.news()]:
+                progress.clear()  # (on a terminal the progress line is redrawn at the next tick)
                 say(line)
             if not halted:
                 if halt.check(rows + progress.tail.read()):
