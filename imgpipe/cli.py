@@ -75,6 +75,9 @@ def _add_run_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--halt-after", type=int, metavar="N", default=None,
                    help="start no new job once N jobs have failed (0: never halt; default: [worker] "
                    "halt_after, else halt when the first jobs all fail the same way)")
+    p.add_argument("--submit", action="store_true",
+                   help="plan here, then run the run itself as a Slurm batch job (sbatch: RUN/batch.sh, its output in "
+                   "RUN/batch.out) and end at once: the night goes on when you log out (needs the Slurm engine)")
     _add_force_argument(p)
 
 
@@ -443,14 +446,68 @@ def _engine_name(plan, args) -> str:
 
 
 def _run_engine(plan, path, args) -> int:
+    import time as _time
+
     from .engines.loop import run
     from .status import print_summary
+    from .submit import batch_ended, batch_job, mark_killed, refuse_if_submitted
 
+    engine = _engine_name(plan, args)
+    job = batch_job()  # (the run's own batch job: imgpipe --submit)
+    if job is None:
+        refuse_if_submitted(Path(path))
     _collect_again()  # (the run's loop lasts the night)
     with _unfailing_output():
-        outcome = run(plan, Path(path), engine=_engine_name(plan, args), force=args.force,
-                      halt_after=args.halt_after)
-        return print_summary(plan, outcome)
+        _started = _time.time()
+        if job is not None:
+            print(f"imgpipe: the run's batch job, Slurm job {job} on {os.environ.get('SLURMD_NODENAME') or '?'}, "
+                  f"started {_fmt_time(_started)}", file=sys.stderr)
+        code = 130  # (unless it ends otherwise: an interruption)
+        try:
+            outcome = run(plan, Path(path), engine=engine, force=args.force, halt_after=args.halt_after)
+            if job is not None and outcome.stopped:  # (scancel: the jobs srun killed said nothing)
+                killed = mark_killed(plan, Path(path), _started, job)
+                if killed:
+                    print(f"imgpipe: {len(killed)} job(s) were killed by Slurm as the batch job was cancelled (no "
+                          "clean-up on their node: their next attempt removes what they left)", file=sys.stderr)
+            code = print_summary(plan, outcome)
+            return code
+        except ImgpipeError as e:
+            code = e.exit_code
+            raise
+        finally:
+            if job is not None:
+                batch_ended(Path(path), job, code)
+
+
+def _submit_engine(plan, args) -> None:
+    """--submit needs the Slurm engine (nodes = 'slurm', or --engine slurm)."""
+    if _engine_name(plan, args) != "slurm":
+        raise ImgpipeError("--submit runs the run as a Slurm batch job, its jobs through Slurm: it needs the Slurm "
+                           "engine, and these nodes are not Slurm's", where=plan.config_path,
+                           hint="set [worker] nodes = 'slurm' (or give --engine slurm), or leave out --submit")
+
+
+def _submit(plan, path, args, sets) -> int:
+    """--submit: the plan is checked and something is left to do; the run goes to Slurm as a batch job."""
+    from .submit import submit
+
+    _submit_engine(plan, args)
+    if _nothing_left(plan, sets, _forced(plan, path, args.force)):
+        print(f"imgpipe: nothing to do: all {len(plan.jobs)} job(s) done, their images are there; nothing was "
+              "submitted", file=sys.stderr)
+        return 0
+    run_args = [os.path.abspath(path), "--engine", "slurm"]
+    if args.force:
+        run_args.append("--force")
+    if args.halt_after is not None:
+        run_args += ["--halt-after", str(args.halt_after)]
+    if args.command == "run":  # (for `imgpipe CONFIG ...` these are in the jobs file already)
+        if args.nodes is not None:
+            run_args += ["--nodes", args.nodes]
+        if args.max_concurrent is not None:
+            run_args += ["--max-concurrent", str(args.max_concurrent)]
+    return submit(plan, Path(path), run_args=run_args)
 
 
 class _Unfailing:
@@ -528,12 +585,19 @@ def cmd_image(args: argparse.Namespace) -> int:
     if config.worker.dry_run:
         _print_dry_run(plan, sets, _forced(plan, args.jobs_file or jobs_file.default_path(plan), args.force),
                        _options_from(config))
+        if args.submit:
+            print("imgpipe: --dry-run: nothing was submitted", file=sys.stderr)
         return 0
     from .engines import load
     from .engines.loop import check_tools
 
-    check_tools(load(_engine_name(plan, args)))  # (before anything is written: exit 2 writes nothing)
+    if args.submit:  # (Slurm's tools are needed where the batch job runs; sbatch here: submit checks it)
+        _submit_engine(plan, args)
+    else:
+        check_tools(load(_engine_name(plan, args)))  # (before anything is written: exit 2 writes nothing)
     path = jobs_file.write(plan, args.jobs_file or jobs_file.default_path(plan))
+    if args.submit:
+        return _submit(plan, path, args, sets)
     n_ms = sum(len(j.ms) for j in plan.jobs)
     print(f"imgpipe: {len(plan.jobs)} job(s) for {n_ms} MS(s); jobs file {path}", file=sys.stderr)
     return _run_engine(plan, path, args)
@@ -550,7 +614,11 @@ def cmd_run(args: argparse.Namespace) -> int:
         plan = replace(plan, worker=_run_overrides(plan, args))  # (the plan's digest, and so its jobs, stay)
     if args.dry_run:
         _print_dry_run(plan, _image_states(plan, args.force), _forced(plan, args.jobs_file, args.force))
+        if args.submit:
+            print("imgpipe: --dry-run: nothing was submitted", file=sys.stderr)
         return 0
+    if args.submit:
+        return _submit(plan, args.jobs_file, args, _image_states(plan, args.force))
     return _run_engine(plan, args.jobs_file, args)
 
 
@@ -703,8 +771,11 @@ def cmd_status(args: argparse.Namespace) -> int:
 
     from .status import counts, exit_status, failure_words, host_summary, id_ranges, status_rows
     from .status_memo import done_jobs
+    from .submit import batch_record, batch_state, batch_words, slurm_states
 
     path = find_run(args.run)
+    record = batch_record(path.parent)  # (a run submitted with --submit lives in a Slurm batch job)
+    batch = batch_state(record, slurm_states([record["slurm_job"]])) if record else None
     filtered = bool(args.state or args.host or args.obs_id or args.sw)
     digest, rows, done = status_rows(path, every_row=args.json or args.all or filtered)
     if done is not None and len(done.ids) <= DONE_LISTED:
@@ -722,11 +793,12 @@ def cmd_status(args: argparse.Namespace) -> int:
             if r["state"] == "running" and r["start"]:
                 r["elapsed"] = now - r["start"]
         _print_json({"run_dir": str(path.parent.resolve()), "jobs_file": str(path.resolve()), "digest": digest,
-                     "counts": c, "exit_status": exit_status(c), "hosts": host_summary(rows), "jobs": rows}, "jobs")
+                     "batch": batch, "counts": c, "exit_status": exit_status(c), "hosts": host_summary(rows),
+                     "jobs": rows}, "jobs")
         return exit_status(c)
     others = len(local_runs()) - 1 if not args.run else 0
-    out = [f"run {path.parent.resolve()}" + (f"   (the latest of {others + 1} runs here: `imgpipe runs` lists them)"
-                                             if others > 0 else "")]
+    out = [f"run {path.parent.resolve()}" + (f": it lives in {batch_words(batch)}" if batch else "")
+           + (f"   (the latest of {others + 1} runs here: `imgpipe runs` lists them)" if others > 0 else "")]
     order = {"failed": 0, "suspect": 1, "running": 2, "stopped": 3, "not started": 4, "done": 5}
     listed = shown
     if c["done"] > DONE_LISTED and not args.all and not filtered:  # the jobs that need a look, not 50,000 done
@@ -775,7 +847,8 @@ def _fit(text: str, width: int) -> str:
 
 
 def cmd_runs(args: argparse.Namespace) -> int:
-    from .status import run_overview
+    from .status import batch_states, run_overview
+    from .submit import batch_words
 
     # (a directory `imgpipe plan` wrote and nothing ran from is a plan, not a run: said apart)
     here = [p.resolve() for p in local_runs()]
@@ -783,6 +856,7 @@ def cmd_runs(args: argparse.Namespace) -> int:
     paths = list(dict.fromkeys([p for p in here if p not in planned] + [find_run(a).resolve() for a in args.extra]))
     rows = [run_overview(p) for p in paths]
     rows.sort(key=lambda r: r["last_activity"] or 0, reverse=True)
+    batch_states(rows)  # (the runs submitted with --submit: their Slurm jobs, from one squeue)
     if args.json:
         _print_json({"planned": [str(p.parent) for p in planned], "runs": rows}, "runs")
         return 0
@@ -801,7 +875,7 @@ def cmd_runs(args: argparse.Namespace) -> int:
         print(f"{_fmt_time(r['last_activity']):<15} {c['total']:>5} {c['done'] + c['suspect']:>5} {c['suspect']:>7} "
               f"{c['failed']:>6} {c['running']:>7} {c['not started'] + c.get('stopped', 0):>6}  "
               f"{_fit(os.path.basename(r['config']), cw):<{cw}} {_fit(r['inputs'], iw):<{iw}} "
-              f"{_short(r['run_dir'])}")
+              f"{_short(r['run_dir'])}" + (f"  {batch_words(r['batch'])}" if r["batch"] else ""))
     if also:
         print(also)
     return 0

@@ -14,6 +14,7 @@ from .errors import ImgpipeError
 LOCK = "run.lock"
 LOCK_WAIT = 90.0  # seconds a new run waits for an earlier one that is stopping its jobs
 STOPPING = "stopping its jobs"  # in the lock's holder text while a killed run's jobs are being stopped
+SUBMITTING = "submitting the run to Slurm"  # ... while `imgpipe --submit` writes batch.sh and calls sbatch
 
 
 class RunLock:
@@ -49,8 +50,8 @@ class RunLock:
                         hint="wait for it to finish, or stop it (Ctrl-C, or kill that process) first",
                     ) from None
                 if not said:
-                    print(f"imgpipe: waiting for the earlier run to finish stopping its jobs ({holder})",
-                          file=sys.stderr)
+                    print(f"imgpipe: waiting for the earlier run to finish stopping its jobs ({holder})"
+                          if SUBMITTING not in holder else f"imgpipe: waiting for {holder}", file=sys.stderr)
                     said = True
                 time.sleep(0.5)
         self.say(f"imgpipe pid {os.getpid()} on {socket.gethostname()} since {time.ctime()}")
@@ -60,7 +61,7 @@ class RunLock:
     def _stopping(holder: str) -> bool:
         """The lock is held by the guard of a run that died: it said so, or the imgpipe it names
         (on this machine) is gone and the guard has not said so yet."""
-        if STOPPING in holder:
+        if STOPPING in holder or SUBMITTING in holder:  # (a moment: the lock is soon free)
             return True
         m = re.match(r"imgpipe pid (\d+) on (\S+) ", holder)
         if not m or m.group(2) != socket.gethostname():

@@ -38,6 +38,7 @@ from .quality import main_image, night
 from .joblog import ROUND_JOBLOG, SLURM_PLACED, Row, attempts, last_rows, read_rows
 from .run_dir import LOGS, ROUND_IDS
 from .run_lock import run_active
+from .submit import batch_record, batch_state, slurm_states
 
 if TYPE_CHECKING:  # (the plan's module is not needed to show a memo's rows)
     from .plan import Job, Plan
@@ -427,11 +428,13 @@ def last_activity(jobs_path: Path) -> float:
 
 
 def run_overview(jobs_path: Path) -> dict:
-    """One run for `imgpipe runs`: where, its config, its inputs in a few words, last activity, counts."""
+    """One run for `imgpipe runs`: where, its config, its inputs in a few words, last activity, counts,
+    and its batch job's record when it was submitted (``batch_states`` says how that job is)."""
     from . import jobs_file
     from .errors import ImgpipeError
 
-    row = {"run_dir": str(jobs_path.parent), "jobs_file": str(jobs_path), "last_activity": last_activity(jobs_path)}
+    row = {"run_dir": str(jobs_path.parent), "jobs_file": str(jobs_path), "last_activity": last_activity(jobs_path),
+           "batch": batch_record(jobs_path.parent)}
     try:
         plan = jobs_file.read(jobs_path)
     except ImgpipeError as e:
@@ -449,3 +452,13 @@ def run_overview(jobs_path: Path) -> dict:
     else:
         inputs = ", ".join(names)
     return {**row, "config": plan.config_path, "inputs": inputs, "counts": counts(r["state"] for r in rows)}
+
+
+def batch_states(rows: list[dict]) -> None:
+    """Each submitted run's batch job as Slurm has it now (``submit.batch_state``), asked of squeue
+    once for every run: ``row["batch"]`` becomes that state (None for a run not submitted)."""
+    records = [r["batch"] for r in rows if r.get("batch")]
+    states = slurm_states([rec["slurm_job"] for rec in records]) if records else {}
+    for r in rows:
+        if r.get("batch"):
+            r["batch"] = batch_state(r["batch"], states)

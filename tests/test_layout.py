@@ -1,7 +1,7 @@
 """The package's layout: imports flow one way along the data flow, with no circles.
 
 config -> data_handler -> inputs -> ms_facts -> plan -> check -> jobs_file -> image_sets ->
-attempt -> quality -> joblog -> run_lock -> run_dir -> engines/ -> status_memo -> status -> report -> cli.
+attempt -> quality -> joblog -> run_lock -> run_dir -> engines/ -> submit -> status_memo -> status -> report -> cli.
 A module imports only modules to its left, and the helpers every stage may use (errors, files, hosts, commands, the WSClean option table).
 Every import counts, those inside functions too.
 """
@@ -13,7 +13,7 @@ from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parent.parent / "imgpipe"
 FLOW = ["config", "data_handler", "inputs", "ms_facts", "plan", "check", "jobs_file", "image_sets", "attempt", "quality",
-        "joblog", "run_lock", "run_dir", "engines", "status_memo", "status", "report", "cli"]
+        "joblog", "run_lock", "run_dir", "engines", "submit", "status_memo", "status", "report", "cli"]
 HELPERS = {"__init__": 0, "errors": 0, "files": 0, "hosts": 0, "wsclean_options": 0, "wsclean_command": 1,
            "commands": 1}
 

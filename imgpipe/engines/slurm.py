@@ -252,8 +252,8 @@ class Slurm(Engine):
             elif not known[node].usable:
                 out[node] = known[node].why_not()
             elif self.allocation and node == self.ctx.env.get("SLURMD_NODENAME") and self.ctx.env.get(BATCH_JOB):
-                out[node] = (f"imgpipe itself runs there, in the run's batch job (Slurm job {self.ctx.env[BATCH_JOB]}), "
-                             "and an allocation takes every job slot of a node")  # (imgpipe --submit)
+                out[node] = (f"imgpipe itself runs there, in the run's batch job (Slurm job "
+                             f"{self.ctx.env[BATCH_JOB]}), and an allocation takes every job slot of a node")
         return out
 
     def resources(self) -> tuple[int, int]:
