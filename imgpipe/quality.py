@@ -93,14 +93,15 @@ def _plane(path: str):
     import numpy as np
     from astropy.io import fits
 
-    with warnings.catch_warnings(), fits.open(path, memmap=False) as hdus:
+    with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # (astropy's words on a damaged header: the error says it)
-        for hdu in hdus:
-            data = hdu.data
-            if data is not None and getattr(data, "ndim", 0) >= 2:
-                while data.ndim > 2:
-                    data = data[0]
-                return np.asarray(data, dtype=np.float32), hdu.header.copy()
+        with fits.open(path, memmap=False) as hdus:
+            for hdu in hdus:
+                data = hdu.data
+                if data is not None and getattr(data, "ndim", 0) >= 2:
+                    while data.ndim > 2:
+                        data = data[0]
+                    return np.asarray(data, dtype=np.float32), hdu.header.copy()
     raise ValueError("no image in this FITS file")
 
 
