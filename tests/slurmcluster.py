@@ -172,6 +172,19 @@ PartitionName=small Nodes={','.join(self.names)} Default=NO MaxNodes=2 MaxTime=I
         r = self.run("squeue", "-h", "-s", "-o", "%i %j")
         return [line for line in r.stdout.splitlines() if line.strip()]
 
+    def clean(self, timeout: float = 60) -> None:
+        """Back to a clean cluster after a test: no job in Slurm, every node up and idle (a node
+        resumed is 'idle*', not responding, for a moment: Slurm gives it only once it is 'idle')."""
+        self.cancel_all()
+        for node, state in self.states().items():
+            if not state.startswith("idle"):
+                self.set_state(node, "resume")
+        deadline = time.time() + timeout
+        while set(self.states().values()) != {"idle"}:
+            if time.time() > deadline:
+                raise AssertionError(f"the Slurm nodes are not all idle again: {self.states()}")
+            time.sleep(0.2)
+
     def cancel_all(self) -> None:
         self.run("scancel", "--user", "root", check=False)
         deadline = time.time() + 20

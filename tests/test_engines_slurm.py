@@ -43,12 +43,7 @@ def slurm(tmp_path_factory):
 def clean_cluster(slurm):
     """Every test starts with every node up and no job in Slurm, and leaves none behind."""
     yield
-    slurm.cancel_all()
-    for node, state in slurm.states().items():
-        if not state.startswith("idle"):
-            slurm.set_state(node, "resume")
-    # (a node resumed is 'idle*', not responding, for a moment: Slurm gives it only once it is 'idle')
-    wait_for(lambda: set(slurm.states().values()) == {"idle"}, 60, "every node idle again")
+    slurm.clean()
 
 
 def config(tmp_path: Path, *, worker: dict | None = None, wsclean: dict | None = None, pinned: bool = False,
