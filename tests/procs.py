@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from sshcluster import _alive  # (running, not a zombie)
+from sshcluster import _alive, stat_fields  # (_alive: running, not a zombie)
 
 
 def cmdline(pid: int) -> bytes:
@@ -98,3 +98,13 @@ def none_alive(pids, within: float = 5.0) -> bool:
             return False
         time.sleep(0.1)
     return True
+
+
+def session_members(sid: int) -> list[int]:
+    """The live processes (not zombies) of session ``sid``."""
+    found = []
+    for entry in os.listdir("/proc"):
+        fields = stat_fields(int(entry)) if entry.isdigit() else None
+        if fields and int(fields[3]) == sid and fields[0] != b"Z":
+            found.append(int(entry))
+    return found

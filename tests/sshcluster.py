@@ -105,20 +105,24 @@ def _set_pdeathsig() -> None:
         pass
 
 
+def stat_fields(pid: int) -> list[bytes] | None:
+    """The fields of /proc/PID/stat after its "(comm)": state, ppid, pgrp, session, ... (None: gone).
+    comm may hold spaces and parentheses: the fields start after its last ")"."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read()
+    except OSError:
+        return None
+    return stat[stat.rfind(b")") + 2:].split()
+
+
 def _ppid_map() -> dict[int, list[int]]:
     """parent pid -> child pids, from one pass over /proc."""
     children: dict[int, list[int]] = {}
     for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat", "rb") as f:
-                stat = f.read()
-        except OSError:
-            continue
-        # "pid (comm) state ppid ...": comm may contain spaces and parentheses.
-        fields = stat[stat.rfind(b")") + 2 :].split()
-        children.setdefault(int(fields[1]), []).append(int(entry))
+        fields = stat_fields(int(entry)) if entry.isdigit() else None
+        if fields:
+            children.setdefault(int(fields[1]), []).append(int(entry))
     return children
 
 
@@ -143,12 +147,8 @@ def _signal(pid: int, sig: int) -> None:
 
 def _alive(pid: int) -> bool:
     """The process exists and is not a zombie."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            stat = f.read()
-    except OSError:
-        return False
-    return stat[stat.rfind(b")") + 2 : stat.rfind(b")") + 3] != b"Z"
+    fields = stat_fields(pid)
+    return bool(fields) and fields[0] != b"Z"
 
 
 def _comm(pid: int) -> str:

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from procs import job_processes
+from procs import job_processes, session_members
 from slurmcluster import SlurmCluster, missing_tools
 from test_engine_parallel import Run, env_for, expect, image_of, imgpipe, provenance_of, tmp_dirs_left, wait_for
 
@@ -78,21 +78,6 @@ def submit(slurm, tmp_path: Path, cfg: Path, ms, *more) -> Run:
     out, err = proc.communicate(timeout=120)
     assert not session_members(proc.pid), session_members(proc.pid)
     return Run(proc.returncode, out, err, time.time() - t0)
-
-
-def session_members(sid: int) -> list[int]:
-    """The live processes of session ``sid``."""
-    found = []
-    for entry in os.listdir("/proc"):
-        try:
-            with open(f"/proc/{entry}/stat", "rb") as f:
-                stat = f.read()
-        except OSError:
-            continue
-        fields = stat[stat.rfind(b")") + 2:].split()
-        if entry.isdigit() and int(fields[3]) == sid and fields[0] != b"Z":
-            found.append(int(entry))
-    return found
 
 
 def batch_job(rdir: Path) -> str:
