@@ -124,3 +124,20 @@ def run_imgpipe(tmp_path):
 
 def needs(tool: str):
     return pytest.mark.skipif(shutil.which(tool) is None, reason=f"{tool} is not installed")
+
+
+@pytest.fixture(scope="module")
+def slurm(tmp_path_factory):
+    """A real Slurm of this test module's own (tests/slurmcluster.py): munged, slurmctld, three slurmd."""
+    from slurmcluster import SlurmCluster
+
+    with SlurmCluster(tmp_path_factory.mktemp("slurm")) as cluster:
+        yield cluster
+
+
+@pytest.fixture
+def clean_cluster(slurm):
+    """The test leaves Slurm as it found it: no job, every node up and idle (a module using the
+    cluster asks for it for every test: ``pytest.mark.usefixtures("clean_cluster")``)."""
+    yield
+    slurm.clean()

@@ -172,6 +172,11 @@ PartitionName=small Nodes={','.join(self.names)} Default=NO MaxNodes=2 MaxTime=I
         r = self.run("squeue", "-h", "-s", "-o", "%i %j")
         return [line for line in r.stdout.splitlines() if line.strip()]
 
+    def jobs_ended(self) -> int:
+        """How many Slurm jobs have ended so far (Slurm's own job completion log)."""
+        path = self.dir / "jobcomp.txt"
+        return len(path.read_text().splitlines()) if path.exists() else 0
+
     def clean(self, timeout: float = 60) -> None:
         """Back to a clean cluster after a test: no job in Slurm, every node up and idle (a node
         resumed is 'idle*', not responding, for a moment: Slurm gives it only once it is 'idle')."""

@@ -27,23 +27,13 @@ from test_engine_parallel import (
 )
 
 _missing = missing_tools()
-pytestmark = pytest.mark.skipif(bool(_missing), reason=f"needs Slurm: {', '.join(_missing)}")
+pytestmark = [
+    pytest.mark.skipif(bool(_missing), reason=f"needs Slurm: {', '.join(_missing)}"),
+    pytest.mark.usefixtures("clean_cluster"),  # (conftest.py: every test leaves Slurm clean)
+]
 NODES = ("node001", "node002", "node003")
 FAST = {"size": "'64 64'", "scale": "'5arcmin'", "niter": "10"}
 SLOW = {"size": "'512 512'", "niter": "3000"}
-
-
-@pytest.fixture(scope="module")
-def slurm(tmp_path_factory):
-    with SlurmCluster(tmp_path_factory.mktemp("slurm")) as cluster:
-        yield cluster
-
-
-@pytest.fixture(autouse=True)
-def clean_cluster(slurm):
-    """Every test starts with every node up and no job in Slurm, and leaves none behind."""
-    yield
-    slurm.clean()
 
 
 def config(tmp_path: Path, *, worker: dict | None = None, wsclean: dict | None = None, pinned: bool = False,
@@ -80,12 +70,6 @@ def slurm_of(rdir: Path, job_id: str) -> tuple[str, str | None, str]:
     return job, step or None, node
 
 
-def jobs_ever(slurm: SlurmCluster) -> int:
-    """How many Slurm jobs have ended so far (Slurm's own job completion log)."""
-    path = slurm.dir / "jobcomp.txt"
-    return len(path.read_text().splitlines()) if path.exists() else 0
-
-
 def rows(rdir: Path) -> list[dict]:
     from imgpipe.joblog import read_rows
 
@@ -119,10 +103,10 @@ def test_pinned_jobs_run_as_steps_on_their_nodes_and_a_rerun_asks_slurm_for_noth
     assert all(max_overlap(spans) <= 2 for spans in per_node.values()), per_node  # max_concurrent per node
     assert not slurm.jobs() and not tmp_dirs_left(tmp_path)
 
-    before = jobs_ever(slurm)
+    before = slurm.jobs_ended()
     r = expect(imgpipe(slurm, tmp_path, cfg, *ms), 0)
     assert "nothing to do: all 6 job(s) done" in r.err, r
-    assert jobs_ever(slurm) == before and not slurm.jobs()  # no allocation asked for
+    assert slurm.jobs_ended() == before and not slurm.jobs()  # no allocation asked for
 
     status = expect(imgpipe(slurm, tmp_path, "status"), 0).out
     line = next(ln for ln in status.splitlines() if ln.startswith("0002 "))
@@ -381,7 +365,7 @@ def test_slurms_time_limit_says_so(slurm, tmp_path, ms_factory):
 
 def test_a_request_slurm_refuses_is_a_clear_error_before_anything_runs(slurm, tmp_path, ms_factory):
     (ms,) = make_ms(ms_factory, tmp_path, 1)
-    before = jobs_ever(slurm)
+    before = slurm.jobs_ended()
     for options, said in (("'--partition=nope'", "no partition 'nope'"),
                           ("'--bogus'", "unrecognized option '--bogus'"),
                           ("'--time=soon'", "Invalid --time specification")):
@@ -389,7 +373,7 @@ def test_a_request_slurm_refuses_is_a_clear_error_before_anything_runs(slurm, tm
         r = expect(imgpipe(slurm, tmp_path, cfg, ms), 2)
         assert said in r.err and f"{cfg}: [worker] slurm_options" in r.err, r
         assert "Traceback" not in r.err
-    assert jobs_ever(slurm) == before and not slurm.jobs()
+    assert slurm.jobs_ended() == before and not slurm.jobs()
     assert not (tmp_path / "images").exists()
 
 
@@ -446,15 +430,15 @@ def test_slurm_nodes_beyond_what_slurm_gives_asks_for_what_can_be_had_and_says_s
     pinned.mkdir()
     ms = make_ms(ms_factory, pinned, 3, pinned=True)
     cfg = config(pinned, pinned=True, worker={"slurm_nodes": "3", "slurm_options": "'--partition=small'"})
-    before = jobs_ever(slurm)
+    before = slurm.jobs_ended()
     r = expect(imgpipe(slurm, pinned, cfg, *ms), 2)
     assert f"{cfg}: [worker] slurm_nodes = 3" in r.err and "pinned jobs run on 3 nodes (node[001-003])" in r.err, r
     assert "no more than 2" in r.err and "Traceback" not in r.err, r
-    assert jobs_ever(slurm) == before and not slurm.jobs()
+    assert slurm.jobs_ended() == before and not slurm.jobs()
 
 
 def allocations_since(slurm: SlurmCluster, before: int) -> list[dict[str, str]]:
-    """The allocations (imgpipe's Slurm jobs) that ended since ``before`` (jobs_ever), as Slurm's own
+    """The allocations (imgpipe's Slurm jobs) that ended since ``before`` (slurm.jobs_ended()), as Slurm's own
     job completion log records them (NodeList, NodeCnt...), once it has recorded one."""
     def records():
         lines = (slurm.dir / "jobcomp.txt").read_text().splitlines()[before:]
@@ -470,13 +454,13 @@ def test_a_resume_asks_for_no_more_nodes_than_the_jobs_left_can_use(slurm, tmp_p
     alone, for node002 only (it took node[001-003] for one job, and another user's job waited)."""
     ms = make_ms(ms_factory, tmp_path, 6)
     cfg = config(tmp_path, worker={"slurm_nodes": "3"})
-    before = jobs_ever(slurm)
+    before = slurm.jobs_ended()
     expect(imgpipe(slurm, tmp_path, cfg, *ms), 0)
     assert [a["NodeCnt"] for a in allocations_since(slurm, before)] == ["3"]
     for left, nodes in ((ms[:1], "1"), (ms[:3], "2")):
         for m in left:
             shutil.rmtree(image_of(tmp_path, m).parent)
-        before = jobs_ever(slurm)
+        before = slurm.jobs_ended()
         r = expect(imgpipe(slurm, tmp_path, cfg, *ms), 0)
         assert [a["NodeCnt"] for a in allocations_since(slurm, before)] == [nodes], r
         assert (f"asking Slurm for an allocation of {nodes} node(s) (slurm_nodes = 3): the {len(left)} job(s) left "
@@ -490,7 +474,7 @@ def test_a_resume_asks_for_no_more_nodes_than_the_jobs_left_can_use(slurm, tmp_p
     expect(imgpipe(slurm, pinned, cfg, *ms), 0)
     for m in (ms[1], ms[4]):  # node002's
         shutil.rmtree(image_of(pinned, m).parent)
-    before = jobs_ever(slurm)
+    before = slurm.jobs_ended()
     r = expect(imgpipe(slurm, pinned, cfg, *ms), 0)
     assert [(a["NodeCnt"], a["NodeList"]) for a in allocations_since(slurm, before)] == [("1", "node002")], r
     assert "the 2 job(s) left are pinned to node002" in r.err, r

@@ -26,23 +26,13 @@ from slurmcluster import SlurmCluster, missing_tools
 from test_engine_parallel import Run, env_for, expect, image_of, imgpipe, provenance_of, tmp_dirs_left, wait_for
 
 _missing = missing_tools() + [t for t in ("parallel", "wsclean") if shutil.which(t) is None]
-pytestmark = pytest.mark.skipif(bool(_missing), reason=f"needs Slurm, GNU parallel and WSClean: {', '.join(_missing)}")
+pytestmark = [
+    pytest.mark.skipif(bool(_missing), reason=f"needs Slurm, GNU parallel and WSClean: {', '.join(_missing)}"),
+    pytest.mark.usefixtures("clean_cluster"),  # (conftest.py: every test leaves Slurm clean)
+]
 FAST = {"size": "'64 64'", "scale": "'5arcmin'", "niter": "10"}
 SLOW = {"size": "'512 512'", "scale": "'1arcmin'", "niter": "20000"}  # (~8 s a job here, two at once)
 NASTY = "the run 'it's' \"q\" %x $HOME"  # the run directory's name: spaces, quotes, a sbatch pattern, a $
-
-
-@pytest.fixture(scope="module")
-def slurm(tmp_path_factory):
-    with SlurmCluster(tmp_path_factory.mktemp("slurm")) as cluster:
-        yield cluster
-
-
-@pytest.fixture(autouse=True)
-def clean_cluster(slurm):
-    """Every test starts with every node up and no job in Slurm, and leaves none behind."""
-    yield
-    slurm.clean()
 
 
 def config(tmp_path: Path, *, worker: dict | None = None, wsclean: dict | None = None) -> Path:
@@ -92,11 +82,6 @@ def queued(slurm: SlurmCluster, job: str) -> bool:
 def ours(slurm: SlurmCluster) -> list[str]:
     """imgpipe's jobs Slurm still holds: the batch job, the allocations, the jobs of their own."""
     return [j for j in slurm.jobs(completing=True) if j.split()[1].startswith("imgpipe-")]
-
-
-def jobs_ever(slurm: SlurmCluster) -> int:
-    path = slurm.dir / "jobcomp.txt"
-    return len(path.read_text().splitlines()) if path.exists() else 0
 
 
 def wsclean_running(tmp_path: Path) -> int:
@@ -152,10 +137,10 @@ def test_submit_and_log_out_the_batch_job_runs_every_job(slurm, tmp_path, ms_fac
                          rf"\(Slurm job {job}\)", log), log
 
     # nothing left to do: nothing is submitted
-    before = jobs_ever(slurm)
+    before = slurm.jobs_ended()
     r = expect(submit(slurm, tmp_path, cfg, ms), 0)
     assert "nothing to do: all 6 job(s) done, their images are there; nothing was submitted" in r.err, r
-    assert jobs_ever(slurm) == before and not ours(slurm)
+    assert slurm.jobs_ended() == before and not ours(slurm)
     assert batch_job(rdir) == job
 
 
@@ -250,7 +235,7 @@ def test_scancel_batch_signal_term_stops_every_job_gracefully(slurm, tmp_path, m
 
 def test_a_plan_error_submits_nothing(slurm, tmp_path, ms_factory):
     ms = make_ms(ms_factory, tmp_path, 2)
-    before = jobs_ever(slurm)
+    before = slurm.jobs_ended()
     r = expect(submit(slurm, tmp_path, config(tmp_path), [*ms, tmp_path / "data" / "missing.MS"]), 2)
     assert "missing.MS" in r.err and "Traceback" not in r.err, r
     # what the batch job would ask of Slurm is asked here: a bad partition is a plan error too
@@ -268,7 +253,7 @@ def test_a_plan_error_submits_nothing(slurm, tmp_path, ms_factory):
     env["PATH"] = f"{bare}:{os.path.dirname(sys.executable)}"
     r = expect(imgpipe(slurm, tmp_path, config(tmp_path), *ms, "--submit", env=env), 2)
     assert "sbatch is not installed here" in r.err, r
-    assert not list(tmp_path.rglob("batch.sh")) and not ours(slurm) and jobs_ever(slurm) == before
+    assert not list(tmp_path.rglob("batch.sh")) and not ours(slurm) and slurm.jobs_ended() == before
     assert not (tmp_path / "images").exists()
 
 
