@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import os
+import signal
+import time
+from contextlib import contextmanager
 from pathlib import Path
 
 from sshcluster import _alive, stat_fields  # (_alive: running, not a zombie)
@@ -108,3 +111,24 @@ def session_members(sid: int) -> list[int]:
         if fields and int(fields[3]) == sid and fields[0] != b"Z":
             found.append(int(entry))
     return found
+
+
+@contextmanager
+def killed_on_exit(proc):
+    """A started imgpipe (or any process), killed and reaped if it still runs when the block ends:
+    a test that fails while it waits for something leaves nothing running."""
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+
+
+def ctrl_c(proc, timeout: float):
+    """Ctrl-C (SIGINT) to ``proc``, then its end: (stdout, stderr, seconds it took to end). The
+    timeout only bounds a failure (TimeoutExpired)."""
+    t0 = time.time()
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=timeout)
+    return out, err, time.time() - t0

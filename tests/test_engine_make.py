@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from imgpipe.joblog import read_rows
-from procs import job_processes
+from procs import ctrl_c, job_processes, killed_on_exit
 from sshcluster import SshCluster, missing_tools
 
 pytestmark = pytest.mark.skipif(
@@ -154,7 +154,6 @@ def test_make_by_hand_and_parallel_then_make_share_what_is_done(cluster, ms_fact
 
 
 def test_make_engine_ctrl_c_stops_every_job_and_a_rerun_finishes(cluster, ms_factory, tmp_path):
-    import signal
     import time
 
     data = make_data(ms_factory, tmp_path, 4)
@@ -163,19 +162,12 @@ def test_make_engine_ctrl_c_stops_every_job_and_a_rerun_finishes(cluster, ms_fac
     proc = subprocess.Popen([sys.executable, "-m", "imgpipe.cli", str(cfg), *map(str, data), "--engine", "make"],
                             cwd=tmp_path, env=cluster.env(IMGPIPE_PROGRESS_INTERVAL="0.5"),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
+    with killed_on_exit(proc):
         deadline = time.time() + 60
         while len([p for p in job_processes(tmp_path) if p.split()[1] == "wsclean"]) < 2 and time.time() < deadline:
             time.sleep(0.2)
         assert time.time() < deadline, "two WSClean jobs never ran at once"
-        t0 = time.time()
-        proc.send_signal(signal.SIGINT)
-        out, err = proc.communicate(timeout=60)
-        elapsed = time.time() - t0
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+        out, err, elapsed = ctrl_c(proc, 60)
     assert proc.returncode == 130, err
     assert elapsed < 35, (elapsed, err)
     assert "stopped." in err

@@ -15,7 +15,6 @@ import json
 import os
 import shlex
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -24,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from procs import job_processes
+from procs import ctrl_c, job_processes, killed_on_exit
 from sshcluster import SshCluster, missing_tools
 
 _missing = missing_tools() + [t for t in ("parallel", "wsclean") if shutil.which(t) is None]
@@ -313,7 +312,7 @@ def test_ctrl_c_stops_every_job_on_every_node_and_a_rerun_finishes(cluster, tmp_
     cfg = config(tmp_path, cluster, worker={"max_concurrent": "1"},
                  wsclean={"size": "'512 512'", "niter": "2000"})
     proc = start_imgpipe(cluster, tmp_path, cfg, *ms)
-    try:
+    with killed_on_exit(proc):
         rdir = wait_for(lambda: (tmp_path / "imgpipe-runs").is_dir() and run_dir(tmp_path), 30, "the run directory")
         # two jobs finished, the other two running WSClean
         wait_for(lambda: len(round_rows(rdir)) >= 2, 60, "two finished jobs")
@@ -323,14 +322,7 @@ def test_ctrl_c_stops_every_job_on_every_node_and_a_rerun_finishes(cluster, tmp_
         assert len(finished) == 2, round_rows(rdir)
         started = {j: provenance_of(tmp_path, m).read_text() for j, m in zip(["0001", "0002", "0003", "0004"], ms)
                    if j in finished}
-        t0 = time.time()
-        proc.send_signal(signal.SIGINT)
-        out, err = proc.communicate(timeout=40)
-        elapsed = time.time() - t0
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+        out, err, elapsed = ctrl_c(proc, 40)
     r = Run(proc.returncode, out, err, elapsed)
     expect(r, 130)
     assert elapsed < 30, r
@@ -633,16 +625,11 @@ def test_ctrl_c_stops_a_wsclean_run_by_a_site_script_and_its_children(cluster, t
     cfg = config(tmp_path, cluster, worker={"max_concurrent": "1", "env_file": toml_str(str(env_file))},
                  wsclean={"size": "'512 512'", "niter": "100000"})
     proc = start_imgpipe(cluster, tmp_path, cfg, *ms)
-    try:
+    with killed_on_exit(proc):
         wait_for(lambda: len([p for p in job_processes(tmp_path) if p.split()[1] == real]) >= 2, 60,
                  "two WSCleans under their site script")
         assert any(p.split()[1:3] == ["/bin/sh", str(site / "wsclean")] for p in job_processes(tmp_path))
-        proc.send_signal(signal.SIGINT)
-        out, err = proc.communicate(timeout=60)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+        out, err, _ = ctrl_c(proc, 60)
     assert proc.returncode == 130, err
     left = job_processes(tmp_path)
     assert not left, f"still running after Ctrl-C: {left}"

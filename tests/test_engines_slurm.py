@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from procs import job_processes
+from procs import ctrl_c, job_processes, killed_on_exit
 from slurmcluster import SlurmCluster, missing_tools
 from test_engine_parallel import (
     Run, env_for, expect, image_of, imgpipe, max_overlap, provenance_of, run_dir, start_imgpipe, tmp_dirs_left, wait_for,
@@ -144,18 +144,11 @@ def test_ctrl_c_stops_every_job_gracefully_and_leaves_nothing_in_slurm(slurm, tm
     ms = make_ms(ms_factory, tmp_path, 4)
     cfg = config(tmp_path, worker={"slurm_nodes": slurm_nodes}, wsclean={"size": "'512 512'", "niter": "20000"})
     proc = start_imgpipe(slurm, tmp_path, cfg, *ms)
-    try:
+    with killed_on_exit(proc):
         wait_for(lambda: len([p for p in job_processes(tmp_path) if p.split()[1] == "wsclean"]) >= 4, 60,
                  "four running WSClean")
         assert slurm.steps(), "no step in Slurm"
-        t0 = time.time()
-        proc.send_signal(signal.SIGINT)
-        out, err = proc.communicate(timeout=60)
-        elapsed = time.time() - t0
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
+        out, err, elapsed = ctrl_c(proc, 60)
     r = expect(Run(proc.returncode, out, err, elapsed), 130)
     assert "stopped. 0 of 4 job(s) done" in r.err and elapsed < 30, r
     assert not job_processes(tmp_path), job_processes(tmp_path)
@@ -623,15 +616,11 @@ def test_ctrl_c_through_a_pipe_whose_reader_died_stops_every_slurm_job(slurm, tm
                             env=env_for(slurm, tmp_path), stdin=subprocess.DEVNULL, stdout=write_end,
                             stderr=write_end)
     os.close(write_end)
-    try:
+    with killed_on_exit(proc):
         wait_for(lambda: _two_running(tmp_path), 90, "two running WSCleans")
         os.close(read_end)
-        proc.send_signal(signal.SIGINT)
-        code = proc.wait(timeout=90)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+        ctrl_c(proc, 90)
+        code = proc.returncode
     assert code == 130, code
     assert not job_processes(tmp_path), job_processes(tmp_path)
     wait_for(lambda: not slurm.jobs(), 30, "Slurm to hold no job of the run")

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import pytest
 
-from procs import WscleanSampler, job_processes
+from procs import WscleanSampler, ctrl_c, job_processes, killed_on_exit
 from sshcluster import SshCluster
 from test_engine_parallel import (
     NODES, Run, config, expect, image_of, imgpipe, make_ms_set, provenance_of, run_dir, start_imgpipe,
@@ -390,14 +390,9 @@ def test_the_eta_of_a_resumed_run_is_close_to_the_truth(cluster, tmp_path, ms_fa
     cfg = config(tmp_path, cluster, worker={"max_concurrent": "1", "nodes": "'node001'"},
                  wsclean={"size": "'512 512'", "niter": "1500"})
     proc = start_imgpipe(cluster, tmp_path, cfg, *ms)
-    try:
+    with killed_on_exit(proc):
         wait_for(lambda: sum(provenance_of(tmp_path, m).exists() for m in ms) >= 2, 120, "two jobs done")
-        proc.send_signal(signal.SIGINT)
-        proc.communicate(timeout=60)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
+        ctrl_c(proc, 60)
     r = expect(imgpipe(cluster, tmp_path, cfg, *ms, timeout=300), 0)
     lines = [ln for ln in r.err.splitlines() if " elapsed" in ln]
 
@@ -531,15 +526,11 @@ def test_ctrl_c_through_a_pipe_whose_reader_dies_stops_every_job(cluster, tmp_pa
     proc = subprocess.Popen(_imgpipe_argv(engine, cfg, ms), cwd=tmp_path, env=env_for(cluster, tmp_path),
                             stdin=subprocess.DEVNULL, stdout=write_end, stderr=write_end)
     os.close(write_end)
-    try:
+    with killed_on_exit(proc):
         wait_for(lambda: _two_running(tmp_path), 60, "two running WSCleans")
         os.close(read_end)  # the reader is gone
-        proc.send_signal(signal.SIGINT)
-        code = proc.wait(timeout=60)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+        ctrl_c(proc, 60)
+        code = proc.returncode
     assert code == 130, code
     _stopped_cleanly(tmp_path)
 
@@ -577,16 +568,11 @@ def test_a_stopped_force_run_resumes_without_making_again_what_it_made(cluster, 
     cfg = config(tmp_path, cluster, worker={"max_concurrent": "1"}, wsclean=SLOW)
     expect(imgpipe(cluster, tmp_path, cfg, *ms, timeout=300), 0)
     proc = start_imgpipe(cluster, tmp_path, cfg, *ms, "--force")
-    try:
+    with killed_on_exit(proc):
         rdir = run_dir(tmp_path)
         wait_for(lambda: (rdir / "joblog.round.tsv").exists()
                  and len((rdir / "joblog.round.tsv").read_text().splitlines()) >= 3, 120, "two jobs made again")
-        proc.send_signal(signal.SIGINT)
-        out, err = proc.communicate(timeout=60)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+        out, err, _ = ctrl_c(proc, 60)
     assert proc.returncode == 130, err
     made = int(re.search(r"stopped\. (\d+) of 6 job\(s\) done; run the same command again to resume", err).group(1))
     assert made >= 2, err
