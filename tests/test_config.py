@@ -616,3 +616,20 @@ def test_cli_valid_config_does_write_the_run_directory(write_config, run_cli, ms
     r = run_cli("plan", write_config(MINIMAL), ms)
     assert r.code == 0, r
     assert (tmp_path / "imgpipe-runs").is_dir()
+
+
+@pytest.mark.parametrize("line, parts", [
+    ("retry_factor = 0.5", ("[worker] retry_factor", "from 1 (the same) to 16", "got 0.5")),
+    ("retry_factor = 'x'", ("[worker] retry_factor", "got 'x'")),
+    ("retry_memory_max = '64X'", ("[worker] retry_memory_max", "e.g. '64G'", "got '64X'")),
+    ("retry_memory_max = 64", ("[worker] retry_memory_max", "got 64")),
+])
+def test_a_bad_retry_with_more_value_names_the_key_and_value(write_config, line, parts):
+    assert_parts(error_of(write_config(f"[worker]\n{line}\n" + MINIMAL)), "img.toml", *parts)
+
+
+def test_retry_with_more_is_read_and_kept_in_the_run_settings(write_config):
+    worker = load_config(write_config("[worker]\nretry_factor = 1.5\nretry_memory_max = '64G'\n" + MINIMAL)).worker
+    assert (worker.retry_factor, worker.retry_memory_max_mb) == (1.5, 65536)
+    settings = RunSettings.from_dict(json.loads(json.dumps(worker.run_settings().as_dict())))
+    assert (settings.retry_factor, settings.retry_memory_max_mb) == (1.5, 65536)
