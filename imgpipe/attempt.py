@@ -44,7 +44,7 @@ class Outcome:
 
 
 # The closed vocabulary. Exit statuses 10-15 and 124 come from bin/imgpipe-job, 16-19 from
-# bin/imgpipe-srun (what srun's own status does not say), 255 from ssh, 20 from the run loop.
+# bin/imgpipe-srun (what srun's own status does not say), 255 from ssh, 20 and 23 from the run loop.
 OUTCOMES: dict[str, Outcome] = {o.name: o for o in (
     Outcome("done", 0, "done: its images were made", failed=False),
     Outcome("already-done", 0, "done already: its images were there", failed=False),
@@ -69,9 +69,12 @@ OUTCOMES: dict[str, Outcome] = {o.name: o for o in (
             failed=False),
     Outcome("signal", None, "killed by a signal", retry="job"),
     Outcome("connection", 255, "ssh could not reach the node (or the connection dropped)", retry="connection"),
+    Outcome("lost", 23, "its job wrapper began but never ended (its node, the connection to it, or the wrapper "
+            "was lost)", retry="connection"),
 )}
 EXIT = {o.exit: o.name for o in OUTCOMES.values() if o.exit is not None and o.name != "already-done"}
 NO_IMAGES = OUTCOMES["no-images"].exit
+LOST = "lost"  # an attempt that began and left no result, and no row of its engine's (joblog.RoundRows)
 STOP_SIGNALS = {1: "SIGHUP", 2: "SIGINT", 15: "SIGTERM"}  # a wrapper told to stop exits 128 + these
 
 RETRY_CONNECTION = tuple(o.name for o in OUTCOMES.values() if o.retry == "connection")
@@ -226,7 +229,8 @@ class LogFacts:
     slurm: str | None = None  # 'JOB' or 'JOB.STEP' under Slurm
 
 
-def _start_line(path: str | os.PathLike) -> dict:
+def started(path: str | os.PathLike) -> dict:
+    """The start line of a log (``START_MARK``: job, tag, run, host, pid, start...), or {}: the wrapper never began."""
     try:
         with open(path, "rb") as f:
             head = f.read(HEAD).decode("utf-8", errors="replace")
@@ -246,7 +250,7 @@ def _start_line(path: str | os.PathLike) -> dict:
 
 def read_log(path: str | os.PathLike, job_id: str = "", attempt: int = 0) -> LogFacts:
     """What one attempt's log says in its structured lines (two short reads: cheap for thousands)."""
-    began = _start_line(path)
+    began = started(path)
     result = read_result(path, attempt)
     start = began.get("start")
     start = float(start) if isinstance(start, (int, float)) else result.start if result else None

@@ -6,6 +6,11 @@ same Seq, and imgpipe appends each round's rows, so a job has one row per attemp
 row is its last outcome. Rows are matched to jobs by the job id AND the plan tag in their command
 (``imgpipe-job TAG ID ...``): a row of another plan never speaks for a job of this one, whatever
 its number. Whether a job is done is for its images to say (``image_sets``).
+
+An engine need not write rows: ``RoundRows`` makes the round's rows from the attempts' results
+(the wrapper's last line in ``logs/<id>``) for the jobs the engine wrote none for, and says what
+an attempt that left neither was (``attempt.LOST``). GNU parallel and make write rows anyway,
+and the halt gate (``bin/imgpipe-gate``) reads them to stop new jobs at once after a failure.
 """
 
 from __future__ import annotations
@@ -15,9 +20,13 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from .attempt import LOST, OUTCOMES, read_result, started
+
 JOBLOG = "joblog.tsv"
 ROUND_JOBLOG = "joblog.round.tsv"
 JOBLOG_HEADER = "Seq\tHost\tStarttime\tJobRuntime\tSend\tReceive\tExitval\tSignal\tCommand"
+ROUND_IDS = "round.ids"  # the ids of the round's jobs, one a line (written by the run loop as a round starts)
+LOGS = "logs"  # the run directory's folder of job logs: logs/<id>, logs/<id>.err, earlier attempts' logs/<id>.N
 SLURM_PLACED = "slurm"  # the Host of a job Slurm placed (its node is in its log: see status)
 _JOB_RE = re.compile(r"imgpipe-job (imgpipe-[0-9a-f]{12}) (\S+) ")
 
@@ -124,14 +133,22 @@ def append_rows(path: str | os.PathLike, rows: list[Row], seq_of: dict[str, int]
             seq = seq_of.get(r.job_id or "", r.seq)
             f.write(f"{seq}\t{r.host}\t{r.start:.3f}\t{r.runtime:10.3f}\t0\t0\t{r.exitval}\t{r.signal}\t{r.command}\n")
 
-def attempts(run_dir: Path, tag: str) -> list[Row]:
+def attempts(run_dir: Path, tag: str, host=lambda name: name) -> list[Row]:
     """Every attempt of the plan ``tag`` in the run directory, by start time: the job log's rows,
-    and those of a round going on that are not in it yet."""
+    and those of a round going on that are not in it yet (``RoundRows``)."""
     rows = [r for r in read_rows(Path(run_dir) / JOBLOG) if r.tag == tag]
     seen = {(r.job_id, round(r.start, 3)) for r in rows}
-    rows += [r for r in read_rows(Path(run_dir) / ROUND_JOBLOG)
-             if r.tag == tag and (r.job_id, round(r.start, 3)) not in seen]
+    rows += [r for r in round_rows(run_dir, tag, host) if (r.job_id, round(r.start, 3)) not in seen]
     return sorted(rows, key=lambda r: r.start)
+
+
+def round_rows(run_dir: Path, tag: str, host=lambda name: name) -> list[Row]:
+    """The rows of the round going on (or of one whose imgpipe was killed) so far."""
+    try:
+        ids = (Path(run_dir) / ROUND_IDS).read_text().split()
+    except OSError:
+        ids = []
+    return RoundRows(run_dir, tag, ids, host).read()
 
 
 def last_rows(rows: list[Row]) -> dict[str, Row]:
@@ -141,3 +158,74 @@ def last_rows(rows: list[Row]) -> dict[str, Row]:
         if row.job_id is not None:
             out[row.job_id] = row
     return out
+
+
+def result_row(result, tag: str, host: str) -> Row:
+    """The row of an attempt its wrapper's result tells (an engine that wrote none for it): the
+    wrapper's exit status, as GNU parallel would have written it."""
+    start = result.start if result.start is not None else 0.0
+    end = result.end if result.end is not None else start
+    return Row(seq=0, host=host, start=start, runtime=max(0.0, end - start), exitval=result.exit_status, signal=0,
+               command=f"imgpipe-job {tag} {result.job} (its result: {result.outcome})", job_id=result.job, tag=tag)
+
+
+class RoundRows:
+    """The rows of the round going on, read as attempts end: the engine's (``ROUND_JOBLOG``), and,
+    for a job of the round the engine wrote none for, the row its result tells (``result_row``).
+    ``final`` (once the engine has ended) adds a row for each job whose wrapper began but left no
+    result and no row: its node, the connection to it, or the wrapper was lost (``attempt.LOST``).
+    A job with no log was never started (an engine halted, stopped, or failed before it): no row.
+
+    ``host`` names a node as the plan does from the name a wrapper gave itself."""
+
+    def __init__(self, run_dir: str | os.PathLike, tag: str, ids, host=lambda name: name) -> None:
+        self.tail = RowTail(Path(run_dir) / ROUND_JOBLOG)
+        self.logs = Path(run_dir) / LOGS
+        self.tag, self.ids, self.host = tag, list(ids), host
+        self.told: dict[str, Row] = {}  # job -> the row its result told
+        self._looked: dict[str, tuple[int, int]] = {}  # job -> (size, mtime) of its log when last read
+
+    @property
+    def offset(self) -> int:
+        """How many bytes of the engine's rows were read (the halt gate's mark)."""
+        return self.tail.offset
+
+    def read(self) -> list[Row]:
+        engine = [r for r in self.tail.read() if r.tag == self.tag]
+        have = {r.job_id for r in engine}
+        for jid in self._launched(have):
+            path = self.logs / jid
+            try:
+                st = path.stat()
+            except OSError:
+                continue
+            if self._looked.get(jid) == (st.st_size, st.st_mtime_ns):
+                continue
+            self._looked[jid] = (st.st_size, st.st_mtime_ns)
+            result = read_result(path)
+            if result is not None and result.job == jid and result.tag == self.tag:
+                self.told[jid] = result_row(result, self.tag, self.host(result.host) or "?")
+        return engine + [r for jid, r in self.told.items() if jid not in have]
+
+    def _launched(self, have: set) -> list[str]:
+        left = [j for j in self.ids if j not in have and j not in self.told]
+        if len(left) > 64:  # one listing, not a stat per job
+            try:
+                logs = set(os.listdir(self.logs))
+            except OSError:
+                return []
+            left = [j for j in left if j in logs]
+        return left
+
+    def final(self) -> list[Row]:
+        """Every row of the round, once its engine has ended: with a row for each attempt lost."""
+        rows = self.read()
+        have = {r.job_id for r in rows}
+        for jid in self._launched(have):
+            began = started(self.logs / jid)
+            if began is not None and began.get("tag") == self.tag:
+                start = float(began.get("start") or 0.0)
+                rows.append(Row(seq=0, host=self.host(began.get("host")) or "?", start=start, runtime=0.0,
+                                exitval=OUTCOMES[LOST].exit, signal=0,
+                                command=f"imgpipe-job {self.tag} {jid} (no result: {LOST})", job_id=jid, tag=self.tag))
+        return rows

@@ -34,13 +34,11 @@ from pathlib import Path
 
 from .errors import ImgpipeError
 from .files import write_whole
-from .joblog import JOBLOG, read_rows
+from .joblog import JOBLOG, LOGS, read_rows
 from .run_lock import LOCK, RunLock
 
-ROUND_IDS = "round.ids"
 HALT_GATE = "halt.gate"  # what the round's gate (bin/imgpipe-gate) lets start: written by the run loop
 GATE = "imgpipe-gate"  # the gate itself, in the run directory
-LOGS = "logs"
 STATE = "run.json"
 EARLIER = "earlier"
 WRAPPER = "imgpipe-job"

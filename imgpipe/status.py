@@ -32,11 +32,12 @@ from typing import TYPE_CHECKING, Iterable
 
 from . import status_memo
 from .attempt import OUTCOMES, job_error, outcome_of, read_log
-from .hosts import is_local
+from .hosts import is_local, plan_node
 from .image_sets import ImageSet, image_sets
 from .quality import main_image, night
-from .joblog import ROUND_JOBLOG, SLURM_PLACED, Row, attempts, last_rows, read_rows
-from .run_dir import LOGS, ROUND_IDS
+from .joblog import ROUND_JOBLOG, SLURM_PLACED, Row, attempts, last_rows, round_rows
+from .joblog import ROUND_IDS
+from .run_dir import LOGS
 from .run_lock import run_active
 from .submit import batch_record, batch_state, slurm_states
 
@@ -85,14 +86,14 @@ def job_states(plan: Plan, run_dir: Path, *, measure: bool = False) -> list[JobS
     """Each job's state. ``measure``: the quality gate measures the done jobs' images it finds
     unmeasured (``report`` does; ``status`` only reads what is kept)."""
     run_dir = Path(run_dir)
-    rows = last_rows(attempts(run_dir, plan.tag))
+    rows = last_rows(attempts(run_dir, plan.tag, lambda name: node_name(name, plan)))
     in_round: set[str] = set()
     if run_active(run_dir):
         try:
             in_round = set((run_dir / ROUND_IDS).read_text().split())
         except OSError:
             pass
-        in_round -= {r.job_id for r in read_rows(run_dir / ROUND_JOBLOG) if r.tag == plan.tag}  # ended
+        in_round -= {r.job_id for r in round_rows(run_dir, plan.tag)}  # ended
     sets = image_sets(plan.jobs)
     slurm = (run_dir / "slurm.sh").exists()  # (this run went through Slurm: its logs name jobs and steps)
     logs = os.path.join(run_dir, LOGS)
@@ -216,13 +217,7 @@ def status_rows(jobs_path: Path, plan: Plan | None = None,
 
 def node_name(host: str | None, plan: Plan) -> str | None:
     """A node as the plan names it, from the name its wrapper gave itself (this machine: its local node)."""
-    if not host:
-        return None
-    nodes = list(plan.worker.nodes)
-    if is_local(host):
-        return next((h for h in nodes if is_local(h)), "localhost")
-    short = host.split(".")[0]
-    return next((h for h in nodes if h == host or h.split(".")[0] == short), host)
+    return plan_node(host, plan.worker.nodes)
 
 
 def host_from_log(log: str | os.PathLike, plan: Plan) -> str | None:

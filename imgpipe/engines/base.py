@@ -4,8 +4,11 @@ The run loop (``loop.run``) decides everything: which jobs are left (the images 
 on which nodes, how many rounds, what to retry, when to stop. An engine only runs
 one round of jobs with its tool, on the nodes it is given, no more than
 ``max_concurrent`` at once per node, each job through the node-side wrapper
-(``imgpipe-job``, called with ``run_dir.wrapper_args``), and leaves one row per
-attempt, in GNU parallel's job-log format, in ``joblog.round.tsv``.
+(``imgpipe-job``, called with ``attempt.wrapper_args``), its output in ``logs/<id>``, and
+stops when asked (docs/engines.md). How each attempt ended is the wrapper's result, read by
+the loop (``joblog.RoundRows``); an engine may also leave rows in GNU parallel's job-log
+format in ``joblog.round.tsv`` (GNU parallel and make do), which say more of an attempt that
+left no result and feed the halt gate.
 
 An engine says which nodes there are and which answer (by default the ``[worker]
 nodes``, probed over ssh), what run.json must record to stop it, and how it is
@@ -27,7 +30,7 @@ from ..commands import ssh_shell
 from ..config import MAX_TIME
 from ..plan import Job, Plan
 from ..attempt import share_resources, wrapper_args
-from ..joblog import ROUND_JOBLOG, read_rows
+from ..joblog import ROUND_JOBLOG
 from ..run_dir import RunDir
 from . import control
 
@@ -127,10 +130,6 @@ class Engine:
                             ssh_shell(record["ssh"]))
 
     # -- shared by the engines
-    def rows(self) -> list:
-        """The rows the round left (read once it ended or was stopped)."""
-        return read_rows(self.ctx.run / ROUND_JOBLOG)
-
     def end_round(self) -> None:
         """Remove the round's own files."""
         (self.ctx.run / ROUND_JOBLOG).unlink(missing_ok=True)

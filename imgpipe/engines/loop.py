@@ -36,8 +36,9 @@ from ..errors import ImgpipeError, PlanErrors
 from ..image_sets import foreign_problems, image_sets, FORCE_HINT
 from ..plan import Plan
 from ..attempt import NO_IMAGES, RETRY_CONNECTION, RETRY_JOB, job_error, outcome_of, read_log, read_result
-from ..joblog import JOBLOG, ROUND_JOBLOG, RowTail, append_rows, read_rows
-from ..run_dir import GATE, HALT_GATE, LOGS, ROUND_IDS, RunDir
+from ..hosts import plan_node
+from ..joblog import JOBLOG, ROUND_IDS, ROUND_JOBLOG, RoundRows, append_rows, read_rows, round_rows
+from ..run_dir import GATE, HALT_GATE, LOGS, RunDir
 from ..files import write_whole
 from ..quality import Watch
 from . import load
@@ -107,7 +108,7 @@ class Progress:
         self.waiting = waiting or (lambda: None)
         self.done, self.failed = done, set()  # (the loop's own sets: done grows as rounds end)
         self.round_ids: list[str] = []
-        self.tail = RowTail(run / ROUND_JOBLOG)  # the round's rows, read as they come
+        self.tail = RoundRows(run.path, "", ())  # the round's rows, read as they come (set for each round)
         self.history = list(history)  # runtimes of the plan's jobs done in earlier sessions
         self.session: list[float] = []  # runtimes of the jobs done in this session (rounds ended)
         self.slots = max(1, slots)
@@ -497,6 +498,7 @@ def _rounds(plan: Plan, run_dir: RunDir, eng, guard: Guard, stopper: Stopper, do
     session: list = []  # this session's rows
     progress.failed = retries.final
     seq_of = {j.id: n for n, j in enumerate(plan.jobs, start=1)}
+    node_of = lambda name: plan_node(name, plan.worker.nodes)  # noqa: E731
     number = 0
     while live:
         todo = [j for j in plan.jobs
@@ -520,7 +522,8 @@ def _rounds(plan: Plan, run_dir: RunDir, eng, guard: Guard, stopper: Stopper, do
         guard.watch(record)
         try:
             run_dir.write_state(engine=record)
-            progress.round_ids, progress.tail = [j.id for j in todo], RowTail(run_dir / ROUND_JOBLOG)
+            progress.round_ids = [j.id for j in todo]
+            progress.tail = RoundRows(run_dir.path, plan.tag, progress.round_ids, node_of)
             if not _wait(proc, stopper, progress, halt, gate, eng, session, watch):
                 watch.finish(stopping=lambda: True)
                 return _stop(plan, run_dir, eng, guard, proc, record, progress, done, unreachable, hints)
@@ -530,7 +533,7 @@ def _rounds(plan: Plan, run_dir: RunDir, eng, guard: Guard, stopper: Stopper, do
                 eng.stop(record, lambda: proc.poll() is None)
                 proc.wait()
             raise
-        rows = confirmed(plan, run_dir, eng.rows())
+        rows = confirmed(plan, run_dir, progress.tail.final())
         if not halt.reason:
             _engine_said(output, output_start, todo, rows, eng.name)
         _end_round(run_dir, eng, guard, rows, seq_of, done)
@@ -596,7 +599,7 @@ def _keep_rows_of_a_killed_round(plan: Plan, run_dir: RunDir) -> None:
     """The rows of a round whose imgpipe was killed (its guard stopped the engine, but nobody
     merged them) go to the job log now: the attempts that finished then are history too."""
     path = run_dir / ROUND_JOBLOG
-    rows = [r for r in read_rows(path) if r.tag == plan.tag]
+    rows = round_rows(run_dir.path, plan.tag, lambda name: plan_node(name, plan.worker.nodes))
     if rows:
         append_rows(run_dir / JOBLOG, rows, {j.id: n for n, j in enumerate(plan.jobs, start=1)})
     path.unlink(missing_ok=True)
@@ -631,7 +634,7 @@ def _stop(plan: Plan, run_dir: RunDir, eng, guard: Guard, proc: subprocess.Popen
         proc.wait()
     # rows of jobs that ended before the stop, or succeeded anyway, are kept; the stopped ones
     # are dropped: they run again
-    rows = confirmed(plan, run_dir, [r for r in eng.rows() if r.ok or r.start + r.runtime <= stopped_at])
+    rows = confirmed(plan, run_dir, [r for r in progress.tail.read() if r.ok or r.start + r.runtime <= stopped_at])
     _end_round(run_dir, eng, guard, rows, {j.id: n for n, j in enumerate(plan.jobs, start=1)}, done)
     say(f"stopped. {len(done)} of {len(plan.jobs)} job(s) done; run the same command again to resume.")
     return Outcome(130, run_dir, done, unreachable, hints, stopped=True)
