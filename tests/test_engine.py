@@ -140,3 +140,26 @@ def test_a_node_dying_mid_run_sends_its_unpinned_job_to_the_other_node(own_clust
     assert len(moved) == 1, rows
     assert [(row.host, row.exitval) for row in rows if row.job_id == moved[0]] == [("node002", 255), ("node001", 0)]
     assert all(image_of(tmp_path, m).exists() for m in ms)
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_a_connection_lost_for_good_is_told_alike_by_every_view(own_cluster, tmp_path, ms_factory, engine):
+    """connection_retries = 0: the dropped connection is the job's last attempt, and the summary,
+    status, runs and report all say so, in the same words (test_story.py: the other ways)."""
+    from imgpipe.attempt import OUTCOMES
+    from test_story import summary_says, told_alike, views
+
+    cluster = own_cluster
+    env_file = stand_in(tmp_path, 'exec -a "$0" sleep 60  # silent, like a long read of a large MS')
+    (ms,) = make_ms_set(ms_factory, tmp_path, 1)
+    cfg = config(tmp_path, cluster, worker={"env_file": toml_str(str(env_file)), "nodes": "'node001'",
+                                            "connection_retries": "0"})
+
+    def cut():
+        wait_for(lambda: [p for p in processes_mentioning(str(tmp_path)) if p.split()[1].endswith("stand-in/wsclean")],
+                 30, "the silent first call")
+        cluster.drop_connections("node001")
+
+    r = expect(run_while(cluster, tmp_path, ["image", "--engine", engine, cfg, ms], cut), 1)
+    summary_says(r.err, OUTCOMES["connection"].words, 1)
+    told_alike(views(tmp_path), "failed", "connection", OUTCOMES["connection"].words, 1)

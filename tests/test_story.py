@@ -175,3 +175,26 @@ def test_a_lost_wrapper_is_lost_in_every_view(tmp_path, ms_factory):
     assert proc.returncode == 1, err
     summary_says(err, OUTCOMES["lost"].words, 2)
     told_alike(views(tmp_path), "failed", "lost", OUTCOMES["lost"].words, 2)
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_a_busy_image_set_is_busy_in_every_view(tmp_path, ms_factory, engine):
+    """Two runs of the same images from two directories: the second finds them held by the first."""
+    first, second = tmp_path / "alice", tmp_path / "bob"
+    first.mkdir()
+    second.mkdir()
+    ms = [ms_factory(f"SW01_T00{i}.MS", nchan=4, ntimes=4, nant=6) for i in range(2)]
+    cfg = config(tmp_path, worker="retries = 0", **LONG)
+    holder = start(first, engine, cfg, *ms, "--engine", engine)
+    with killed_on_exit(holder):
+        wait_for(lambda: holder.poll() is not None
+                 or len([p for p in wsclean_prefixes() if p.startswith(str(tmp_path))]) == 2, 120, "two running WSCleans")
+        assert holder.poll() is None, holder.communicate()
+        env = {**env_of(second), "IMGPIPE_CLAIM_WAIT": "0"}  # (the holder's jobs last: no need to wait for them)
+        r = subprocess.run(argv(engine, cfg, *ms, "--engine", engine), cwd=second, env=env, capture_output=True,
+                           text=True, timeout=240, stdin=subprocess.DEVNULL)
+        assert r.returncode == 1, r.stderr
+        summary_says(r.stderr, OUTCOMES["busy"].words, 2)
+        told_alike(views(second), "failed", "busy", OUTCOMES["busy"].words, 2)
+        holder.send_signal(signal.SIGINT)
+        holder.communicate(timeout=60)
