@@ -15,8 +15,10 @@ and the halt gate (``bin/imgpipe-gate``) reads them to stop new jobs at once aft
 
 from __future__ import annotations
 
+import math
 import os
 import re
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -176,54 +178,112 @@ class RoundRows:
     result and no row: its node, the connection to it, or the wrapper was lost (``attempt.LOST``).
     A job with no log was never started (an engine halted, stopped, or failed before it): no row.
 
-    ``host`` names a node as the plan does from the name a wrapper gave itself."""
+    ``host`` names a node as the plan does from the name a wrapper gave itself.
+
+    Read at every tick of a run: each ``read`` costs what is new (the engine's new rows, a stat of
+    each running job's log, a listing of ``logs/`` only when a log was added to it), not the round
+    again."""
+
+    SETTLED = 1.0  # s: a folder changed more recently than this may change again within its mtime's tick
+    LOOK = 1.0  # s between two looks at the running jobs' logs, when reads need not be fresh
 
     def __init__(self, run_dir: str | os.PathLike, tag: str, ids, host=lambda name: name) -> None:
         self.tail = RowTail(Path(run_dir) / ROUND_JOBLOG)
         self.logs = Path(run_dir) / LOGS
-        self.tag, self.ids, self.host = tag, list(ids), host
-        self.told: dict[str, Row] = {}  # job -> the row its result told
+        self.tag, self.host = tag, host
+        self.rows: list[Row] = []  # the engine's rows of this plan, in file order
+        self.ended: set[str] = set()  # the jobs the engine wrote a row for
+        self.told: dict[str, Row] = {}  # job -> the row its result told, while the engine wrote none
+        self.waiting = set(ids)  # the jobs without a log when logs/ was last listed
+        self.running: set[str] = set()  # the jobs with a log, neither ended nor told
+        self._tail: tuple[list | None, int] = (None, 0)  # (the tail's list of rows, how many of it were taken)
+        self._listed: int | None = None  # logs/'s mtime (ns) when last listed
         self._looked: dict[str, tuple[int, int]] = {}  # job -> (size, mtime) of its log when last read
+        self._out: list[Row] | None = None  # what read returned last, while it holds
+        self._looked_at = -math.inf  # (time.monotonic) when the logs were last looked at
 
     @property
     def offset(self) -> int:
         """How many bytes of the engine's rows were read (the halt gate's mark)."""
         return self.tail.offset
 
-    def read(self) -> list[Row]:
-        engine = [r for r in self.tail.read() if r.tag == self.tag]
-        have = {r.job_id for r in engine}
-        for jid in self._launched(have):
-            path = self.logs / jid
+    def read(self, fresh: bool = True) -> list[Row]:
+        """The rows so far (the same list while no attempt ended since: not to be changed). Not
+        ``fresh``: the running jobs' logs are looked at once a second at most (``LOOK``): at each
+        of the loop's ticks, an engine's new rows are read, and the logs less often."""
+        self._take(self.tail.read())
+        now = time.monotonic()
+        if not fresh and now - self._looked_at < self.LOOK:
+            return self._rows()
+        self._looked_at = now
+        self._list()
+        logs = os.fspath(self.logs)
+        for jid in list(self.running):
+            path = os.path.join(logs, jid)
             try:
-                st = path.stat()
+                st = os.stat(path)
             except OSError:
                 continue
             if self._looked.get(jid) == (st.st_size, st.st_mtime_ns):
                 continue
             self._looked[jid] = (st.st_size, st.st_mtime_ns)
             result = read_result(path)
-            if result is not None and result.job == jid and result.tag == self.tag:
+            if result is not None and result.job == jid and result.tag == self.tag and jid not in self.ended:
                 self.told[jid] = result_row(result, self.tag, self.host(result.host) or "?")
-        return engine + [r for jid, r in self.told.items() if jid not in have]
+                self.running.discard(jid)
+                self._out = None
+        return self._rows()
 
-    def _launched(self, have: set) -> list[str]:
-        left = [j for j in self.ids if j not in have and j not in self.told]
-        if len(left) > 64:  # one listing, not a stat per job
+    def _rows(self) -> list[Row]:
+        if self._out is None:  # (the same list while nothing ended: the loop reads at every tick)
+            self._out = self.rows + list(self.told.values())
+        return self._out
+
+    def _take(self, rows: list[Row]) -> None:
+        """The engine's rows not taken yet (all again when its file was replaced)."""
+        if rows is not self._tail[0]:  # (RowTail starts a new list when its file was replaced, or is not there)
+            if self._tail[1]:
+                self.rows, self.ended, self._out = [], set(), None  # (the told rows stay told)
+            self._tail = (rows, 0)
+        if len(rows) > self._tail[1]:
+            self._out = None
+        for r in rows[self._tail[1]:]:
+            if r.tag == self.tag and r.job_id is not None:
+                self.rows.append(r)
+                self.ended.add(r.job_id)
+                self.told.pop(r.job_id, None)
+                self.running.discard(r.job_id)
+                self.waiting.discard(r.job_id)
+        self._tail = (rows, len(rows))
+
+    def _list(self, force: bool = False) -> None:
+        """Which waiting jobs have a log now: logs/ is listed again only when it changed."""
+        if not self.waiting:
+            return
+        try:
+            mtime = os.stat(self.logs).st_mtime_ns
+        except OSError:
+            return
+        if not force and mtime == self._listed and time.time() - mtime / 1e9 > self.SETTLED:
+            return
+        self._listed = mtime
+        if len(self.waiting) > 64:  # one listing, not a stat per job
             try:
-                logs = set(os.listdir(self.logs))
+                found = self.waiting & set(os.listdir(self.logs))
             except OSError:
-                return []
-            left = [j for j in left if j in logs]
-        return left
+                return
+        else:
+            found = {j for j in self.waiting if (self.logs / j).exists()}
+        self.waiting -= found
+        self.running |= found - self.ended - set(self.told)
 
     def final(self) -> list[Row]:
         """Every row of the round, once its engine has ended: with a row for each attempt lost."""
-        rows = self.read()
-        have = {r.job_id for r in rows}
-        for jid in self._launched(have):
+        self._list(force=True)
+        rows = list(self.read())
+        for jid in sorted(self.running):
             began = started(self.logs / jid)
-            if began is not None and began.get("tag") == self.tag:
+            if began.get("tag") == self.tag:
                 start = float(began.get("start") or 0.0)
                 rows.append(Row(seq=0, host=self.host(began.get("host")) or "?", start=start, runtime=0.0,
                                 exitval=OUTCOMES[LOST].exit, signal=0,

@@ -6,7 +6,7 @@ Each plan has a run directory, the jobs file's directory::
     run.json            which plan the other files belong to, and the engine running it now
     run.lock            held (flock) while a run is going; says by whom
     joblog.tsv          GNU parallel's job log: one row per attempt (history, not truth)
-    joblog.round.tsv    the rows of the round going on (merged into joblog.tsv after it)
+    joblog.round.tsv    the engine's rows of the round going on, if it writes any (merged into joblog.tsv after it)
     round.ids           the jobs of the round going on
     logs/<id>           each job's output (WSClean's log and the wrapper's lines); logs/<id>.err
     imgpipe-job         the node-side wrapper used by this run (a copy of bin/imgpipe-job)

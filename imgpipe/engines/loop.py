@@ -128,21 +128,12 @@ class Progress:
         done = len(self.done | ok)
         failed = len((self.failed | (ended - ok)) - ok - self.done)
         running = {}
-        pending = [j for j in self.round_ids if j not in ended]
-        if len(pending) > 64:  # one listing, not a stat per job
-            try:
-                logs = set(os.listdir(self.run / LOGS))
-            except OSError:
-                logs = set()
-            pending = [j for j in pending if j in logs]
-        launched = 0
-        for j in pending:  # a running job has a log; it began at its "start:" line
-            if (self.run / LOGS / j).exists():
-                launched += 1
-                started = read_log(self.run / LOGS / j).start
-                if started is not None:
-                    running[j] = min(started, time.time())
-        queued = launched - len(running)
+        launched = sorted(self.tail.running) if self.round_ids else []  # (a log, no end yet)
+        for j in launched:  # a running job began at its log's start line
+            started = read_log(self.run / LOGS / j).start
+            if started is not None:
+                running[j] = min(started, time.time())
+        queued = len(launched) - len(running)
         return done, failed, running, self.total - done - failed - len(running) - queued, rows, queued
 
     def eta(self, running: dict[str, float], waiting: int, rows, now: float) -> float | None:
@@ -341,12 +332,13 @@ def _wait(proc: subprocess.Popen, stopper: Stopper, progress: Progress, halt: Ha
             if stopper.signal is not None:
                 return False
             progress.tick()
-            watch.add(r.job_id for r in progress.tail.read() if r.ok)
+            now = progress.tail.read(fresh=False)
+            watch.add(r.job_id for r in now if r.ok)
             for line in [*eng.news(), *watch.news()]:
                 progress.clear()  # (on a terminal the progress line is redrawn at the next tick)
                 say(line)
             if not halted:
-                if halt.check(rows + progress.tail.read()):
+                if halt.check(rows + now):
                     halted = True
                     gate.set(halt, 0)
                     say(f"halting: no new job is started: {halt.reason}")
