@@ -42,6 +42,19 @@ def test_the_wrapper_s_outcomes_and_exit_statuses_are_the_contract_s():
     assert set(wrapper_side) <= said | {"already-done"}
 
 
+def test_imgpipe_srun_s_exit_statuses_are_the_contract_s():
+    """bin/imgpipe-srun (the Slurm engine's "ssh") says what srun's status does not with its own exit
+    statuses: every one it can exit with, and every one its header names, is an outcome's."""
+    text = (Path(__file__).parent.parent / "bin" / "imgpipe-srun").read_text()
+    own = {int(n) for n in re.findall(r"\brc=(\d+)|\bexit (\d+)", text) for n in n if n}
+    comments = "\n".join(ln for ln in text.splitlines() if ln.startswith("#"))
+    header = {int(n) for n in re.findall(r"(?:^#|\s{2})\s*(\d\d) [A-Za-z]", comments, re.M)}
+    ours = {o.exit: o.name for o in OUTCOMES.values() if o.exit in own}
+    assert own == header == set(ours) == {16, 17, 18, 19}, (own, header)
+    assert ours == {16: "node", 17: "memory", 18: "time-limit", 19: "slurm"}
+    assert all(OUTCOMES[ours[n]].retry for n in own)  # (each is worth another attempt)
+
+
 def test_wrapper_args_follow_the_contract(run_cli, tmp_path, ms_factory):
     plan = plan_of(run_cli, tmp_path, ms_factory("a.MS"))
     (job,) = plan.jobs
