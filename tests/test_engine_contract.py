@@ -14,48 +14,25 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
 
+import test_story as story
 from imgpipe.attempt import OUTCOMES, outcome_of
 from imgpipe.joblog import read_rows
 from procs import ctrl_c, job_processes, killed_on_exit, processes_mentioning, wsclean_prefixes
+from test_story import config, run_dir, wait_for
 
 pytestmark = pytest.mark.skipif(shutil.which("wsclean") is None, reason="needs wsclean")
 
-BARE = Path(__file__).parent / "bare_engine" / "imgpipe_bare.py"
-
-
-def config(root: Path, *, size: str = "64 64", niter: int = 10, slots: int = 2) -> Path:
-    cfg = root / "img.toml"
-    cfg.write_text(f"[worker]\nnodes = 'localhost'\nmax_concurrent = {slots}\n"
-                   f"[wsclean]\nname = 'img'\nout-dir = '{root}/images/$ms_basename$'\nsize = '{size}'\n"
-                   f"scale = '5arcmin'\nniter = {niter}\ndata-column = 'DATA'\nno-update-model-required = true\n")
-    return cfg
-
-
-def env_of(root: Path) -> dict:
-    env = {**os.environ, "PARALLEL_HOME": str(root / "parallel-home"), "IMGPIPE_PROGRESS_INTERVAL": "0.5"}
-    env.pop("IMGPIPE_SSH", None)
-    return env
-
 
 def imgpipe(root: Path, *args, timeout: float = 240) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(BARE), *map(str, args)], cwd=root, env=env_of(root),
-                          capture_output=True, text=True, timeout=timeout)
+    return story.imgpipe(root, *args, engine="bare", timeout=timeout)
 
 
 def start(root: Path, *args) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, str(BARE), *map(str, args)], cwd=root, env=env_of(root),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-
-
-def run_dir(root: Path) -> Path:
-    (jobs,) = (root / "imgpipe-runs").glob("*/jobs.txt")
-    return jobs.parent
+    return story.start(root, "bare", *args)
 
 
 def image(root: Path, ms: Path) -> Path:
@@ -66,16 +43,6 @@ def states(root: Path) -> dict[str, dict]:
     r = imgpipe(root, "status", run_dir(root), "--json")
     assert r.returncode in (0, 1, 3), r.stderr
     return {j["id"]: j for j in json.loads(r.stdout)["jobs"]}
-
-
-def wait_for(predicate, timeout: float, what: str):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
 
 
 def test_the_bare_engine_is_an_engine_like_the_others():

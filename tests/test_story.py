@@ -31,9 +31,9 @@ ENGINES = ("parallel", "make", "bare")
 LONG = {"size": "512 512", "niter": 100000}  # a job that runs until it is stopped (here, minutes)
 
 
-def config(root: Path, *, worker: str = "", size: str = "64 64", niter: int = 10) -> Path:
+def config(root: Path, *, worker: str = "", size: str = "64 64", niter: int = 10, slots: int = 2) -> Path:
     cfg = root / "img.toml"
-    cfg.write_text(f"[worker]\nnodes = 'localhost'\nmax_concurrent = 2\n{worker}\n"
+    cfg.write_text(f"[worker]\nnodes = 'localhost'\nmax_concurrent = {slots}\n{worker}\n"
                    f"[wsclean]\nname = 'img'\nout-dir = '{root}/images/$ms_basename$'\nsize = '{size}'\n"
                    f"scale = '5arcmin'\nniter = {niter}\ndata-column = 'DATA'\nno-update-model-required = true\n")
     return cfg
