@@ -285,7 +285,11 @@ class RoundRows:
             began = started(self.logs / jid)
             if began.get("tag") == self.tag:
                 start = float(began.get("start") or 0.0)
-                rows.append(Row(seq=0, host=self.host(began.get("host")) or "?", start=start, runtime=0.0,
+                try:  # (its log's last change: the last sign of life)
+                    runtime = max(0.0, os.stat(self.logs / jid).st_mtime - start)
+                except OSError:
+                    runtime = 0.0
+                rows.append(Row(seq=0, host=self.host(began.get("host")) or "?", start=start, runtime=runtime,
                                 exitval=OUTCOMES[LOST].exit, signal=0,
                                 command=f"imgpipe-job {self.tag} {jid} (no result: {LOST})", job_id=jid, tag=self.tag))
         return rows
