@@ -3,6 +3,7 @@
 
     .venv/bin/python bench/code_path.py                    # the working tree against e872fd4~1
     .venv/bin/python bench/code_path.py --base REV         # ... against imgpipe at REV
+    .venv/bin/python bench/code_path.py --walk             # ... and each module crossing
 
 What it does
 ------------
@@ -31,6 +32,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+from collections import Counter
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BASE = "e872fd4~1"  # the last commit before issue 22's work
@@ -112,7 +114,7 @@ for kind, src, dst in walk:
         returns += 1
     climbs += kind == "return"
 print(json.dumps({"what": what, "code": code, "modules": len(entered), "climbs": climbs, "returns": returns,
-                  "functions": funcs, "order": entered}))
+                  "functions": funcs, "order": entered, "walk": walk}))
 """
 
 
@@ -170,6 +172,7 @@ def measure(arm: str, work: str) -> list[dict]:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--base", default=BASE, help=f"the commit to compare with (default {BASE})")
+    ap.add_argument("--walk", action="store_true", help="also print each walk's module crossings, most frequent first")
     args = ap.parse_args(argv)
     head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True,
                           text=True).stdout.strip()
@@ -190,6 +193,11 @@ def main(argv: list[str] | None = None) -> int:
     for i, what in enumerate(WALKS):
         for name in ("base", "tree"):
             print(f"{what} {name}: {' -> '.join(m.replace('imgpipe.', '') for m in rows[name][i]['order'])}")
+            if args.walk:
+                crossings = Counter(f"{kind:6} {(a or '').replace('imgpipe.', '')} -> {b.replace('imgpipe.', '')}"
+                                    for kind, a, b in rows[name][i]["walk"])
+                for text, n in crossings.most_common():
+                    print(f"    {n:3} {text}")
     return 0
 
 
