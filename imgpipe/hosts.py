@@ -99,7 +99,6 @@ def is_local(host: str) -> bool:
     return host in (here, here.split(".")[0])
 
 
-
 def plan_node(host: str | None, nodes) -> str | None:
     """A node as the plan's ``nodes`` name it, from the name its wrapper gave itself (this machine:
     its local node; a short name or a full one: the plan's spelling)."""
@@ -110,6 +109,7 @@ def plan_node(host: str | None, nodes) -> str | None:
         return next((h for h in nodes if is_local(h)), "localhost")
     short = host.split(".")[0]
     return next((h for h in nodes if h == host or h.split(".")[0] == short), host)
+
 
 def is_slurm(nodes: tuple[str, ...]) -> bool:
     return nodes == (SLURM,)

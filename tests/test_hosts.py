@@ -9,7 +9,7 @@ import pytest
 
 from imgpipe.config import load_config
 from imgpipe.errors import ImgpipeError
-from imgpipe.hosts import host_from_path, is_local, is_slurm, majority_host, parse_nodes
+from imgpipe.hosts import host_from_path, is_local, is_slurm, majority_host, parse_nodes, plan_node
 
 
 @pytest.mark.parametrize(
@@ -123,3 +123,13 @@ def test_is_slurm():
     assert is_slurm(("slurm",))
     assert not is_slurm(("slurm", "node1"))
     assert not is_slurm(("localhost",))
+
+
+def test_a_node_that_names_itself_is_named_as_the_plan_names_it():
+    nodes = ("node001.cluster.example", "node002", "localhost")
+    assert plan_node("node001", nodes) == "node001.cluster.example"  # its short name
+    assert plan_node("node002.cluster.example", nodes) == "node002"  # its full name
+    assert plan_node(socket.gethostname(), nodes) == "localhost"  # this machine: the plan's local node
+    assert plan_node(socket.gethostname(), ("node002",)) == "localhost"
+    assert plan_node("node009", nodes) == "node009"  # not in the plan (Slurm's nodes): as it said
+    assert plan_node(None, nodes) is None and plan_node("", nodes) is None
