@@ -263,16 +263,12 @@ def test_a_node_that_fails_during_the_run_loses_no_job(slurm, tmp_path, ms_facto
     ms = make_ms(ms_factory, tmp_path, 9)
     cfg = config(tmp_path, worker={"slurm_nodes": slurm_nodes}, wsclean=SLOW)
     proc = start_imgpipe(slurm, tmp_path, cfg, *ms)
-    try:
+    with killed_on_exit(proc):
         rdir = while_running(proc, lambda: list(tmp_path.glob("imgpipe-runs/*/logs")), 60, "the run directory")
         rdir = rdir[0].parent
         while_running(proc, lambda: running_on(rdir, "node002"), 120, "a job running on node002")
         slurm.set_state("node002", "down", "test: node002 lost")
         out, err = proc.communicate(timeout=600)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
     r = expect(Run(proc.returncode, out, err, 0), 0)
     assert "all 9 job(s) done" in r.err, r
     assert all(image_of(tmp_path, m).is_file() for m in ms)
@@ -295,7 +291,6 @@ def test_a_node_that_fails_during_the_run_loses_no_job(slurm, tmp_path, ms_facto
             assert host in hosts or (host == "(node not known)" and None in hosts), (job, host, hosts)
 
 
-
 def test_a_node_going_down_fails_its_jobs_as_node_failures_and_a_rerun_completes_them(slurm, tmp_path, ms_factory):
     ms = make_ms(ms_factory, tmp_path, 4, pinned=True)[:2]  # node001, node002
     cfg = config(tmp_path, pinned=True, worker={"connection_retries": "0"}, wsclean=SLOW)
@@ -306,13 +301,9 @@ def test_a_node_going_down_fails_its_jobs_as_node_failures_and_a_rerun_completes
         slurm.set_state("node002", "down", "test: node002 lost")
 
     proc = start_imgpipe(slurm, tmp_path, cfg, *ms)
-    try:
+    with killed_on_exit(proc):
         down_node002()
         out, err = proc.communicate(timeout=120)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
     r = expect(Run(proc.returncode, out, err, 0), 1)
     table = {ln.split()[0]: ln for ln in r.err.splitlines() if ln.strip()[:4] in ("0001", "0002")}
     assert "the Slurm node failed" in table["0002"], r  # srun exited 0 here: never taken for done
