@@ -31,7 +31,7 @@ RESULT_MARK = "imgpipe-result "  # the wrapper's last line: this, then the resul
 RESULT_FORMAT = 1
 
 # the wrapper's arguments, in order (bin/imgpipe-job reads them so)
-WRAPPER_ARGS = ("TAG", "ID", "SLOTS", "ENV_FILE", "MAX_TIME", "SHARE", "FORCE", "RUN", "COMMAND")
+WRAPPER_ARGS = ("TAG", "ID", "ATTEMPT", "SLOTS", "ENV_FILE", "MAX_TIME", "SHARE", "FORCE", "RUN", "COMMAND")
 
 
 @dataclass(frozen=True)
@@ -88,9 +88,14 @@ def encode_command(command: str) -> str:
 
 
 def wrapper_args(plan, job_id: str, command: str, *, share: str, force: bool, run: str,
-                 max_time: float | None = None) -> list[str]:
-    """The words after ``imgpipe-job`` (WRAPPER_ARGS); ``job_id`` and ``command`` may be an engine's
-    placeholders (which hold neither '%' nor '@'). The command is encoded (``encode_command``).
+                 max_time: float | None = None, attempt: int | str = 0) -> list[str]:
+    """The words after ``imgpipe-job`` (WRAPPER_ARGS); ``job_id``, ``attempt`` and ``command`` may be
+    an engine's placeholders (which hold neither '%' nor '@'). The command is encoded (``encode_command``).
+
+    ``attempt``: the attempt's place among the job's attempts in the run directory (1, 2, ...; its
+    log becomes ``logs/ID.<attempt>`` when the job runs again: ``RunDir.archive_logs``), which the
+    wrapper writes in its result; 0 when nobody counts them (the by-hand scripts: readers then
+    take the log's place).
 
     ``share``: '0' WSClean as the user set it; '1' split the node's cores and memory by
     max_concurrent; 'THREADS/GB' the cores and memory Slurm granted the job.
@@ -98,7 +103,7 @@ def wrapper_args(plan, job_id: str, command: str, *, share: str, force: bool, ru
     w = plan.worker
     max_time = (w.max_time if max_time is None else max_time) or 0
     return [
-        plan.tag, job_id, str(w.max_concurrent), w.env_file,
+        plan.tag, job_id, str(attempt), str(w.max_concurrent), w.env_file,
         str(int(max_time)) if float(max_time).is_integer() else str(max_time),
         share, "1" if force else "0", run, encode_command(command),
     ]
@@ -131,7 +136,7 @@ class Result:
     message: str | None = None  # the wrapper's own words, when it has more to say than the outcome
     images: tuple[tuple[str, int], ...] = ()  # (file, size in bytes) of the image set, when done
     slurm: str | None = None  # 'JOB' or 'JOB.STEP' under Slurm
-    attempt: int = 0  # its place among the job's attempts (1, 2, ...): from the run directory's logs
+    attempt: int = 0  # its place among the job's attempts (1, 2, ...), as the wrapper was told (ATTEMPT)
     path: str = ""  # the log it was read from
 
     @property
@@ -159,7 +164,7 @@ def parse_result(line: str) -> Result | None:
             signal=doc.get("signal") or None, wsclean_error=doc.get("wsclean_error") or None,
             message=doc.get("message") or None,
             images=tuple((str(i["file"]), int(i["size"])) for i in doc.get("images") or ()),
-            slurm=doc.get("slurm") or None)
+            slurm=doc.get("slurm") or None, attempt=num("attempt", int) or 0)
     except (ValueError, TypeError, KeyError, AttributeError):
         return None
 
@@ -168,7 +173,9 @@ TAIL = 8192  # bytes read at the end of a log: the result is its last line
 
 
 def read_result(path: str | os.PathLike, attempt: int = 0) -> Result | None:
-    """The result that ends a job's log, or None: the wrapper never finished (or never ran)."""
+    """The result that ends a job's log, or None: the wrapper never finished (or never ran).
+    ``attempt``: the log's place among the job's logs, for a result that does not say it (0: a
+    by-hand script ran it)."""
     try:
         with open(path, "rb") as f:
             end = f.seek(0, os.SEEK_END)
@@ -183,7 +190,7 @@ def read_result(path: str | os.PathLike, attempt: int = 0) -> Result | None:
         return None
     from dataclasses import replace
 
-    return replace(result, attempt=attempt, path=os.fspath(path))
+    return replace(result, attempt=result.attempt or attempt, path=os.fspath(path))
 
 
 # ---------------------------------------------------------------- an attempt that left no result

@@ -172,20 +172,25 @@ class RunDir:
         self.write_state(digest=plan.digest, engine=None)
         return before
 
-    def archive_logs(self, job_ids) -> None:
-        """Keep the log of each earlier attempt (logs/ID -> logs/ID.1, .2, ...) before a job runs again."""
+    def archive_logs(self, job_ids) -> dict[str, int]:
+        """Keep the log of each earlier attempt (logs/ID -> logs/ID.1, .2, ...) before a job runs
+        again; job id -> the number of the attempt about to run (its log's place: one more than
+        the logs kept)."""
         logs = self / LOGS
+        attempts = {}
         for jid in job_ids:
-            log = logs / jid
-            if not log.exists():
-                continue
             n = 1
             while (logs / f"{jid}.{n}").exists():
                 n += 1
-            log.rename(logs / f"{jid}.{n}")
-            err = logs / f"{jid}.err"
-            if err.exists():
-                err.rename(logs / f"{jid}.{n}.err")
+            log = logs / jid
+            if log.exists():
+                log.rename(logs / f"{jid}.{n}")
+                err = logs / f"{jid}.err"
+                if err.exists():
+                    err.rename(logs / f"{jid}.{n}.err")
+                n += 1
+            attempts[jid] = n
+        return attempts
 
     def install_wrapper(self) -> Path:
         """``imgpipe-job`` in the run directory: what the engines send to the nodes."""

@@ -4,6 +4,7 @@ attempt with. The wrapper runs for real here, with real WSClean on a real MS."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
@@ -58,10 +59,12 @@ def test_imgpipe_srun_s_exit_statuses_are_the_contract_s():
 def test_wrapper_args_follow_the_contract(run_cli, tmp_path, ms_factory):
     plan = plan_of(run_cli, tmp_path, ms_factory("a.MS"))
     (job,) = plan.jobs
-    args = wrapper_args(plan, job.id, job.command, share="1", force=False, run="vm:/r")
-    assert dict(zip(WRAPPER_ARGS, args)) == {"TAG": plan.tag, "ID": job.id, "SLOTS": "2", "ENV_FILE": "",
-                                             "MAX_TIME": "0", "SHARE": "1", "FORCE": "0", "RUN": "vm:/r",
-                                             "COMMAND": job.command}
+    args = wrapper_args(plan, job.id, job.command, share="1", force=False, run="vm:/r", attempt=2)
+    assert dict(zip(WRAPPER_ARGS, args)) == {"TAG": plan.tag, "ID": job.id, "ATTEMPT": "2", "SLOTS": "2",
+                                             "ENV_FILE": "", "MAX_TIME": "0", "SHARE": "1", "FORCE": "0",
+                                             "RUN": "vm:/r", "COMMAND": job.command}
+    # a by-hand script's: nobody counts the attempts
+    assert wrapper_args(plan, job.id, job.command, share="1", force=False, run="vm:/r")[2] == "0"
 
 
 # ---------------------------------------------------------------- reading a result
@@ -84,8 +87,11 @@ def test_the_last_result_of_a_log_counts_and_a_quoted_one_does_not(tmp_path):
     assert read_result(log) is None  # a result inside another line is not one
     log.write_text(log.read_text() + inner.replace("done", "wsclean").replace('"exit_status": 0', '"exit_status": 10')
                    + "\n", encoding="utf-8")
-    r = read_result(log, attempt=3)
+    r = read_result(log, attempt=3)  # (a result without its attempt: a by-hand script's, or an older wrapper's)
     assert (r.outcome, r.exit_status, r.attempt, r.path) == ("wsclean", 10, 3, str(log))
+    # the attempt the wrapper was told is the one that counts
+    log.write_text(log.read_text() + inner.replace('"job"', '"attempt": 2, "job"') + "\n", encoding="utf-8")
+    assert read_result(log, attempt=3).attempt == 2 and read_result(log).attempt == 2
 
 
 def test_an_attempt_without_a_result_gets_its_story_from_its_exit_status_alone():
@@ -109,9 +115,14 @@ def last_result(text: str):
 def test_a_made_set_ends_with_a_result_that_lists_its_images_and_their_sizes(run_cli, tmp_path, ms_factory):
     plan = plan_of(run_cli, tmp_path, ms_factory("obs.MS"))
     (job,) = plan.jobs
-    code, text = wrapper(plan, job, tmp_path)
+    code, text = wrapper(plan, job, tmp_path, attempt=1)
     r = last_result(text)
     assert code == 0 and r.outcome == "done" and r.exit_status == 0 and r.job == job.id and r.tag == plan.tag
+    # the wrapper writes the schema's keys and no other; the issue's list is all there
+    doc = json.loads(text.strip().splitlines()[-1][len(RESULT_MARK):])
+    assert set(doc) <= {f.name for f in dataclasses.fields(attempt.Result)} | {"format"}, doc
+    assert {"job", "attempt", "run", "host", "start", "end", "outcome", "exit_status", "images"} <= set(doc), doc
+    assert r.attempt == 1
     assert r.run == f"test:{tmp_path}" and r.pid and r.start <= r.end
     assert {f for f, _ in r.images} == {job.name + s for s in
                                         ("-dirty.fits", "-image.fits", "-model.fits", "-psf.fits", "-residual.fits")}
@@ -126,9 +137,10 @@ def test_a_made_set_ends_with_a_result_that_lists_its_images_and_their_sizes(run
 def test_a_wsclean_failure_s_result_holds_wsclean_s_own_error_line(run_cli, tmp_path, ms_factory):
     plan = plan_of(run_cli, tmp_path, ms_factory("obs.MS"), extra="fits-mask = '/no/such/mask.fits'")
     (job,) = plan.jobs
-    code, text = wrapper(plan, job, tmp_path)
+    code, text = wrapper(plan, job, tmp_path, attempt=3)
     r = last_result(text)
     assert code == OUTCOMES["wsclean"].exit and r.outcome == "wsclean" and r.wsclean_status == 255
+    assert r.attempt == 3 and '"attempt":3' in text.splitlines()[0]  # (in its start line too)
     assert r.wsclean_error and "mask.fits" in r.wsclean_error, text[-3000:]
     log = tmp_path / "0001"
     log.write_text(text, encoding="utf-8")
@@ -153,6 +165,17 @@ def test_a_stopped_wrapper_says_stopped_and_which_signal(run_cli, tmp_path, ms_f
     assert proc.wait(timeout=60) == 143
     r = last_result(logs[-1].read_text())
     assert r.outcome == "stopped" and r.signal == "SIGTERM" and not r.failed, r
+
+
+def test_an_attempt_number_that_is_not_one_is_refused_before_anything_runs(run_cli, tmp_path, ms_factory):
+    plan = plan_of(run_cli, tmp_path, ms_factory("obs.MS"))
+    (job,) = plan.jobs
+    for bad in ("x", "-1", "1.5", ""):
+        code, text = wrapper(plan, job, tmp_path, attempt=bad)
+        r = last_result(text)
+        assert code == OUTCOMES["setup"].exit and r.outcome == "setup" and "ATTEMPT must be a number" in r.message
+        assert "start: " not in text  # (WSClean never started)
+    assert not list(Path(job.name).parent.glob("*.fits"))
 
 
 # (CFITSIO cannot write a file whose path holds '(' or '[': its extended file-name syntax)

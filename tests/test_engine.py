@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 
+from imgpipe.attempt import read_result
 from imgpipe.joblog import read_rows
 from procs import cmdline, job_processes, processes_mentioning
 from sshcluster import _alive
@@ -88,6 +89,10 @@ def test_a_wsclean_failure_runs_again_only_when_retries_say_so(own_cluster, tmp_
         if retries:
             assert rows == {"0001": [10, 0], "0002": [10, 0]}, r
             assert "all 2 job(s) done" in r.err, r
+            # each attempt's result says which it was: the first one's log kept as logs/ID.1
+            logs = run_dir(work) / "logs"
+            assert [(read_result(logs / f"{jid}.1").attempt, read_result(logs / jid).attempt)
+                    for jid in ("0001", "0002")] == [(1, 2), (1, 2)]
             assert all(image_of(work, m).exists() and provenance_of(work, m).exists() for m in ms)
         else:
             assert rows == {"0001": [10], "0002": [10]}, r

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 import test_story as story
-from imgpipe.attempt import OUTCOMES, outcome_of
+from imgpipe.attempt import OUTCOMES, outcome_of, read_result
 from imgpipe.joblog import read_rows
 from procs import ctrl_c, job_processes, killed_on_exit, processes_mentioning, wsclean_prefixes
 from test_story import config, run_dir, wait_for
@@ -116,6 +116,7 @@ def test_an_attempt_whose_wrapper_vanished_is_lost_and_runs_again(tmp_path, ms_f
     rows = [r for r in read_rows(rdir / "joblog.tsv") if r.job_id == "0001"]
     assert [outcome_of(r.exitval, r.signal)[0] for r in rows] == ["lost", "done"], rows
     assert (rdir / "logs" / "0001.1").exists() and "imgpipe-result" not in (rdir / "logs" / "0001.1").read_text()
+    assert read_result(rdir / "logs" / "0001").attempt == 2  # (the engine passed on which attempt it ran)
     assert all(image(tmp_path, m).exists() for m in ms)
     assert not job_processes(tmp_path)
 

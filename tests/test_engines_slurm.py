@@ -628,3 +628,6 @@ def test_a_job_past_its_memory_runs_again_with_more_and_its_record_says_what_it_
     record = json.loads(provenance_of(tmp_path, ms).read_text())
     assert record["abs_mem_gb"] == 0.8, record  # 0.9 x 960 MB, in GB, rounded down to a tenth
     assert [x["exitval"] for x in rows(run_dir(tmp_path))] == [17, 0]  # out of memory, then done
+    from imgpipe.attempt import read_result
+
+    assert read_result(run_dir(tmp_path) / "logs" / "0001").attempt == 2  # (its result says which attempt)

@@ -56,12 +56,13 @@ def plan_of(run_cli, tmp_path: Path, ms: Path, extra: str = "", name: str = "img
     return jobs_file.read(jobs)
 
 
-def wrapper(plan, job, tmp_path: Path, *, force: bool = False, env: dict | None = None, wait: bool = True):
+def wrapper(plan, job, tmp_path: Path, *, force: bool = False, env: dict | None = None, wait: bool = True,
+            attempt: int | str = 0):
     """Run bin/imgpipe-job for ``job`` here, as an engine would; (exit status, its log).
 
     Its output goes to a file, not a pipe: a WSClean left running must not hold the test up."""
     args = wrapper_args(plan, job.id, job.command, share="1" if share_resources(job) else "0", force=force,
-                        run=f"test:{tmp_path}")
+                        run=f"test:{tmp_path}", attempt=attempt)
     log = tmp_path / f"wrapper-{time.monotonic_ns()}.log"
     with open(log, "w") as out:
         proc = subprocess.Popen(["perl", str(WRAPPER), "imgpipe-job", *args], stdout=out, stderr=subprocess.STDOUT,

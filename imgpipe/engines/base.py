@@ -23,7 +23,7 @@ import os
 import shlex
 import signal
 import subprocess
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..commands import ssh_shell
@@ -60,6 +60,7 @@ class Round:
     done: frozenset[str]  # the jobs whose images are done (for engines that keep their own record of it)
     gate: bool = True  # ask the halt gate before each job (bin/imgpipe-gate): False when no failure can halt
     scale: float = 1.0  # the jobs ask for this many times the plan's memory and max_time (retry_factor)
+    attempts: dict[str, int] = field(default_factory=dict)  # job id -> which attempt of it this round runs (ATTEMPT)
 
 
 class Engine:
@@ -134,11 +135,11 @@ class Engine:
         """Remove the round's own files."""
         (self.ctx.run / ROUND_JOBLOG).unlink(missing_ok=True)
 
-    def wrapper_words(self, job_id: str, command: str, *, share: str) -> list[str]:
+    def wrapper_words(self, job_id: str, command: str, *, share: str, attempt: int | str = 0) -> list[str]:
         """``imgpipe-job`` and its arguments for one job (or for an engine's placeholders), with the
-        round's max_time (``scale``)."""
+        round's max_time (``scale``); ``attempt``: ``Round.attempts``' (0 in a by-hand script)."""
         return ["imgpipe-job", *wrapper_args(self.ctx.plan, job_id, command, share=share, force=self.ctx.force,
-                                             run=self.ctx.run.label, max_time=self.max_time())]
+                                             run=self.ctx.run.label, max_time=self.max_time(), attempt=attempt)]
 
     def max_time(self) -> float:
         """The jobs' max_time in this round: the plan's, times the round's ``scale`` (0: no limit)."""

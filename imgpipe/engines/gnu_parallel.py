@@ -3,9 +3,10 @@ by-hand scripts' lines. Each of the two engines has one ``GnuParallel`` and give
 between them (the -S list, what runs as "ssh", the wrapper's SHARE word, a job's input line, how
 the wrapper reaches the nodes); neither engine is built on the other.
 
-- The input line is ``ID<TAB>COMMAND[@node]`` with ``@``/``%`` percent-encoded in COMMAND
-  (``attempt.encode_command``), so an ``@`` in a path never reads as a host group; the wrapper
-  decodes it. The line is ONE argument, split by the replacement strings ``{id}`` and ``{cmd}``
+- The input line is ``ID<TAB>ATTEMPT<TAB>COMMAND[@node]`` with ``@``/``%`` percent-encoded in
+  COMMAND (``attempt.encode_command``), so an ``@`` in a path never reads as a host group; the
+  wrapper decodes it. ATTEMPT is the round's (``Round.attempts``), 0 in the by-hand scripts' input.
+  The line is ONE argument, split by the replacement strings ``{id}``, ``{attempt}`` and ``{cmd}``
   (``--rpl``): with ``--colsep``, GNU parallel 20221122 strips the ``@node`` from the line but
   takes the job's host groups from the first column, so a pinned job would run on any node.
 - ``--joblog`` and ``--results logs/{id}`` keep the outcome and output of every job in the run
@@ -27,12 +28,14 @@ from ..run_lock import LOCK
 INPUT = "parallel-input.tsv"
 ROUND_INPUT = "parallel-input.round.tsv"
 
-# {id} and {cmd}: the two halves of an input line (its @node already removed by --hgrp)
-RPL = ["--rpl", r"{id} s/\t.*//s", "--rpl", r"{cmd} s/^[^\t]*\t//s"]
+# {id}, {attempt} and {cmd}: the three parts of an input line (its @node already removed by --hgrp)
+RPL = ["--rpl", r"{id} s/\t.*//s", "--rpl", r"{attempt} s/^[^\t]*\t([^\t]*)\t.*/$1/s",
+       "--rpl", r"{cmd} s/^[^\t]*\t[^\t]*\t//s"]
+FIELDS = ("{id}", "{attempt}", "{cmd}")
 
 
-def input_line(job: Job) -> str:
-    line = f"{job.id}\t{encode_command(job.command)}"
+def input_line(job: Job, attempt: int = 0) -> str:
+    line = f"{job.id}\t{attempt}\t{encode_command(job.command)}"
     return f"{line}@{job.host}" if job.host else line
 
 
@@ -67,15 +70,16 @@ class GnuParallel:
     """GNU parallel's command for one engine's jobs."""
 
     def __init__(self, engine, *, logins: Callable[[list[str]], str], ssh_text: Callable[[], str],
-                 share: Callable[[], str], line: Callable[[Job], str], ship: str) -> None:
+                 share: Callable[[], str], line: Callable[[Job, int], str], ship: str) -> None:
         self.engine = engine  # (its context, its wrapper words, its node-side wrapper)
         self.logins, self.ssh_text, self.share, self.line = logins, ssh_text, share, line
         self.ship = ship  # how the wrapper reaches the nodes: "install"ed by the probe, or "env": with each job
 
     def template(self, ship: str) -> str:
-        """The command template: the node's wrapper (installed, or from $IMGPIPE_JOB), {id} and {cmd}."""
-        words = self.engine.wrapper_words("{id}", "{cmd}", share=self.share())
-        quoted = " ".join(w if w in ("{id}", "{cmd}") else shlex.quote(w) for w in words)
+        """The command template: the node's wrapper (installed, or from $IMGPIPE_JOB), {id}, {attempt}
+        and {cmd}."""
+        words = self.engine.wrapper_words("{id}", "{cmd}", share=self.share(), attempt="{attempt}")
+        quoted = " ".join(w if w in FIELDS else shlex.quote(w) for w in words)
         if ship == "env":
             return 'perl -e "$IMGPIPE_JOB" ' + quoted
         return f"perl {self.engine.wrapper.path} {quoted}"
@@ -96,7 +100,9 @@ class GnuParallel:
             argv.append("--resume-failed")
         return argv + [self.template(ship), "::::", str(input_file)]
 
-    def write_input(self, path: Path, jobs) -> None:
-        text = "".join(self.line(j) + "\n" for j in jobs)
+    def write_input(self, path: Path, jobs, attempts: dict[str, int] | None = None) -> None:
+        """One line per job; ``attempts``: the round's (none: the by-hand scripts' input, 0)."""
+        attempts = attempts or {}
+        text = "".join(self.line(j, attempts.get(j.id, 0)) + "\n" for j in jobs)
         if not path.is_file() or path.read_text(encoding="utf-8") != text:
             path.write_text(text, encoding="utf-8")

@@ -504,12 +504,13 @@ def _rounds(plan: Plan, run_dir: RunDir, eng, guard: Guard, stopper: Stopper, do
             say(f"{len(todo)} job(s) stopped past their memory or time run again with {scale:g} times the "
                 "memory and time (retry_factor)")
         number += 1
-        run_dir.archive_logs(j.id for j in todo)
+        attempts = run_dir.archive_logs(j.id for j in todo)
         (run_dir / ROUND_IDS).write_text("\n".join(j.id for j in todo) + "\n")
         output = run_dir / eng.output
         output_start = output.stat().st_size if output.exists() else 0
         gate.set(halt, 0)  # (the round's job log starts empty)
-        proc = eng.start(Round(number, todo, list(live), frozenset(done), gate=halt.applies, scale=scale))
+        proc = eng.start(Round(number, todo, list(live), frozenset(done), gate=halt.applies, scale=scale,
+                               attempts=attempts))
         record = eng.record(proc, live)
         guard.watch(record)
         try:

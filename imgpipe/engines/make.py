@@ -61,9 +61,9 @@ class Make(Engine):
     hold = signal.SIGSTOP  # make has no "start nothing more" signal: it is stopped, then its group killed
     output = "make.stderr"
 
-    def job_command(self, job: Job, host: str) -> str:
+    def job_command(self, job: Job, host: str, attempt: int = 0) -> str:
         """The shell command that runs the wrapper for ``job`` on ``host`` (from the run directory)."""
-        words = self.wrapper_words(job.id, job.command, share="1" if share_resources(job) else "0")
+        words = self.wrapper_words(job.id, job.command, share="1" if share_resources(job) else "0", attempt=attempt)
         if is_local(host):
             return "perl ./imgpipe-job " + shlex.join(words)
         # exec: the wrapper's parent is then sshd itself, whatever the login shell, so the wrapper
@@ -72,7 +72,10 @@ class Make(Engine):
         remote = f"exec perl {self.wrapper.path} " + shlex.join(words)
         return shlex.join([*self.ctx.ssh, "-o", "BatchMode=yes", "--", host, remote]) + " < /dev/null"
 
-    def makefile(self, hosts: dict[str, str]) -> str:
+    def makefile(self, hosts: dict[str, str], attempts: dict[str, int] | None = None) -> str:
+        """The Makefile of every job of the plan; ``attempts``: the round's (the others' recipes,
+        which only a by-hand make runs, say 0: not counted)."""
+        attempts = attempts or {}
         plan, run = self.ctx.plan, self.ctx.run
         slots = plan.worker.max_concurrent
         rules = []
@@ -80,7 +83,7 @@ class Make(Engine):
             host = hosts[job.id]
             recipe = "bash ./imgpipe-make-job " + shlex.join(
                 [str(seq), job.id, "localhost" if is_local(host) else host, str(slots),
-                 self.job_command(job, host)])
+                 self.job_command(job, host, attempts.get(job.id, 0))])
             rules.append(f"{DONE}/{job.id}:\n\t@{_make_escape(recipe)}\n")
         path = installed_file("Makefile.in")
         if path is None:
@@ -97,12 +100,12 @@ class Make(Engine):
             text = text.replace(key, value)
         return text
 
-    def write(self, nodes: list[str], done: frozenset[str]) -> None:
+    def write(self, nodes: list[str], done: frozenset[str], attempts: dict[str, int] | None = None) -> None:
         """The Makefile for these nodes, and done/ as the images say."""
         run, plan = self.ctx.run, self.ctx.plan
         run.install_wrapper()
         run.install(RECIPE)
-        (run / MAKEFILE).write_text(self.makefile(assign_hosts(list(plan.jobs), nodes)), encoding="utf-8")
+        (run / MAKEFILE).write_text(self.makefile(assign_hosts(list(plan.jobs), nodes), attempts), encoding="utf-8")
         markers = run / DONE
         markers.mkdir(exist_ok=True)
         for job in plan.jobs:
@@ -117,7 +120,7 @@ class Make(Engine):
 
     def start(self, rnd: Round):
         self.scale = rnd.scale
-        self.write(rnd.nodes, rnd.done)
+        self.write(rnd.nodes, rnd.done, rnd.attempts)
         slots = self.ctx.plan.worker.max_concurrent * len(rnd.nodes)
         return self.popen(["make", "-C", str(self.ctx.run.path), "-k", "-j", str(slots),
                            *(f"{DONE}/{j.id}" for j in rnd.todo)],

@@ -60,7 +60,7 @@ class Parallel(Engine):
 
     def start(self, rnd: Round):
         run, self.scale = self.ctx.run, rnd.scale
-        self.gnu.write_input(run / ROUND_INPUT, rnd.todo)
+        self.gnu.write_input(run / ROUND_INPUT, rnd.todo, rnd.attempts)
         (run / ROUND_JOBLOG).unlink(missing_ok=True)
         return self.popen(self.gnu.argv(rnd.nodes, run / ROUND_INPUT, run / ROUND_JOBLOG, resume=False, gate=rnd.gate))
 

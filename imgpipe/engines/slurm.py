@@ -392,8 +392,8 @@ class Slurm(Engine):
 
     # ---------------------------------------------------------------- the engine
 
-    def line(self, job: Job) -> str:
-        return input_line(job) + ("" if job.host or self.allocation else f"@{ANY}")
+    def line(self, job: Job, attempt: int = 0) -> str:
+        return input_line(job, attempt) + ("" if job.host or self.allocation else f"@{ANY}")
 
     def logins(self, nodes: list[str]) -> str:
         slots = self.ctx.plan.worker.max_concurrent
@@ -440,7 +440,7 @@ class Slurm(Engine):
 
     def start(self, rnd: Round):
         run, self.scale = self.ctx.run, rnd.scale
-        self.gnu.write_input(run / ROUND_INPUT, rnd.todo)
+        self.gnu.write_input(run / ROUND_INPUT, rnd.todo, rnd.attempts)
         for name in (ROUND_JOBLOG, JOB_FILE, PID_FILE, EVENTS):
             (run / name).unlink(missing_ok=True)
         self._events, self._failed, self._unnamed, self._round_over = 0, {}, {}, False

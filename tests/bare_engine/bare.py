@@ -44,7 +44,7 @@ class Bare(Engine):
     def start(self, rnd: Round):
         run = self.ctx.run
         wrapper = str(run.install_wrapper())
-        jobs = [(j.id, ["perl", wrapper, *self.wrapper_words(j.id, j.command,
+        jobs = [(j.id, ["perl", wrapper, *self.wrapper_words(j.id, j.command, attempt=rnd.attempts.get(j.id, 0),
                                                              share="1" if share_resources(j) else "0")])
                 for j in rnd.todo]
         (run / "bare.json").write_text(json.dumps({
