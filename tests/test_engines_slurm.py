@@ -617,6 +617,20 @@ def test_ctrl_c_through_a_pipe_whose_reader_died_stops_every_slurm_job(slurm, tm
     wait_for(lambda: not slurm.jobs(), 30, "Slurm to hold no job of the run")
 
 
+def test_a_job_past_its_memory_is_told_alike_by_every_view(slurm, tmp_path, ms_factory):
+    """retries = 0: Slurm stopped the job past its 60 MB, and the summary, status, runs and report
+    all say so, in the same words (tests/test_story.py: the other ways a night goes wrong)."""
+    from imgpipe.attempt import OUTCOMES
+    from test_story import summary_says, told_alike, views
+
+    (ms,) = make_ms(ms_factory, tmp_path, 1)
+    cfg = config(tmp_path, worker={"slurm_nodes": "0", "retries": "0"}, resources={"mem": "'60M'"},
+                 wsclean={"size": "'1024 1024'"})
+    r = expect(imgpipe(slurm, tmp_path, cfg, ms), 1)
+    summary_says(r.err, OUTCOMES["memory"].words, 1)
+    told_alike(views(tmp_path), "failed", "memory", OUTCOMES["memory"].words, 1)
+
+
 def test_a_job_past_its_memory_runs_again_with_more_and_its_record_says_what_it_got(slurm, tmp_path, ms_factory):
     """retries = 1, retry_factor = 16: a job Slurm stopped past its 60 MB runs again asking for 960 MB
     (retry_memory_max: the node's 4000 MB is above), and is done; its record says what WSClean got."""

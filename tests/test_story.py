@@ -1,6 +1,7 @@
 """One story per attempt: the run's summary, ``status``, ``runs`` and ``report`` give the same state,
 in the same words, for the same attempt, after each way a night can go wrong here: Ctrl-C, a
-``kill -9`` of imgpipe, max_time, a job that fails, an attempt whose wrapper vanished.
+``kill -9`` of imgpipe, max_time, a job that fails, WSClean killed out of memory, an attempt whose
+wrapper vanished, a busy image set (a lost node: tests/test_engine.py, over sshd).
 
 Real WSClean jobs on this machine (GNU parallel's ``:``), and on an engine that writes no row
 (``bare``, tests/bare_engine): the story must not depend on who ran the jobs.
@@ -175,6 +176,25 @@ def test_a_lost_wrapper_is_lost_in_every_view(tmp_path, ms_factory):
     assert proc.returncode == 1, err
     summary_says(err, OUTCOMES["lost"].words, 2)
     told_alike(views(tmp_path), "failed", "lost", OUTCOMES["lost"].words, 2)
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_wsclean_killed_out_of_memory_is_the_same_in_every_view(tmp_path, ms_factory, engine):
+    """The kernel's OOM killer ends WSClean with SIGKILL. No memory limit can be counted on here (the
+    CI machine's cgroups are not ours), so the test sends that SIGKILL itself, to WSClean alone: the
+    wrapper, the engine and imgpipe then see what they see after an OOM kill. (Slurm's own memory
+    limit: tests/test_engines_slurm.py.)"""
+    proc, _ = two_long_jobs(tmp_path, ms_factory, engine, worker="retries = 0")
+    with killed_on_exit(proc):
+        for line in processes_mentioning(str(tmp_path)):
+            pid, cmd = line.split(": ", 1)
+            if os.path.basename(cmd.split()[0]) == "wsclean":
+                os.kill(int(pid), signal.SIGKILL)
+        out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 1, err
+    words = "WSClean killed by signal 9 (KILL: out of memory?)"
+    summary_says(err, words, 2)
+    told_alike(views(tmp_path), "failed", "signal", words, 2)
 
 
 @pytest.mark.parametrize("engine", ENGINES)
