@@ -99,8 +99,9 @@ WORKER_KEYS = {k.name: k for k in (
         "re-run a job that failed in WSClean this many times", within=(0, 100)),
     Key("retry_factor", 1.0, _is_number, "a factor, from 1 (the same) to 16",
         "a job Slurm stopped past its memory or time limit, or that reached `max_time`, runs again (`retries`) "
-        "with this many times the memory and the time of its last attempt (`1`: the same), up to "
-        "`retry_memory_max`; its record says what it got", within=(1, 16)),
+        "with this many times the memory and the time of its last attempt (`1`: the same; a `--time` in "
+        "`slurm_options` too, in whole minutes), up to `retry_memory_max`; its record says what it got",
+        within=(1, 16)),
     Key("retry_memory_max", "", lambda v: _is_str(v) and (v == "" or _mem_mb(v) is not None),
         "an amount of memory, e.g. '64G' ('': a node's memory)",
         "the most memory a job asks of Slurm when it runs again with more (`''`: the largest usable node's)"),

@@ -617,6 +617,20 @@ def test_ctrl_c_through_a_pipe_whose_reader_died_stops_every_slurm_job(slurm, tm
     wait_for(lambda: not slurm.jobs(), 30, "Slurm to hold no job of the run")
 
 
+def test_a_time_limit_set_in_slurm_options_is_scaled_for_a_retry_in_whole_minutes():
+    from imgpipe.engines.slurm import scaled_time, slurm_minutes
+
+    forms = {"90": 90, "1:30": 1.5, "2:00:00": 120, "1-0": 1440, "1-2:30": 1590, "1-2:30:30": 1590.5}
+    assert {v: slurm_minutes(v) for v in forms} == forms
+    assert [slurm_minutes(v) for v in ("UNLIMITED", "INFINITE", "soon", "", "1-", "-5", "1:2:3:4")] == [None] * 7
+    assert scaled_time(["-p", "debug", "--time=1"], 16) == ["-p", "debug", "--time=16"]
+    assert scaled_time(["-t", "1:30"], 2) == ["-t", "3"] and scaled_time(["-t45"], 1.5) == ["-t68"]
+    assert scaled_time(["--time", "2-0"], 1.5) == ["--time", "4320"]
+    # what is not a time limit, or has none, is left as it is
+    assert scaled_time(["--time=UNLIMITED", "--time-min=5", "--tmp=10"], 2) == ["--time=UNLIMITED", "--time-min=5",
+                                                                               "--tmp=10"]
+
+
 def test_a_job_past_its_memory_is_told_alike_by_every_view(slurm, tmp_path, ms_factory):
     """retries = 0: Slurm stopped the job past its 60 MB, and the summary, status, runs and report
     all say so, in the same words (tests/test_story.py: the other ways a night goes wrong)."""
@@ -633,11 +647,18 @@ def test_a_job_past_its_memory_is_told_alike_by_every_view(slurm, tmp_path, ms_f
 
 def test_a_job_past_its_memory_runs_again_with_more_and_its_record_says_what_it_got(slurm, tmp_path, ms_factory):
     """retries = 1, retry_factor = 16: a job Slurm stopped past its 60 MB runs again asking for 960 MB
-    (retry_memory_max: the node's 4000 MB is above), and is done; its record says what WSClean got."""
+    (retry_memory_max: the node's 4000 MB is above), and is done; its record says what WSClean got.
+    The time limit set in slurm_options (1 minute) is asked 16 times too, as Slurm's own record says."""
     (ms,) = make_ms(ms_factory, tmp_path, 1)
-    cfg = config(tmp_path, worker={"slurm_nodes": "0", "retries": "1", "retry_factor": "16"},
+    cfg = config(tmp_path, worker={"slurm_nodes": "0", "retries": "1", "retry_factor": "16",
+                                   "slurm_options": "'--time=1'"},
                  resources={"mem": "'60M'"}, wsclean={"size": "'1024 1024'"})
+    before = slurm.jobs_ended()
     r = expect(imgpipe(slurm, tmp_path, cfg, ms), 0)
+    records = wait_for(lambda: (lambda found: found if len(found) >= 2 else None)(allocations_since(slurm, before)),
+                       30, "Slurm's records of both jobs")
+    asked = [(a["TimeLimit"], a["Tres"].split("mem=")[1].split(",")[0]) for a in records]
+    assert asked == [("1", "60M"), ("16", "960M")], asked  # (minutes)
     assert "1 job(s) stopped past their memory or time run again with 16 times the memory and time" in r.err, r
     record = json.loads(provenance_of(tmp_path, ms).read_text())
     assert record["abs_mem_gb"] == 0.8, record  # 0.9 x 960 MB, in GB, rounded down to a tenth

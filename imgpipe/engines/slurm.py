@@ -95,6 +95,42 @@ def user_options(settings) -> list[str]:
     return shlex.split(settings.slurm_options)
 
 
+def slurm_minutes(value: str) -> float | None:
+    """A Slurm time limit (``--time``: M, M:S, H:M:S, D-H, D-H:M, D-H:M:S) in minutes; None when it
+    has none (UNLIMITED, INFINITE) or is not one of these forms (Slurm says so at the plan)."""
+    days, dash, rest = value.partition("-")
+    if not dash:
+        days, rest = "0", value
+    parts = rest.split(":")
+    if not (days.isdigit() and all(p.isdigit() for p in parts)) or len(parts) > 3 or (dash and not parts[0]):
+        return None
+    n = [int(p) for p in parts]
+    if dash:  # D-H, D-H:M, D-H:M:S
+        h, m, s = (n + [0, 0])[:3]
+    else:  # M, M:S, H:M:S
+        h, m, s = [0, *n] if len(n) == 2 else n if len(n) == 3 else [0, n[0], 0]
+    return int(days) * 1440 + h * 60 + m + s / 60
+
+
+def scaled_time(options: list[str], scale: float) -> list[str]:
+    """``options`` with the time limit the user set (``-t``/``--time``) times ``scale``, in whole
+    minutes (a round of jobs stopped past their time, run again: retry_factor)."""
+    out = list(options)
+    for i, word in enumerate(out):
+        if word in ("-t", "--time") and i + 1 < len(out):
+            at, flag, value = i + 1, "", out[i + 1]
+        elif word.startswith("--time="):
+            at, flag, value = i, "--time=", word[len("--time="):]
+        elif word.startswith("-t") and not word.startswith("--") and len(word) > 2:
+            at, flag, value = i, "-t", word[2:]
+        else:
+            continue
+        minutes = slurm_minutes(value)
+        if minutes is not None:
+            out[at] = flag + str(max(1, math.ceil(minutes * scale)))
+    return out
+
+
 def partition_of(options: list[str]) -> str | None:
     for i, word in enumerate(options):
         if word in ("-p", "--partition") and i + 1 < len(options):
@@ -289,6 +325,11 @@ class Slurm(Engine):
 
     # ---------------------------------------------------------------- what is asked of Slurm
 
+    def round_options(self) -> list[str]:
+        """slurm_options, a time limit the user set in them scaled as the round's max_time is (a
+        round of jobs run again after a memory or time kill: retry_factor)."""
+        return scaled_time(self.options, self.scale) if self.scale != 1 else self.options
+
     def time_limit(self) -> list[str]:
         """A job of its own gets max_time (+1 min for the wrapper's own stop) as its Slurm time limit,
         unless the user set one; an allocation lasts what slurm_options says."""
@@ -310,7 +351,7 @@ class Slurm(Engine):
         if self.allocation:
             mem_per_cpu = math.ceil(self.asked_mem_mb() / self.cpus)
             return ["srun", "--exact", "-N1", "-n1", f"-c{self.cpus}", f"--mem-per-cpu={mem_per_cpu}"]
-        return ["srun", *self.options, f"--job-name={self.job_name}", "-N1", "-n1", f"-c{self.cpus}",
+        return ["srun", *self.round_options(), f"--job-name={self.job_name}", "-N1", "-n1", f"-c{self.cpus}",
                 f"--mem={self.asked_mem_mb()}", *self.exclude(), *self.time_limit()]
 
     def node_count(self, nodes: list[str], pinned: list[str], jobs: list[Job]) -> int:
@@ -327,7 +368,7 @@ class Slurm(Engine):
     def allocation_options(self, nodes: int, pinned: list[str]) -> list[str]:
         mem_per_cpu = math.ceil(self.asked_mem_mb() / self.cpus)
         slots = self.ctx.plan.worker.max_concurrent
-        words = [*self.options, f"--job-name={self.job_name}", f"--nodes={nodes}", f"--ntasks-per-node={slots}",
+        words = [*self.round_options(), f"--job-name={self.job_name}", f"--nodes={nodes}", f"--ntasks-per-node={slots}",
                  f"--cpus-per-task={self.cpus}", f"--mem-per-cpu={mem_per_cpu}"]
         if pinned:
             words.append(f"--nodelist={print_nodes(pinned)}")
