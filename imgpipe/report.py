@@ -296,21 +296,16 @@ class Bar:
 def timeline_bars(plan: Plan, states: list[st.JobState], rows: list[Row], now: float,
                   logs: dict[str, list[LogFacts]] | None = None) -> list[Bar]:
     """One bar per job-log row (failed ones marked), one per running job (from the start its log
-    says), and one per attempt stopped by the user (from the logs), each on a slot lane."""
+    says), and one per attempt stopped by the user (from the logs), each on a slot lane; each
+    bar says which of its job's attempts it is, in the order they began."""
     logs = logs or {}
-    n_of: dict[str, int] = {}
     rows = [r for r in rows if outcome_of(r.exitval, r.signal)[0] != "stopped"]  # (drawn from their results)
-    for r in rows:
-        n_of[r.job_id or "?"] = n_of.get(r.job_id or "?", 0) + 1
-    seen: dict[str, int] = {}
     host_of = host_namer(plan, states, logs)
     bars = []
     for r in rows:
-        jid = r.job_id or "?"
-        seen[jid] = seen.get(jid, 0) + 1
         why = "" if r.ok else outcome_of(r.exitval, r.signal)[1]
-        bars.append(Bar(jid, host_of(r), r.start, r.start + max(r.runtime, 0.0), "done" if r.ok else "failed",
-                        why, seen[jid], n_of[jid]))
+        bars.append(Bar(r.job_id or "?", host_of(r), r.start, r.start + max(r.runtime, 0.0),
+                        "done" if r.ok else "failed", why))
     running = set()
     for s in states:
         if s.state == "running" and s.start is not None:
@@ -323,6 +318,12 @@ def timeline_bars(plan: Plan, states: list[st.JobState], rows: list[Row], now: f
         why = f"stopped by the user (the run was stopped; the job got {f.stopped}): not done, it runs again on resume"
         bars.append(Bar(f.job_id, st.node_name(f.host, plan) or "(node not known)", f.start, max(f.end, f.start),
                         "stopped", why))
+    of_job: dict[str, list[Bar]] = {}
+    for b in sorted(bars, key=lambda b: b.start):
+        of_job.setdefault(b.job_id, []).append(b)
+    for mine in of_job.values():
+        for n, b in enumerate(mine, start=1):
+            b.attempt, b.attempts = n, len(mine)
     assign_lanes(bars, plan.worker.max_concurrent)
     return bars
 

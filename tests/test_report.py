@@ -33,6 +33,7 @@ from procs import none_alive
 from test_status import HOSTILE, imgpipe, make_run, run_env, write_config
 
 from imgpipe import jobs_file as jf
+from imgpipe.attempt import read_result
 from imgpipe import report
 from imgpipe import status as st
 from imgpipe.joblog import attempts
@@ -691,6 +692,8 @@ def test_stopped_attempts_are_on_the_timeline(stopped_run):
     titles = bar_titles(page, "stopped")
     assert f"start {said_at(first_log, 'start: ')}," in titles[0]
     assert f"start {said_at(second_log, 'start: ')}," in titles[1]
+    assert "attempt 1 of 2" in titles[0] and "attempt 2 of 2" in titles[1], titles  # (as their results say)
+    assert [read_result(p).attempt for p in (first_log, second_log)] == [1, 2]
     assert "2 attempt(s) were stopped by the user" in text_of(section(page, "summary"))
 
 
