@@ -344,15 +344,10 @@ def slurm_request(plan, options_from: str = "slurm_options (or $LIBPIPE_SLURM_OP
 
 def _time_option(options: list[str]) -> str:
     """The value of the last -t/--time in sbatch-style options."""
-    value = "as slurm_options says"
-    for i, word in enumerate(options):
-        if word in ("-t", "--time") and i + 1 < len(options):
-            value = options[i + 1]
-        elif word.startswith("--time="):
-            value = word.split("=", 1)[1]
-        elif word.startswith("-t") and len(word) > 2:
-            value = word[2:]
-    return value
+    from .engines.slurm import time_words
+
+    found = time_words(options)
+    return found[-1][2] if found else "as slurm_options says"
 
 
 def _print_slurm_request(plan, out, options_from: str | None = None) -> None:

@@ -36,7 +36,6 @@ a run started by hand.
 
 from __future__ import annotations
 
-import math
 import os
 import re
 import shlex
@@ -206,7 +205,7 @@ def head_options(plan, usable: list, placement: list[str], limit: str | None) ->
     each of the ``usable`` nodes, engines.slurm.Node), no more than half the smallest node's.
     Its time limit: ``limit``, the partition's longest (the night's length is not known; a round's
     allocation, or each job, asks for its own); told SIGTERM TIME_SIGNAL s before it, when it has one."""
-    from .engines.slurm import partition_of
+    from .engines.slurm import partition_of, slurm_minutes
 
     options = shlex.split(plan.worker.slurm_options)
     kept = []
@@ -228,7 +227,7 @@ def head_options(plan, usable: list, placement: list[str], limit: str | None) ->
     words = ["--nodes=1", "--ntasks=1", f"--cpus-per-task={CPUS}", f"--mem={mem}", *kept, *placement]
     if limit is not None:
         words.append(f"--time={limit}")
-        if 10 <= _minutes(limit) < math.inf:  # (a limit Slurm keeps in whole minutes, checked every ~30 s)
+        if (slurm_minutes(limit) or 0) >= 10:  # (a limit Slurm keeps in whole minutes, checked every ~30 s)
             words.append(f"--signal=B:TERM@{TIME_SIGNAL}")
     partition = partition_of(kept)
     said = (f"{CPUS} CPU, {mem} MB, " + (f"partition {partition}" if partition else "the default partition")
@@ -248,24 +247,6 @@ def partition_limit(partition: str | None, env: dict) -> str | None:
                 return "UNLIMITED"
             return limit if re.fullmatch(r"[\d:-]+", limit) else None
     return None
-
-
-def _minutes(value: str) -> float:
-    """A Slurm time limit in minutes ('MM', 'MM:SS', 'HH:MM:SS', 'D-HH[:MM[:SS]]'); inf for
-    UNLIMITED, or when it cannot be read."""
-    if value.upper() in ("INFINITE", "UNLIMITED"):
-        return math.inf
-    try:
-        days, _, clock = value.rpartition("-")
-        parts = [float(p) for p in clock.split(":")]
-        if days:  # D-HH, D-HH:MM, D-HH:MM:SS
-            parts += [0.0] * (3 - len(parts))
-            return float(days) * 1440 + parts[0] * 60 + parts[1] + parts[2] / 60
-        if len(parts) == 3:
-            return parts[0] * 60 + parts[1] + parts[2] / 60
-        return parts[0] + (parts[1] / 60 if len(parts) == 2 else 0)
-    except ValueError:
-        return math.inf
 
 
 def placement(plan, usable: list[str], allocation: bool) -> list[str]:

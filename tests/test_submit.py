@@ -288,7 +288,8 @@ def test_what_the_batch_job_asks_of_slurm_for_itself():
     from types import SimpleNamespace
 
     from imgpipe.engines.slurm import Node
-    from imgpipe.submit import _minutes, head_options, output_pattern, placement
+    from imgpipe.engines.slurm import slurm_minutes
+    from imgpipe.submit import head_options, output_pattern, placement
 
     worker = SimpleNamespace(slurm_options="--partition=imaging -A nenufar --time=12:00:00 --mem=30G -q long "
                              "--exclusive --reservation night", max_concurrent=2, nodes=("slurm",))
@@ -302,8 +303,8 @@ def test_what_the_batch_job_asks_of_slurm_for_itself():
     assert said == "1 CPU, 596 MB, partition imaging, time limit 7-00:00:00"
     assert "--signal=B:TERM@120" not in head_options(plan, nodes, [], "UNLIMITED")[0]
     assert "--signal=B:TERM@120" not in head_options(plan, nodes, [], "5:00")[0]  # (5 min: no time for it)
-    assert [_minutes(t) for t in ("30", "1:30", "2:00:00", "1-0", "1-2:30", "UNLIMITED")] == \
-        [30, 1.5, 120, 1440, 1440 + 150, float("inf")]
+    assert [slurm_minutes(t) for t in ("30", "1:30", "2:00:00", "1-0", "1-2:30", "UNLIMITED")] == \
+        [30, 1.5, 120, 1440, 1440 + 150, None]
     # the batch job keeps away from pinned nodes (their slots), and with slurm_nodes > 0 from the run's nodes
     assert placement(plan, ["node001", "node002", "node003"], False) == ["--exclude=node002"]
     assert placement(plan, ["node001", "node002", "node003"], True) == ["--exclude=node002"]  # (no node is free)

@@ -112,19 +112,25 @@ def slurm_minutes(value: str) -> float | None:
     return int(days) * 1440 + h * 60 + m + s / 60
 
 
+def time_words(options: list[str]) -> list[tuple[int, str, str]]:
+    """Each time limit in sbatch-style ``options`` (``-t V``, ``--time V``, ``--time=V``, ``-tV``):
+    (the index of the word holding its value, what comes before the value in that word, the value)."""
+    found = []
+    for i, word in enumerate(options):
+        if word in ("-t", "--time") and i + 1 < len(options):
+            found.append((i + 1, "", options[i + 1]))
+        elif word.startswith("--time="):
+            found.append((i, "--time=", word[len("--time="):]))
+        elif word.startswith("-t") and not word.startswith("--") and len(word) > 2:
+            found.append((i, "-t", word[2:]))
+    return found
+
+
 def scaled_time(options: list[str], scale: float) -> list[str]:
     """``options`` with the time limit the user set (``-t``/``--time``) times ``scale``, in whole
     minutes (a round of jobs stopped past their time, run again: retry_factor)."""
     out = list(options)
-    for i, word in enumerate(out):
-        if word in ("-t", "--time") and i + 1 < len(out):
-            at, flag, value = i + 1, "", out[i + 1]
-        elif word.startswith("--time="):
-            at, flag, value = i, "--time=", word[len("--time="):]
-        elif word.startswith("-t") and not word.startswith("--") and len(word) > 2:
-            at, flag, value = i, "-t", word[2:]
-        else:
-            continue
+    for at, flag, value in time_words(options):
         minutes = slurm_minutes(value)
         if minutes is not None:
             out[at] = flag + str(max(1, math.ceil(minutes * scale)))
