@@ -766,11 +766,10 @@ def cmd_status(args: argparse.Namespace) -> int:
 
     from .status import counts, exit_status, failure_words, host_summary, id_ranges, status_rows
     from .status_memo import done_jobs
-    from .submit import batch_record, batch_state, batch_words, slurm_states
+    from .submit import batch_now, batch_words
 
     path = find_run(args.run)
-    record = batch_record(path.parent)  # (a run submitted with --submit lives in a Slurm batch job)
-    batch = batch_state(record, slurm_states([record["slurm_job"]])) if record else None
+    batch = batch_now(path.parent)  # (a run submitted with --submit lives in a Slurm batch job)
     filtered = bool(args.state or args.host or args.obs_id or args.sw)
     digest, rows, done = status_rows(path, every_row=args.json or args.all or filtered)
     if done is not None and len(done.ids) <= DONE_LISTED:

@@ -71,6 +71,7 @@ from .joblog import SLURM_PLACED, Row, attempts
 from .plan import Job, Plan
 from .attempt import LogFacts, outcome_of, read_log
 from .run_dir import LOGS
+from .submit import BATCH_OUTPUT, batch_now, batch_words
 
 REPORT = "report.html"
 REPORT_DIR = "report"  # the previews' cache (PNG and statistics), next to report.html; the page does not need it
@@ -1020,6 +1021,7 @@ class Facts:
     libs_ok: bool  # the preview libraries are installed
     now: float
     logs: dict[str, list[LogFacts]]  # job id -> what each of its logs says, oldest first
+    batch: dict | None = None  # the run's Slurm batch job (--submit) as Slurm has it now (submit.batch_state)
 
     @functools.cached_property
     def job_by_id(self) -> dict[str, Job]:
@@ -1075,12 +1077,22 @@ class Section:
 
 
 def summary_section(f: Facts) -> Section:
-    """How many jobs are in each state; the run's times and each node's use, once jobs finished."""
+    """How many jobs are in each state, and where the run lives when it was submitted; the run's
+    times and each node's use, once jobs finished."""
+    head = [*state_counts(f), *batch_note(f)]
     if not f.rows:
         stopped = f" {len(f.stopped)} attempt(s) were stopped by the user (see the timeline)." if f.stopped else ""
         note = html('<p class="muted">No job has finished yet: the job log is empty.{}</p>', stopped)
-        return Section("summary", "Summary", [*state_counts(f), note])
-    return Section("summary", "Summary", [*state_counts(f), *run_times(f), *per_node(f)])
+        return Section("summary", "Summary", [*head, note])
+    return Section("summary", "Summary", [*head, *run_times(f), *per_node(f)])
+
+
+def batch_note(f: Facts) -> list[Html]:
+    """A run submitted with --submit: its batch job, as `imgpipe status` says it, and imgpipe's own output."""
+    if not f.batch:
+        return []
+    return [html('<p class="batch">This run lives in {} (<code>imgpipe --submit</code>); imgpipe\'s own output '
+                 'there: <a href="{}">{}</a>.</p>', batch_words(f.batch), href(BATCH_OUTPUT), BATCH_OUTPUT)]
 
 
 def state_counts(f: Facts) -> list[Html]:
@@ -1416,13 +1428,13 @@ def plan_section(f: Facts) -> Section:
 
 def render(plan: Plan, jobs_path: Path, run_dir: Path, states: list[st.JobState], rows: list[Row],
            prev: dict[str, Preview], libs_ok: bool, now: float,
-           logs: dict[str, list[LogFacts]] | None = None) -> str:
+           logs: dict[str, list[LogFacts]] | None = None, batch: dict | None = None) -> str:
     """The page: its header, a bar of links to its sections, and the sections, top to bottom.
 
     A section is a function of the Facts that returns a Section (or None to leave it out):
     adding one to the page is that function and its line here. It writes its markup with html()
     and Html literals only, so every value from the run in it is escaped (see "escaping")."""
-    f = Facts(plan, jobs_path, run_dir, states, rows, prev, libs_ok, now, logs or {})
+    f = Facts(plan, jobs_path, run_dir, states, rows, prev, libs_ok, now, logs or {}, batch)
     sections = [
         summary_section(f),
         timeline_section(f),
@@ -1464,7 +1476,8 @@ def write_report(jobs_file: Path) -> Path:
     logs = read_logs(run_dir, (j.id for j in plan.jobs))
     libs = preview_libs()
     prev = previews(states, run_dir, libs)
-    page = render(plan, Path(os.path.abspath(jobs_file)), run_dir, states, rows, prev, libs is not None, now, logs)
+    page = render(plan, Path(os.path.abspath(jobs_file)), run_dir, states, rows, prev, libs is not None, now, logs,
+                  batch_now(run_dir))
     out = run_dir / REPORT
     write_whole(out, page)
     return out

@@ -130,6 +130,13 @@ def batch_state(record: dict, states: dict[str, str] | None) -> dict:
     return out
 
 
+def batch_now(run_dir: Path) -> dict | None:
+    """The run's batch job as Slurm has it now (``batch_state``, one squeue); None when the run
+    was not submitted."""
+    record = batch_record(run_dir)
+    return batch_state(record, slurm_states([record["slurm_job"]])) if record else None
+
+
 def batch_words(state: dict) -> str:
     """'Slurm job 12 (running on node001)', 'Slurm job 12 (pending: Resources)', 'Slurm job 12
     (ended: CANCELLED)', or 'Slurm job 12' when Slurm cannot be asked."""

@@ -131,6 +131,9 @@ def test_submit_and_log_out_the_batch_job_runs_every_job(slurm, tmp_path, ms_fac
     assert first.startswith(f"run {rdir}: it lives in Slurm job {job} (ended") and "imgpipe exit 0" in first, first
     doc = json.loads(status(slurm, tmp_path, 0, "--json").out)
     assert doc["batch"]["slurm_job"] == job and doc["batch"]["state"] == "ended" and doc["batch"]["exit"] == 0
+    expect(imgpipe(slurm, tmp_path, "report", str(rdir)), 0)  # the report says it too, and links imgpipe's output
+    page = (rdir / "report.html").read_text()
+    assert f"This run lives in {first.split('it lives in ', 1)[1]}" in page and 'href="batch.out"' in page, first
     assert not ours(slurm) and not job_processes(tmp_path) and not tmp_dirs_left(tmp_path)
     if slurm_nodes == "2":  # (an allocation takes a node's every slot: the batch job's node is left out)
         assert re.search(r"node node00\d is left out \(imgpipe itself runs there, in the run's batch job "
