@@ -166,9 +166,11 @@ def fmt_duration(seconds: float | None) -> str:
 
 
 def fmt_flux(value: float | None, unit: str) -> str:
-    """9.73 Jy/beam, 12.3 mJy/beam, 450 µJy/beam (scaled when the unit is Jy-based)."""
+    """9.73 Jy/beam, 12.3 mJy/beam, 450 µJy/beam (scaled when the unit is Jy-based; FITS's
+    JY/BEAM written Jy/beam)."""
     if value is None or not math.isfinite(value):
         return "-"
+    unit = _unit(unit)
     if unit.lower().startswith("jy"):
         rest = unit[2:]
         a = abs(value)
@@ -1028,6 +1030,18 @@ class Facts:
         return {j.id: j for j in self.plan.jobs}
 
     @functools.cached_property
+    def measures(self) -> dict[str, dict]:
+        """job id -> the quality gate's measures of its main image (done jobs measured; kept next
+        to the images): the one peak, RMS and DR the page gives, in the quality table and the cards."""
+        out = {}
+        for s in self.states:
+            if s.images and s.images.done:
+                m = quality.measured(s.job.name, s.images.record.images, measure_now=False)
+                if m is not None and "error" not in m:
+                    out[s.job.id] = m
+        return out
+
+    @functools.cached_property
     def bars(self) -> list[Bar]:
         """Every attempt on the timeline (timeline_bars)."""
         return timeline_bars(self.plan, self.states, self.rows, self.now, self.logs)
@@ -1276,7 +1290,7 @@ def quality_section(f: Facts) -> Section | None:
     if f.plan.quality.on_fail == "off":
         return None
     judged = [(s, quality.measured(s.job.name, s.images.record.images, measure_now=False))
-              for s in f.states if s.images and s.images.done]
+              for s in f.states if s.images and s.images.done]  # (with those it could not read)
     judged = [(s, m) for s, m in judged if m is not None]
     off = quality.unavailable()
     if not judged:
@@ -1374,8 +1388,9 @@ def images_section(f: Facts) -> Section:
         out.append(Html('<p class="muted">No job is done yet.</p>'))
         return Section("images", "Images", out)
     out.append(Html('<p class="muted">The main image of each finished job (the MFS image when there is one, else '
-                    "the image), asinh stretch from median \u2212 2 \u03c3 to the peak; peak and robust RMS \u03c3 "
-                    "(1.4826 \u00d7 MAD); DR = peak / RMS.</p>"))
+                    "the image), asinh stretch from median \u2212 2 \u03c3 to the peak; peak, RMS and DR = peak / "
+                    "RMS as the quality gate measured them (robust RMS, 3\u03c3-clipped, central quarter, of the "
+                    "residual when there is one).</p>"))
     cards = [line for s in done for line in image_card(f, s)]
     return Section("images", "Images", [*out, Html('<div class="grid">'), *cards, Html("</div>")])
 
@@ -1394,9 +1409,16 @@ def image_card(f: Facts, s: st.JobState) -> list[Html]:
     if p and p.fits:
         size = f" ({p.shape[1]}\u00d7{p.shape[0]})" if len(p.shape) == 2 else ""
         out.append(html('<div class="muted">{}{}</div>', os.path.basename(p.fits), size))
-    if p and p.peak is not None:
-        dr = f", DR {p.peak / p.rms:.0f}" if p.rms else ""
-        out.append(html("<div>peak {}, RMS {}{}</div>", fmt_flux(p.peak, p.unit), fmt_flux(p.rms, p.unit), dr))
+    m = f.measures.get(s.job.id)
+    if m is not None and m.get("peak") is not None:  # (the quality table's figures)
+        peak, rms, unit = m["peak"], quality.noise(m), m.get("unit", "")
+    elif p and p.peak is not None:  # (not measured: the quality gate is off)
+        peak, rms, unit = p.peak, p.rms, p.unit
+    else:
+        peak = None
+    if peak is not None:
+        dr = f", DR {peak / rms:.0f}" if rms else ""
+        out.append(html("<div>peak {}, RMS {}{}</div>", fmt_flux(peak, unit), fmt_flux(rms, unit), dr))
     if p and p.beam:
         out.append(html('<div class="muted">beam {}</div>', p.beam))
     out.append(Html("</div>"))

@@ -367,6 +367,9 @@ def test_previews_of_finished_jobs(run, page, page_path):
         peak = float(text.split("peak ")[1].split(" Jy/beam")[0])
         assert 5 < peak < 20  # the 10 Jy source
         assert " mJy/beam" in text.split("RMS ")[1] and "DR " in text
+        # the same peak, RMS and DR as the quality table's: one measure of the image on the page
+        cells = [text_of(td) for td in section(page, "quality").find(f".//tr[@data-job='{job_id}']").findall("td")]
+        assert f"peak {cells[3]}, RMS {cells[2]}, DR {cells[4]}" in text, (text, cells)
     assert section(page, "jobs").find(f".//tr[@data-job='{run.ids['done']}']/td[10]/a").get("href") == \
         f"#img-{run.ids['done']}"
     assert page.find(".//*[@id='no-previews']") is None
