@@ -259,7 +259,6 @@ class Slurm(Engine):
         self._known: list[Node] | None = None
         self.partitions: list[str] = []
         self._waiting: tuple[float, str | None] = (0.0, None)
-        self._round_output = 0
         self._events = 0  # bytes of EVENTS told
         self._failed: dict[str, str] = {}  # node -> how it failed, told in this round
         self._unnamed: dict[str, str] = {}  # Slurm job -> its state, when the node that failed is not known
@@ -491,8 +490,6 @@ class Slurm(Engine):
         for name in (ROUND_JOBLOG, JOB_FILE, PID_FILE, EVENTS):
             (run / name).unlink(missing_ok=True)
         self._events, self._failed, self._unnamed, self._round_over = 0, {}, {}, False
-        output = run / self.output
-        self._round_output = output.stat().st_size if output.exists() else 0
         pinned = sorted({j.host for j in rnd.todo if j.host})
         if self.allocation:
             self.tell_count(self.node_count(rnd.nodes, pinned, rnd.todo), rnd.nodes, rnd.todo)
@@ -569,17 +566,10 @@ class Slurm(Engine):
         if time.time() - when < 2:
             return said
         said = None
-        if self.allocation:
-            try:
-                with open(self.ctx.run / self.output, "rb") as f:
-                    f.seek(self._round_output)
-                    text = f.read().decode(errors="replace")
-            except OSError:
-                text = ""
-            m = re.search(r"Pending job allocation (\d+)", text)
-            if m and "Granted job allocation" not in text:
-                reason = squeue(self.env, "-j", m.group(1), "-o", "%r")
-                said = f"Slurm allocation {m.group(1)} pending ({reason[0][0] if reason else 'waiting'})"
+        if self.allocation:  # (the round's allocation bears the run's job name, as its jobs do)
+            pending = squeue(self.env, "-n", self.job_name, "-t", "PD", "-o", "%i|%r")
+            if pending and len(pending[0]) == 2:
+                said = f"Slurm allocation {pending[0][0]} pending ({pending[0][1]})"
         else:
             pending = squeue(self.env, "-n", self.job_name, "-t", "PD", "-o", "%r")
             if pending:
