@@ -138,19 +138,38 @@ def append_rows(path: str | os.PathLike, rows: list[Row], seq_of: dict[str, int]
 def attempts(run_dir: Path, tag: str, host=lambda name: name) -> list[Row]:
     """Every attempt of the plan ``tag`` in the run directory, by start time: the job log's rows,
     and those of a round going on that are not in it yet (``RoundRows``)."""
+    return _attempts(run_dir, tag, host)[0]
+
+
+def last_attempts(run_dir: Path, tag: str, host=lambda name: name, *,
+                  going_on: bool = False) -> tuple[dict[str, Row], set[str]]:
+    """(job id -> the row of its last attempt, as ``attempts`` has them; and, when a round is
+    ``going_on``, the ids of its jobs that have not ended yet), reading the round once."""
+    rows, ids, ended = _attempts(run_dir, tag, host)
+    return last_rows(rows), (set(ids) - {r.job_id for r in ended}) if going_on else set()
+
+
+def _attempts(run_dir: Path, tag: str, host) -> tuple[list[Row], list[str], list[Row]]:
+    """(every attempt by start time, the round's job ids, the round's rows so far)."""
     rows = [r for r in read_rows(Path(run_dir) / JOBLOG) if r.tag == tag]
+    ids = round_ids(run_dir)
+    ended = RoundRows(run_dir, tag, ids, host).read()
     seen = {(r.job_id, round(r.start, 3)) for r in rows}
-    rows += [r for r in round_rows(run_dir, tag, host) if (r.job_id, round(r.start, 3)) not in seen]
-    return sorted(rows, key=lambda r: r.start)
+    rows += [r for r in ended if (r.job_id, round(r.start, 3)) not in seen]
+    return sorted(rows, key=lambda r: r.start), ids, ended
+
+
+def round_ids(run_dir: Path) -> list[str]:
+    """The job ids of the round going on (or of the last one, when its imgpipe was killed)."""
+    try:
+        return (Path(run_dir) / ROUND_IDS).read_text().split()
+    except OSError:
+        return []
 
 
 def round_rows(run_dir: Path, tag: str, host=lambda name: name) -> list[Row]:
     """The rows of the round going on (or of one whose imgpipe was killed) so far."""
-    try:
-        ids = (Path(run_dir) / ROUND_IDS).read_text().split()
-    except OSError:
-        ids = []
-    return RoundRows(run_dir, tag, ids, host).read()
+    return RoundRows(run_dir, tag, round_ids(run_dir), host).read()
 
 
 def last_rows(rows: list[Row]) -> dict[str, Row]:

@@ -35,8 +35,7 @@ from .attempt import OUTCOMES, job_error, outcome_of, read_log
 from .hosts import is_local, plan_node
 from .image_sets import ImageSet, image_sets
 from .quality import main_image, night
-from .joblog import ROUND_JOBLOG, SLURM_PLACED, Row, attempts, last_rows, round_rows
-from .joblog import ROUND_IDS
+from .joblog import ROUND_JOBLOG, SLURM_PLACED, Row, last_attempts
 from .run_dir import LOGS
 from .run_lock import run_active
 from .submit import batch_record, batch_state, slurm_states
@@ -86,14 +85,8 @@ def job_states(plan: Plan, run_dir: Path, *, measure: bool = False) -> list[JobS
     """Each job's state. ``measure``: the quality gate measures the done jobs' images it finds
     unmeasured (``report`` does; ``status`` only reads what is kept)."""
     run_dir = Path(run_dir)
-    rows = last_rows(attempts(run_dir, plan.tag, lambda name: node_name(name, plan)))
-    in_round: set[str] = set()
-    if run_active(run_dir):
-        try:
-            in_round = set((run_dir / ROUND_IDS).read_text().split())
-        except OSError:
-            pass
-        in_round -= {r.job_id for r in round_rows(run_dir, plan.tag)}  # ended
+    rows, in_round = last_attempts(run_dir, plan.tag, lambda name: node_name(name, plan),
+                                   going_on=run_active(run_dir))  # (in_round: the round's jobs not ended)
     sets = image_sets(plan.jobs)
     slurm = (run_dir / "slurm.sh").exists()  # (this run went through Slurm: its logs name jobs and steps)
     logs = os.path.join(run_dir, LOGS)
