@@ -310,6 +310,19 @@ def test_a_node_going_down_fails_its_jobs_as_node_failures_and_a_rerun_completes
     assert "Node failure on node002" in (run_dir(tmp_path) / "logs" / "0002.err").read_text()
     assert not provenance_of(tmp_path, ms[1]).exists()
     assert not slurm.jobs()
+    # a lost node, told alike by status (table, JSON, exit), runs and the report (tests/test_story.py)
+    from imgpipe.attempt import OUTCOMES
+    from test_story import views
+
+    # (node001's job was in the same allocation, which Slurm ended: 'slurm')
+    v = views(tmp_path)
+    assert v["exit"] == 1 and v["runs"]["failed"] == 2 and v["report"] == {"0001": "failed", "0002": "failed"}, v
+    for job, failure in (("0001", "slurm"), ("0002", "node")):
+        words = OUTCOMES[failure].words
+        assert v["json"][job][:2] == ("failed", failure) and words in v["json"][job][2], v["json"]
+        (line,) = [ln for ln in v["table"].splitlines() if ln.startswith(job)]
+        assert " failed " in line and words in line and words in table[job], (v["table"], r)
+        assert words in v["page"]
 
     slurm.set_state("node002", "resume")
     wait_for(lambda: slurm.states()["node002"].startswith("idle"), 30, "node002 back")
