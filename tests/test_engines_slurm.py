@@ -20,8 +20,10 @@ from pathlib import Path
 
 import pytest
 
+from imgpipe.attempt import OUTCOMES
 from procs import ctrl_c, job_processes, killed_on_exit
 from slurmcluster import SlurmCluster, missing_tools
+from test_story import summary_says, told_alike, views
 from test_engine_parallel import (
     Run, env_for, expect, image_of, imgpipe, max_overlap, provenance_of, run_dir, start_imgpipe, tmp_dirs_left, wait_for,
 )
@@ -157,6 +159,7 @@ def test_ctrl_c_stops_every_job_gracefully_and_leaves_nothing_in_slurm(slurm, tm
     rdir = run_dir(tmp_path)
     assert all("stopped (SIGTERM): WSClean stopped, temp dir removed" in (rdir / "logs" / f"000{i}").read_text()
                for i in range(1, 5))  # the wrapper's own clean-up ran: no KILL from Slurm
+    told_alike(views(tmp_path), "stopped", "stopped", OUTCOMES["stopped"].words, 4)  # (status, runs, report)
 
     cfg = config(tmp_path, worker={"slurm_nodes": slurm_nodes})  # (quicker jobs: nothing was recorded)
     r = expect(imgpipe(slurm, tmp_path, cfg, *ms), 0)
@@ -311,9 +314,6 @@ def test_a_node_going_down_fails_its_jobs_as_node_failures_and_a_rerun_completes
     assert not provenance_of(tmp_path, ms[1]).exists()
     assert not slurm.jobs()
     # a lost node, told alike by status (table, JSON, exit), runs and the report (tests/test_story.py)
-    from imgpipe.attempt import OUTCOMES
-    from test_story import views
-
     # (node001's job was in the same allocation, which Slurm ended: 'slurm')
     v = views(tmp_path)
     assert v["exit"] == 1 and v["runs"]["failed"] == 2 and v["report"] == {"0001": "failed", "0002": "failed"}, v
@@ -348,6 +348,7 @@ def test_a_job_past_its_memory_and_a_job_past_max_time_say_so(slurm, tmp_path, m
     row = next(ln for ln in r.err.splitlines() if ln.strip().startswith("0001"))
     assert "max_time reached" in row, r
     assert not job_processes(other) and not tmp_dirs_left(other) and not slurm.jobs()
+    told_alike(views(other), "failed", "timeout", OUTCOMES["timeout"].words, 1)  # (status, runs, report)
 
 
 def test_slurms_time_limit_says_so(slurm, tmp_path, ms_factory):
@@ -647,9 +648,6 @@ def test_a_time_limit_set_in_slurm_options_is_scaled_for_a_retry_in_whole_minute
 def test_a_job_past_its_memory_is_told_alike_by_every_view(slurm, tmp_path, ms_factory):
     """retries = 0: Slurm stopped the job past its 60 MB, and the summary, status, runs and report
     all say so, in the same words (tests/test_story.py: the other ways a night goes wrong)."""
-    from imgpipe.attempt import OUTCOMES
-    from test_story import summary_says, told_alike, views
-
     (ms,) = make_ms(ms_factory, tmp_path, 1)
     cfg = config(tmp_path, worker={"slurm_nodes": "0", "retries": "0"}, resources={"mem": "'60M'"},
                  wsclean={"size": "'1024 1024'"})
