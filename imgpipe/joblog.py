@@ -28,6 +28,7 @@ JOBLOG = "joblog.tsv"
 ROUND_JOBLOG = "joblog.round.tsv"
 JOBLOG_HEADER = "Seq\tHost\tStarttime\tJobRuntime\tSend\tReceive\tExitval\tSignal\tCommand"
 ROUND_IDS = "round.ids"  # the ids of the round's jobs, one a line (written by the run loop as a round starts)
+ROUND_STOPPED = "round.stopped"  # when a round was stopped for an imgpipe that was killed (epoch seconds): mark_stopped
 LOGS = "logs"  # the run directory's folder of job logs: logs/<id>, logs/<id>.err, earlier attempts' logs/<id>.N
 SLURM_PLACED = "slurm"  # the Host of a job Slurm placed (its node is in its log: see status)
 _JOB_RE = re.compile(r"imgpipe-job (imgpipe-[0-9a-f]{12}) (\S+) ")
@@ -153,7 +154,7 @@ def _attempts(run_dir: Path, tag: str, host) -> tuple[list[Row], list[str], list
     """(every attempt by start time, the round's job ids, the round's rows so far)."""
     rows = [r for r in read_rows(Path(run_dir) / JOBLOG) if r.tag == tag]
     ids = round_ids(run_dir)
-    ended = RoundRows(run_dir, tag, ids, host).read()
+    ended = round_rows(run_dir, tag, host, ids)
     seen = {(r.job_id, round(r.start, 3)) for r in rows}
     rows += [r for r in ended if (r.job_id, round(r.start, 3)) not in seen]
     return sorted(rows, key=lambda r: r.start), ids, ended
@@ -167,9 +168,30 @@ def round_ids(run_dir: Path) -> list[str]:
         return []
 
 
-def round_rows(run_dir: Path, tag: str, host=lambda name: name) -> list[Row]:
-    """The rows of the round going on (or of one whose imgpipe was killed) so far."""
-    return RoundRows(run_dir, tag, round_ids(run_dir), host).read()
+def round_rows(run_dir: Path, tag: str, host=lambda name: name, ids: list[str] | None = None) -> list[Row]:
+    """The rows of the round going on so far, or of one whose imgpipe was killed: those its stop
+    did not end (``kept_at_stop``, from the time ``mark_stopped`` wrote)."""
+    rows = RoundRows(run_dir, tag, round_ids(run_dir) if ids is None else ids, host).read()
+    try:
+        stopped_at = float((Path(run_dir) / ROUND_STOPPED).read_text())
+    except (OSError, ValueError):
+        return rows
+    return kept_at_stop(rows, stopped_at)
+
+
+def kept_at_stop(rows: list[Row], stopped_at: float) -> list[Row]:
+    """The rows a stopped round keeps: the attempts that ended before the stop, or succeeded
+    anyway. The others were ended by the stop (a wrapper told to stop, a job cancelled while it
+    waited in Slurm's queue, a connection cut): no failure, they run again on resume; a result
+    that says "stopped" tells those that began."""
+    return [r for r in rows if r.ok or r.start + r.runtime <= stopped_at]
+
+
+def mark_stopped(run_dir: Path, when: float) -> None:
+    """A round is stopped for an imgpipe that was killed (by its guard, or by the next run): the
+    rows ended after ``when`` are the stop's doing (``round_rows``), as the run loop's own stop
+    says of its rows."""
+    (Path(run_dir) / ROUND_STOPPED).write_text(f"{when:.3f}\n")
 
 
 def last_rows(rows: list[Row]) -> dict[str, Row]:

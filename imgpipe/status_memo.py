@@ -37,7 +37,7 @@ from typing import NamedTuple
 
 from .files import write_whole
 from .image_sets import RECORD_SUFFIX
-from .joblog import JOBLOG, ROUND_JOBLOG
+from .joblog import JOBLOG, ROUND_JOBLOG, ROUND_STOPPED
 from .run_dir import LOGS
 from .run_lock import run_active
 
@@ -63,7 +63,8 @@ def _key(path: str) -> tuple[int, int, int] | None:
 def _run_keys(run_dir: Path, jobs_path: Path) -> list:
     """The run's own files, as ``status.job_states`` reads them when no run is going on."""
     return [list(k) if (k := _key(str(p))) else None
-            for p in (jobs_path, run_dir / JOBLOG, run_dir / ROUND_JOBLOG, run_dir / LOGS, run_dir / "slurm.sh")]
+            for p in (jobs_path, run_dir / JOBLOG, run_dir / ROUND_JOBLOG, run_dir / ROUND_STOPPED, run_dir / LOGS,
+                      run_dir / "slurm.sh")]
 
 
 def _row(keys: list[str], values: list) -> dict:

@@ -23,7 +23,7 @@ import pytest
 from imgpipe.attempt import OUTCOMES
 from procs import ctrl_c, job_processes, killed_on_exit
 from slurmcluster import SlurmCluster, missing_tools
-from test_story import summary_says, told_alike, views
+from test_story import summary_says, told_alike, views, views_agree
 from test_engine_parallel import (
     Run, env_for, expect, image_of, imgpipe, max_overlap, provenance_of, run_dir, start_imgpipe, tmp_dirs_left, wait_for,
 )
@@ -219,6 +219,10 @@ def test_with_slurm_nodes_0_a_stop_never_waits_out_the_stop_grace(slurm, tmp_pat
     assert not job_processes(tmp_path), job_processes(tmp_path)
     assert started(rdir) == began  # a job pending at the stop never started
     assert not tmp_dirs_left(tmp_path)
+    # every view: the jobs that began are stopped, the others not started (tests/test_story.py)
+    states = views_agree(views(tmp_path))
+    assert {j for j, s in states.items() if s == "stopped"} == began, (states, began)
+    assert {s for j, s in states.items() if j not in began} == {"not started"}, states
 
 
 # ---------------------------------------------------------------- failures told apart

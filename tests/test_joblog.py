@@ -13,7 +13,9 @@ import os
 import time
 
 from imgpipe.attempt import OUTCOMES, RESULT_MARK, START_MARK, outcome_of
-from imgpipe.joblog import JOBLOG_HEADER, ROUND_JOBLOG, RoundRows
+from imgpipe.joblog import (
+    JOBLOG_HEADER, ROUND_IDS, ROUND_JOBLOG, RoundRows, last_attempts, mark_stopped, round_rows,
+)
 
 TAG = "imgpipe-0123456789ab"
 
@@ -27,12 +29,12 @@ def log(run, job: str, *, result: dict | None = None, tag: str = TAG, host: str 
     (run / "logs" / job).write_text(text)
 
 
-def engine_row(run, job: str, exitval: int, host: str = "node1") -> None:
+def engine_row(run, job: str, exitval: int, host: str = "node1", start: float = 100.0, runtime: float = 60.5) -> None:
     path = run / ROUND_JOBLOG
     if not path.exists():
         path.write_text(JOBLOG_HEADER + "\n")
     with open(path, "a") as f:
-        f.write(f"1\t{host}\t100.000\t60.5\t0\t0\t{exitval}\t0\tperl w imgpipe-job {TAG} {job} 1 x\n")
+        f.write(f"1\t{host}\t{start:.3f}\t{runtime}\t0\t0\t{exitval}\t0\tperl w imgpipe-job {TAG} {job} 1 x\n")
 
 
 def story(rows) -> dict[str, tuple[str, str]]:
@@ -88,3 +90,18 @@ def test_a_job_that_ends_is_seen_by_the_next_fresh_read_and_within_a_second_by_t
     while "0002" not in story(rr.read(fresh=False)):
         assert time.monotonic() < deadline, "a result not seen within LOOK"
         time.sleep(0.05)
+
+
+def test_what_the_stop_of_a_killed_imgpipe_ended_is_no_failure(tmp_path):
+    """imgpipe was killed; its guard (or the next run) stopped the round at 150: the attempts that
+    ended after it were ended by the stop (here a job cancelled while it waited in Slurm's queue),
+    as the loop's own stop (Ctrl-C) says of its rows; those that ended before it, or succeeded, stay."""
+    (tmp_path / ROUND_IDS).write_text("0001\n0002\n0003\n")
+    engine_row(tmp_path, "0001", 10, runtime=20.0)  # failed at 120, before the stop
+    engine_row(tmp_path, "0002", 19)  # "Slurm did not run it": cancelled at 160.5 by the stop
+    engine_row(tmp_path, "0003", 0)  # done at 160.5 anyway
+    assert set(story(round_rows(tmp_path, TAG))) == {"0001", "0002", "0003"}
+    mark_stopped(tmp_path, 150.0)
+    assert story(round_rows(tmp_path, TAG)) == {"0001": ("wsclean", "node1"), "0003": ("done", "node1")}
+    last, not_ended = last_attempts(tmp_path, TAG)  # (what status reads: no round going on now)
+    assert set(last) == {"0001", "0003"} and not not_ended

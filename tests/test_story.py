@@ -109,6 +109,22 @@ def told_alike(v: dict, state: str, failure: str | None, words: str, n: int) -> 
     assert v["exit"] == (1 if OUTCOMES.get(failure or "done", OUTCOMES["done"]).failed else 3), v["exit"]
 
 
+def views_agree(v: dict) -> dict[str, str]:
+    """Every view gives each job the same state (a run where jobs end in different states);
+    the stopped ones in the stopped words. Returns job id -> state."""
+    states = {job: state for job, (state, _, _) in v["json"].items()}
+    assert v["report"] == states, (v["report"], states)
+    for state in set(states.values()) | {"done", "failed", "stopped", "not started"}:
+        assert v["runs"][state] == list(states.values()).count(state), (v["runs"], states)
+    for line in v["table"].splitlines():
+        job = line.split()[0] if line.split() else None
+        if job in states:
+            assert f" {states[job]} " in line, (line, states[job])
+            if states[job] == "stopped":
+                assert OUTCOMES["stopped"].words in line and OUTCOMES["stopped"].words in v["json"][job][2], line
+    return states
+
+
 def two_long_jobs(root: Path, ms_factory, engine: str, worker: str = "") -> tuple[subprocess.Popen, list[Path]]:
     ms = [ms_factory(f"SW01_T00{i}.MS", nchan=4, ntimes=4, nant=6) for i in range(2)]
     cfg = config(root, worker=worker, **LONG)

@@ -22,10 +22,12 @@ import signal
 import socket
 import sys
 import time
+from pathlib import Path
 from typing import Callable
 
 from ..commands import on_nodes, ssh_shell
 from ..hosts import is_local
+from ..joblog import mark_stopped
 from ..run_lock import STOPPING
 
 STOP_GRACE = 20.0  # seconds the node-side wrappers get to stop WSClean and clean up
@@ -160,10 +162,12 @@ def engine_alive(record: dict | None) -> bool:
     return isinstance(pid, int) and record.get("start") is not None and process_start(pid) == record["start"]
 
 
-def stop_recorded(record: dict) -> None:
-    """Stop the engine a run.json record names (left running by an earlier imgpipe), and its jobs."""
+def stop_recorded(record: dict, run_dir: Path) -> None:
+    """Stop the engine a run.json record names (left running by an imgpipe that is gone), and its
+    jobs; what the stop ends is the stop's doing, not a failure (``joblog.mark_stopped``)."""
     from . import load
 
+    mark_stopped(run_dir, time.time())
     pid = record["pid"]
     load(record["name"]).stop(record, lambda: process_start(pid) == record["start"])
 
@@ -177,8 +181,8 @@ class Guard:
     run's jobs a new run of the plan waits, and the lock's text says so.
     """
 
-    def __init__(self, lock) -> None:
-        self.lock = lock
+    def __init__(self, lock, run_dir: Path) -> None:
+        self.lock, self.run_dir = lock, run_dir
         self.pid: int | None = None
         self.fd: int | None = None
 
@@ -238,5 +242,5 @@ class Guard:
                 print(f"imgpipe: pid {parent} is gone: stopping its engine and jobs", file=sys.stderr, flush=True)
             except OSError:
                 pass
-            stop_recorded(record)
+            stop_recorded(record, self.run_dir)
 

@@ -37,7 +37,9 @@ from ..image_sets import foreign_problems, image_sets, FORCE_HINT
 from ..plan import Plan
 from ..attempt import NO_IMAGES, RETRY_CONNECTION, RETRY_JOB, job_error, outcome_of, read_log, read_result
 from ..hosts import plan_node
-from ..joblog import JOBLOG, ROUND_IDS, ROUND_JOBLOG, RoundRows, append_rows, read_rows, round_rows
+from ..joblog import (
+    JOBLOG, ROUND_IDS, ROUND_JOBLOG, ROUND_STOPPED, RoundRows, append_rows, kept_at_stop, read_rows, round_rows,
+)
 from ..run_dir import GATE, HALT_GATE, LOGS, RunDir
 from ..files import write_whole
 from ..quality import Watch
@@ -434,7 +436,7 @@ def _run(plan: Plan, run_dir: RunDir, jobs_path: Path, engine_cls, force: bool, 
         if engine_alive(left):
             say(f"the {left['name']} engine of an earlier run (pid {left['pid']}, started by imgpipe pid "
                 f"{left['imgpipe']}, which is gone) is still running: stopping it and its jobs first")
-            stop_recorded(left)
+            stop_recorded(left, run_dir.path)
         run_dir.write_state(engine=None)
         _keep_rows_of_a_killed_round(plan, run_dir)
         sets = image_sets(plan.jobs)
@@ -462,7 +464,7 @@ def _run(plan: Plan, run_dir: RunDir, jobs_path: Path, engine_cls, force: bool, 
         eng.prepare()
         run_dir.install(GATE)
         hints.append(eng.resume_hint())
-        guard = Guard(lock).start()  # forked before any thread runs
+        guard = Guard(lock, run_dir.path).start()  # forked before any thread runs
         try:
             return _rounds(plan, run_dir, eng, guard, stopper, done, hints, halt_after)
         finally:
@@ -597,6 +599,7 @@ def _keep_rows_of_a_killed_round(plan: Plan, run_dir: RunDir) -> None:
         append_rows(run_dir / JOBLOG, rows, {j.id: n for n, j in enumerate(plan.jobs, start=1)})
     path.unlink(missing_ok=True)
     (run_dir / ROUND_IDS).unlink(missing_ok=True)
+    (run_dir / ROUND_STOPPED).unlink(missing_ok=True)
 
 
 def _end_round(run_dir: RunDir, eng, guard: Guard, rows, seq_of: dict[str, int], done: set[str]) -> None:
@@ -625,9 +628,7 @@ def _stop(plan: Plan, run_dir: RunDir, eng, guard: Guard, proc: subprocess.Popen
     except subprocess.TimeoutExpired:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
-    # rows of jobs that ended before the stop, or succeeded anyway, are kept; the stopped ones
-    # are dropped: they run again
-    rows = confirmed(plan, run_dir, [r for r in progress.tail.read() if r.ok or r.start + r.runtime <= stopped_at])
+    rows = confirmed(plan, run_dir, kept_at_stop(progress.tail.read(), stopped_at))
     _end_round(run_dir, eng, guard, rows, {j.id: n for n, j in enumerate(plan.jobs, start=1)}, done)
     say(f"stopped. {len(done)} of {len(plan.jobs)} job(s) done; run the same command again to resume.")
     return Outcome(130, run_dir, done, unreachable, hints, stopped=True)
