@@ -168,3 +168,34 @@ def test_a_connection_lost_for_good_is_told_alike_by_every_view(own_cluster, tmp
     r = expect(run_while(cluster, tmp_path, ["image", "--engine", engine, cfg, ms], cut), 1)
     summary_says(r.err, OUTCOMES["connection"].words, 1)
     told_alike(views(tmp_path), "failed", "connection", OUTCOMES["connection"].words, 1)
+
+
+@pytest.mark.parametrize("how", ["SIGINT", "SIGKILL"])
+@pytest.mark.parametrize("engine", ENGINES)
+def test_a_stopped_or_killed_imgpipe_over_ssh_leaves_its_jobs_stopped_or_not_started_in_every_view(
+        own_cluster, tmp_path, ms_factory, engine, how):
+    """kill -9 of imgpipe while jobs run on two sshd nodes and others wait for a slot: its guard
+    stops the engine and the jobs over ssh. Whatever that stop ends (a wrapper told to stop, an
+    ssh connection cut) is no failure: every view (status, runs, report) gives the jobs that
+    began 'stopped', the others 'not started' (test_story.py, here over real ssh)."""
+    import signal
+
+    from procs import killed_on_exit
+    from test_story import views, views_agree
+
+    cluster = own_cluster
+    ms = make_ms_set(ms_factory, tmp_path, 4)
+    cfg = config(tmp_path, cluster, worker={"max_concurrent": "1"}, wsclean={"size": "'512 512'", "niter": "100000"})
+    proc = start_imgpipe(cluster, tmp_path, "image", "--engine", engine, cfg, *ms)
+    with killed_on_exit(proc):
+        wait_for(lambda: proc.poll() is not None
+                 or len([p for p in job_processes(tmp_path) if p.split()[1] == "wsclean"]) == 2, 120,
+                 "a WSClean on each node")
+        assert proc.poll() is None, proc.communicate()
+        proc.send_signal(getattr(signal, how))
+        proc.communicate(timeout=60)
+    wait_for(lambda: not job_processes(tmp_path) and not processes_mentioning(f"{run_dir(tmp_path)}/"), 60,
+             "the guard to stop every job and the engine")
+    states = views_agree(views(tmp_path))
+    assert sorted(states.values()) == ["not started", "not started", "stopped", "stopped"], states
+    assert not tmp_dirs_left(tmp_path)

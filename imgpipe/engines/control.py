@@ -50,14 +50,19 @@ def probe(hosts, ssh: list[str], wrapper=None, timeout: float = 15.0) -> dict[st
 
 
 def wrapper_pattern(tag: str) -> str:
-    """The ``pkill -f`` regex of a running wrapper: ``imgpipe-job TAG ID ...``.
+    """The ``pkill -f`` regex of a running wrapper: ``perl ... imgpipe-job TAG ID ...``, the
+    wrapper's own process and no other.
 
-    The brackets keep it from matching the shell that runs pkill; ``[^{]`` keeps it from
-    matching GNU parallel itself, whose command template says ``imgpipe-job TAG {id}``
-    (a TERM would make parallel kill its ssh clients, cutting the wrappers' output
-    before they have stopped WSClean).
+    - Anchored on perl: the processes that carry a wrapper's command line without being one are
+      left alone. The ssh client of a make recipe (``ssh NODE exec perl ... imgpipe-job TAG
+      ID ...``) and the recipe's bash relay the wrapper's last lines to its log: where the
+      planning machine is also a node, a TERM to them cut the log before its result, and a
+      stopped job read "not started". So are srun's clients and the shells around a job.
+    - ``[^{]`` keeps it from matching GNU parallel itself (a perl script too), whose command
+      template says ``imgpipe-job TAG {id}`` (a TERM would make parallel kill its ssh clients).
+    - The brackets keep it from matching the shell that runs pkill.
     """
-    return f"[i]mgpipe-job {tag} [^{{]"
+    return f"^[^ ]*perl .*[i]mgpipe-job {tag} [^{{]"
 
 
 def signal_jobs(tag: str, hosts, shell, sig: str = "TERM") -> None:
@@ -87,6 +92,23 @@ def process_start(pid: int) -> int | None:
     if fields[0] == b"Z":
         return None
     return int(fields[19])
+
+
+def group_working(pgid: int) -> bool:
+    """Whether a process of the process group ``pgid`` other than its leader is alive (not a
+    zombie): a stopped make's recipes, their ssh clients still writing their wrappers' last lines."""
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit() or int(entry.name) == pgid:
+            continue
+        try:
+            with open(f"/proc/{entry.name}/stat", "rb") as f:
+                stat = f.read()
+        except OSError:
+            continue
+        fields = stat[stat.rfind(b")") + 2:].split()
+        if fields[0] != b"Z" and int(fields[2]) == pgid:
+            return True
+    return False
 
 
 STOP_CONFIRM = 4.0  # seconds a node's stop connection waits for its wrappers to be gone
@@ -133,9 +155,10 @@ def stop_engine(pid: int, alive: Callable[[], bool], hold: int, tag: str, nodes,
                                   wait=min(STOP_CONFIRM, max(0.2, deadline - time.time())))
         if not left:  # no wrapper anywhere: the engine ends as its jobs' connections close
             settle = time.time() + 5.0  # (its ssh clients closing: on a busy machine, seconds)
-            while alive() and hold != signal.SIGSTOP and time.time() < settle:
+            held = hold == signal.SIGSTOP  # (a stopped engine: its jobs' own processes end, it cannot)
+            while (group_working(pid) if held else alive()) and time.time() < settle:
                 time.sleep(0.05)
-            if not alive() or hold == signal.SIGSTOP:
+            if held or not alive():
                 break
     else:
         left = left or nodes
