@@ -170,7 +170,7 @@ def test_a_connection_lost_for_good_is_told_alike_by_every_view(own_cluster, tmp
     told_alike(views(tmp_path), "failed", "connection", OUTCOMES["connection"].words, 1)
 
 
-@pytest.mark.parametrize("how", ["SIGINT", "SIGKILL"])
+@pytest.mark.parametrize("how", ["SIGINT", "SIGTERM", "SIGHUP", "SIGKILL"])
 @pytest.mark.parametrize("engine", ENGINES)
 def test_a_stopped_or_killed_imgpipe_over_ssh_leaves_its_jobs_stopped_or_not_started_in_every_view(
         own_cluster, tmp_path, ms_factory, engine, how):
