@@ -80,35 +80,30 @@ def signal_jobs(tag: str, hosts, shell, sig: str = "TERM") -> None:
     on_nodes(hosts, script, shell, timeout=30)
 
 
-def process_start(pid: int) -> int | None:
-    """The start time of process ``pid`` (clock ticks since boot), None when it is gone or a zombie:
-    with the pid, it names one process for good (a pid alone may be reused)."""
+def _stat(pid: int | str) -> list[bytes] | None:
+    """The fields of /proc/PID/stat after the command's name (state, ppid, pgrp, ...); None when
+    the process is gone or a zombie."""
     try:
         with open(f"/proc/{pid}/stat", "rb") as f:
             stat = f.read()
     except OSError:
         return None
     fields = stat[stat.rfind(b")") + 2:].split()
-    if fields[0] == b"Z":
-        return None
-    return int(fields[19])
+    return None if fields[0] == b"Z" else fields
+
+
+def process_start(pid: int) -> int | None:
+    """The start time of process ``pid`` (clock ticks since boot), None when it is gone or a zombie:
+    with the pid, it names one process for good (a pid alone may be reused)."""
+    fields = _stat(pid)
+    return int(fields[19]) if fields else None
 
 
 def group_working(pgid: int) -> bool:
     """Whether a process of the process group ``pgid`` other than its leader is alive (not a
     zombie): a stopped make's recipes, their ssh clients still writing their wrappers' last lines."""
-    for entry in os.scandir("/proc"):
-        if not entry.name.isdigit() or int(entry.name) == pgid:
-            continue
-        try:
-            with open(f"/proc/{entry.name}/stat", "rb") as f:
-                stat = f.read()
-        except OSError:
-            continue
-        fields = stat[stat.rfind(b")") + 2:].split()
-        if fields[0] != b"Z" and int(fields[2]) == pgid:
-            return True
-    return False
+    return any((fields := _stat(e.name)) and int(fields[2]) == pgid
+               for e in os.scandir("/proc") if e.name.isdigit() and int(e.name) != pgid)
 
 
 STOP_CONFIRM = 4.0  # seconds a node's stop connection waits for its wrappers to be gone
