@@ -177,17 +177,20 @@ class RunDir:
         again; job id -> the number of the attempt about to run (its log's place: one more than
         the logs kept)."""
         logs = self / LOGS
+        try:
+            names = set(os.listdir(logs))  # (one listing, not a stat per job)
+        except OSError:
+            names = set()
         attempts = {}
         for jid in job_ids:
             n = 1
-            while (logs / f"{jid}.{n}").exists():
+            while f"{jid}.{n}" in names:
                 n += 1
             log = logs / jid
-            if log.exists():
+            if jid in names:
                 log.rename(logs / f"{jid}.{n}")
-                err = logs / f"{jid}.err"
-                if err.exists():
-                    err.rename(logs / f"{jid}.{n}.err")
+                if f"{jid}.err" in names:
+                    (logs / f"{jid}.err").rename(logs / f"{jid}.{n}.err")
                 n += 1
             attempts[jid] = n
         return attempts
