@@ -1031,13 +1031,14 @@ class Facts:
 
     @functools.cached_property
     def measures(self) -> dict[str, dict]:
-        """job id -> the quality gate's measures of its main image (done jobs measured; kept next
-        to the images): the one peak, RMS and DR the page gives, in the quality table and the cards."""
+        """job id -> the quality gate's measures of its main image, as kept next to the images (done
+        jobs measured; with an "error" when it could not be read): read once, for the quality
+        section and the cards, so the page gives one peak, RMS and DR per image."""
         out = {}
         for s in self.states:
             if s.images and s.images.done:
                 m = quality.measured(s.job.name, s.images.record.images, measure_now=False)
-                if m is not None and "error" not in m:
+                if m is not None:
                     out[s.job.id] = m
         return out
 
@@ -1289,9 +1290,7 @@ def quality_section(f: Facts) -> Section | None:
     job across the night (by frequency and time), and each image's measures with its beam."""
     if f.plan.quality.on_fail == "off":
         return None
-    judged = [(s, quality.measured(s.job.name, s.images.record.images, measure_now=False))
-              for s in f.states if s.images and s.images.done]  # (with those it could not read)
-    judged = [(s, m) for s, m in judged if m is not None]
+    judged = [(s, f.measures[s.job.id]) for s in f.states if s.job.id in f.measures]
     off = quality.unavailable()
     if not judged:
         text = f"No image is checked: {off}." if off else "No image is checked yet."
@@ -1410,7 +1409,7 @@ def image_card(f: Facts, s: st.JobState) -> list[Html]:
         size = f" ({p.shape[1]}\u00d7{p.shape[0]})" if len(p.shape) == 2 else ""
         out.append(html('<div class="muted">{}{}</div>', os.path.basename(p.fits), size))
     m = f.measures.get(s.job.id)
-    if m is not None and m.get("peak") is not None:  # (the quality table's figures)
+    if m is not None and "error" not in m and m.get("peak") is not None:  # (the quality table's figures)
         peak, rms, unit = m["peak"], quality.noise(m), m.get("unit", "")
     elif p and p.peak is not None:  # (not measured: the quality gate is off)
         peak, rms, unit = p.peak, p.rms, p.unit
